@@ -1,0 +1,39 @@
+//! Metadata: registries, repositories, blobs links, manifests, tags and upload sessions.
+//!
+//! One implementation serves SQLite (embedded default) and PostgreSQL (scale-out): queries are
+//! written in the SQL both accept and run through sqlx's `Any` driver; only the migrations differ.
+
+mod db;
+mod manifests;
+mod registries;
+mod uploads;
+
+pub use db::{Backend, Meta};
+pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
+pub use registries::Registry;
+pub use uploads::Upload;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite:PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("manifest references content missing from the repository: {}", .0.join(", "))]
+    MissingReferences(Vec<String>),
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// Milliseconds since the Unix epoch: the time type of every table.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+use sqlx::Row;
+
+use crate::registries::{ensure_repository, repository_id};
+use crate::{now_millis, Meta, MetaError, Result};
+
+/// A manifest ready to be stored, with what it references already extracted.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    /// The manifest's annotations as a JSON object, for the referrers API.
+    pub annotations: Option<String>,
+    pub content: &'a [u8],
+    pub blobs: Vec<&'a str>,
+    pub manifests: Vec<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// A manifest whose `subject` is the digest asked for.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// One page of a listing, and whether more entries follow it.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+impl ListPage {
+    /// Listings ask for one row more than `limit`: its presence tells that another page follows.
+    pub(crate) fn from_rows(rows: Vec<sqlx::any::AnyRow>, limit: i64) -> Result<ListPage> {
+        let mut items = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("name"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let more = items.len() as i64 > limit;
+        items.truncate(limit.max(0) as usize);
+        Ok(ListPage { items, more })
+    }
+}
+
+impl Meta {
+    /// Stores a manifest (and points `tag` at it) once every blob and child manifest it needs is
+    /// present in the repository; otherwise nothing changes and the missing digests are returned
+    /// as [`MetaError::MissingReferences`].
+    pub async fn put_manifest(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        manifest: &NewManifest<'_>,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        let now = now_millis();
+        let mut tx = self.write.begin().await?;
+        let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
+
+        let mut missing = Vec::new();
+        for digest in &manifest.blobs {
+            let found = sqlx::query(
+                "SELECT 1 AS found FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+            )
+            .bind(repo_id)
+            .bind(*digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                missing.push(digest.to_string());
+            }
+        }
+        for digest in &manifest.manifests {
+            let found = sqlx::query(
+                "SELECT 1 AS found FROM manifests WHERE repository_id = $1 AND digest = $2",
+            )
+            .bind(repo_id)
+            .bind(*digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                missing.push(digest.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            missing.dedup();
+            return Err(MetaError::MissingReferences(missing));
+        }
+
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, \
+             annotations, size, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(manifest.digest)
+        .bind(manifest.media_type)
+        .bind(manifest.artifact_type)
+        .bind(manifest.subject)
+        .bind(manifest.annotations.as_deref())
+        .bind(manifest.content.len() as i64)
+        .bind(manifest.content)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let manifest_id: i64 =
+            sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(manifest.digest)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("id")?;
+        if inserted {
+            let refs = manifest
+                .blobs
+                .iter()
+                .map(|d| ("blob", *d))
+                .chain(manifest.manifests.iter().map(|d| ("manifest", *d)));
+            for (kind, digest) in refs {
+                sqlx::query(
+                    "INSERT INTO manifest_references (manifest_id, digest, kind) VALUES ($1, $2, $3) \
+                     ON CONFLICT (manifest_id, kind, digest) DO NOTHING",
+                )
+                .bind(manifest_id)
+                .bind(digest)
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(tag) = tag {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_id, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, name) \
+                 DO UPDATE SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(manifest_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn manifest_by_tag(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM tags t \
+             JOIN repositories r ON r.id = t.repository_id \
+             JOIN manifests m ON m.id = t.manifest_id \
+             WHERE r.registry_id = $1 AND r.name = $2 AND t.name = $3",
+        )
+        .bind(registry_id)
+        .bind(repository)
+        .bind(tag)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(stored_manifest).transpose()
+    }
+
+    pub async fn manifest_by_digest(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM manifests m \
+             JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.registry_id = $1 AND r.name = $2 AND m.digest = $3",
+        )
+        .bind(registry_id)
+        .bind(repository)
+        .bind(digest)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(stored_manifest).transpose()
+    }
+
+    /// Deletes a manifest and every tag that points at it.
+    pub async fn delete_manifest(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM manifests WHERE digest = $1 AND repository_id = \
+             (SELECT id FROM repositories WHERE registry_id = $2 AND name = $3)",
+        )
+        .bind(digest)
+        .bind(registry_id)
+        .bind(repository)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a tag; the manifest it pointed at stays.
+    pub async fn delete_tag(&self, registry_id: i64, repository: &str, tag: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM tags WHERE name = $1 AND repository_id = \
+             (SELECT id FROM repositories WHERE registry_id = $2 AND name = $3)",
+        )
+        .bind(tag)
+        .bind(registry_id)
+        .bind(repository)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Tags of a repository in lexical order after `last`, at most `limit`; `None` when the
+    /// repository does not exist.
+    pub async fn list_tags(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        last: Option<&str>,
+        limit: i64,
+    ) -> Result<Option<ListPage>> {
+        let Some(repo_id) = repository_id(&self.read, registry_id, repository).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(repo_id)
+        .bind(last.unwrap_or(""))
+        .bind(limit.saturating_add(1))
+        .fetch_all(&self.read)
+        .await?;
+        ListPage::from_rows(rows, limit).map(Some)
+    }
+
+    /// Manifests in the repository whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let mut sql = String::from(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations \
+             FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.registry_id = $1 AND r.name = $2 AND m.subject = $3",
+        );
+        if artifact_type.is_some() {
+            sql.push_str(" AND m.artifact_type = $4");
+        }
+        sql.push_str(" ORDER BY m.id");
+        let mut query = sqlx::query(&sql)
+            .bind(registry_id)
+            .bind(repository)
+            .bind(subject);
+        if let Some(t) = artifact_type {
+            query = query.bind(t);
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: r.try_get("digest")?,
+                    media_type: r.try_get("media_type")?,
+                    size: r.try_get("size")?,
+                    artifact_type: r.try_get("artifact_type")?,
+                    annotations: r.try_get("annotations")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn stored_manifest(r: sqlx::any::AnyRow) -> Result<StoredManifest> {
+    Ok(StoredManifest {
+        digest: r.try_get("digest")?,
+        media_type: r.try_get("media_type")?,
+        content: r.try_get("content")?,
+    })
+}

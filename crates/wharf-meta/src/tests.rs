@@ -1,0 +1,207 @@
+//! Every metadata test runs on SQLite and on PostgreSQL.
+
+use sqlx::migrate::MigrateDatabase;
+
+use crate::{Meta, MetaError, NewManifest};
+
+/// A store on each backend; PostgreSQL gets a fresh database dropped at the end.
+struct TestStore {
+    meta: Meta,
+    drop_url: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn stores() -> Vec<TestStore> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+    let sqlite = Meta::connect(&sqlite_url).await.expect("sqlite store");
+    let base = std::env::var("WHARF_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+    let pg_url = format!("{base}/wharf_test_{}", uuid::Uuid::new_v4().simple());
+    let pg = Meta::connect(&pg_url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed for the tests: {e}"));
+    let pg_dir = tempfile::tempdir().unwrap();
+    vec![
+        TestStore {
+            meta: sqlite,
+            drop_url: None,
+            _dir: dir,
+        },
+        TestStore {
+            meta: pg,
+            drop_url: Some(pg_url),
+            _dir: pg_dir,
+        },
+    ]
+}
+
+async fn finish(stores: Vec<TestStore>) {
+    for s in stores {
+        s.meta.close().await;
+        if let Some(url) = s.drop_url {
+            let _ = sqlx::Any::drop_database(&url).await;
+        }
+    }
+}
+
+fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+fn manifest<'a>(d: &'a str, blobs: Vec<&'a str>, subject: Option<&'a str>) -> NewManifest<'a> {
+    NewManifest {
+        digest: d,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        artifact_type: Some("application/vnd.example"),
+        subject,
+        annotations: Some(r#"{"k":"v"}"#.into()),
+        content: b"{}",
+        blobs,
+        manifests: vec![],
+    }
+}
+
+#[tokio::test]
+async fn blobs_are_visible_per_repository_and_registry() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let a = m.ensure_registry("alpha").await.unwrap();
+        let b = m.ensure_registry("beta").await.unwrap();
+        assert_eq!(m.ensure_registry("alpha").await.unwrap().id, a.id);
+        m.create_upload(a.id, "app", "up1").await.unwrap();
+        assert!(m.advance_upload("up1", 0, 10).await.unwrap());
+        assert!(
+            !m.advance_upload("up1", 0, 20).await.unwrap(),
+            "stale offset must not win"
+        );
+        assert_eq!(
+            m.get_upload(a.id, "app", "up1")
+                .await
+                .unwrap()
+                .unwrap()
+                .size,
+            10
+        );
+        assert!(m.get_upload(a.id, "other", "up1").await.unwrap().is_none());
+        assert!(m.get_upload(b.id, "app", "up1").await.unwrap().is_none());
+
+        m.commit_blob(a.id, "app", &digest(1), 10, Some("up1"))
+            .await
+            .unwrap();
+        assert!(m.get_upload(a.id, "app", "up1").await.unwrap().is_none());
+        assert_eq!(
+            m.repository_blob(a.id, "app", &digest(1)).await.unwrap(),
+            Some(10)
+        );
+        assert_eq!(
+            m.repository_blob(b.id, "app", &digest(1)).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            m.repository_blob(a.id, "other", &digest(1)).await.unwrap(),
+            None
+        );
+
+        assert_eq!(
+            m.mount_blob(a.id, "app", "copy", &digest(1)).await.unwrap(),
+            Some(10)
+        );
+        assert_eq!(
+            m.mount_blob(a.id, "nope", "copy2", &digest(1))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            m.mount_blob(b.id, "app", "copy", &digest(1)).await.unwrap(),
+            None
+        );
+        assert!(m.unlink_blob(a.id, "app", &digest(1)).await.unwrap());
+        assert!(!m.unlink_blob(a.id, "app", &digest(1)).await.unwrap());
+        assert_eq!(
+            m.repository_blob(a.id, "copy", &digest(1)).await.unwrap(),
+            Some(10)
+        );
+
+        let page = m.list_repositories(a.id, None, 10).await.unwrap();
+        assert_eq!(page.items, vec!["app", "copy"]);
+        assert!(m
+            .list_repositories(b.id, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
+async fn manifests_need_their_references_and_tags_list_in_order() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("default").await.unwrap();
+        let (layer, d1, d2) = (digest(1), digest(2), digest(3));
+        let missing = m
+            .put_manifest(r.id, "app", &manifest(&d1, vec![&layer], None), Some("v1"))
+            .await;
+        match missing {
+            Err(MetaError::MissingReferences(d)) => assert_eq!(d, vec![layer.clone()]),
+            other => panic!("expected missing references, got {other:?}"),
+        }
+        // A refused manifest does not create the repository.
+        assert!(m.list_tags(r.id, "app", None, 10).await.unwrap().is_none());
+
+        m.commit_blob(r.id, "app", &layer, 5, None).await.unwrap();
+        for tag in ["b", "a", "C", "c"] {
+            m.put_manifest(r.id, "app", &manifest(&d1, vec![&layer], None), Some(tag))
+                .await
+                .unwrap();
+        }
+        // Byte order: upper case sorts before lower case on both backends.
+        let page = m.list_tags(r.id, "app", None, 10).await.unwrap().unwrap();
+        assert_eq!(page.items, vec!["C", "a", "b", "c"]);
+        assert!(!page.more);
+        let page = m
+            .list_tags(r.id, "app", Some("a"), 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.items, vec!["b", "c"]);
+        assert!(!page.more);
+        let page = m.list_tags(r.id, "app", None, 2).await.unwrap().unwrap();
+        assert_eq!((page.items.len(), page.more), (2, true));
+
+        let got = m.manifest_by_tag(r.id, "app", "a").await.unwrap().unwrap();
+        assert_eq!(got.digest, d1);
+        assert_eq!(got.content, b"{}");
+
+        // A referrer, then its listing with and without the artifact type filter.
+        m.put_manifest(r.id, "app", &manifest(&d2, vec![&layer], Some(&d1)), None)
+            .await
+            .unwrap();
+        let refs = m.referrers(r.id, "app", &d1, None).await.unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].digest, d2);
+        assert_eq!(refs[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+        assert!(m
+            .referrers(r.id, "app", &d1, Some("application/other"))
+            .await
+            .unwrap()
+            .is_empty());
+
+        assert!(m.delete_tag(r.id, "app", "C").await.unwrap());
+        assert!(!m.delete_tag(r.id, "app", "C").await.unwrap());
+        assert!(m.delete_manifest(r.id, "app", &d1).await.unwrap());
+        assert!(m
+            .manifest_by_digest(r.id, "app", &d1)
+            .await
+            .unwrap()
+            .is_none());
+        let page = m.list_tags(r.id, "app", None, 10).await.unwrap().unwrap();
+        assert!(page.items.is_empty(), "tags go with their manifest");
+    }
+    finish(stores).await;
+}

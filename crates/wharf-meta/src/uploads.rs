@@ -1,0 +1,199 @@
+use sqlx::Row;
+
+use crate::registries::ensure_repository;
+use crate::{now_millis, Meta, Result};
+
+/// The size of a blob linked into a repository: $1 registry id, $2 repository name, $3 digest.
+const REPOSITORY_BLOB_SIZE: &str = "SELECT b.size FROM repository_blobs rb \
+     JOIN repositories r ON r.id = rb.repository_id \
+     JOIN blobs b ON b.digest = rb.digest \
+     WHERE r.registry_id = $1 AND r.name = $2 AND rb.digest = $3";
+
+/// An upload session. Its bytes live in the content store under `id`.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: String,
+    pub repository: String,
+    /// Bytes received and durable so far.
+    pub size: i64,
+}
+
+impl Meta {
+    pub async fn create_upload(&self, registry_id: i64, repository: &str, id: &str) -> Result<()> {
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO uploads (id, registry_id, repository, size, created_at, updated_at) \
+             VALUES ($1, $2, $3, 0, $4, $4)",
+        )
+        .bind(id)
+        .bind(registry_id)
+        .bind(repository)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The upload `id` if it belongs to this registry and repository.
+    pub async fn get_upload(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        id: &str,
+    ) -> Result<Option<Upload>> {
+        let row = sqlx::query(
+            "SELECT id, repository, size FROM uploads \
+             WHERE id = $1 AND registry_id = $2 AND repository = $3",
+        )
+        .bind(id)
+        .bind(registry_id)
+        .bind(repository)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(Upload {
+                id: r.try_get("id")?,
+                repository: r.try_get("repository")?,
+                size: r.try_get("size")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records that the upload grew from `from` to `to` bytes. Returns false when another
+    /// request moved it first (the caller's view was stale).
+    pub async fn advance_upload(&self, id: &str, from: i64, to: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
+        )
+        .bind(to)
+        .bind(now_millis())
+        .bind(id)
+        .bind(from)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Makes a verified, durable blob visible in a repository, creating the repository on first
+    /// push, and closes the upload session it came from, all in one transaction.
+    pub async fn commit_blob(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+        size: i64,
+        upload_id: Option<&str>,
+    ) -> Result<()> {
+        let now = now_millis();
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
+        link_blob(&mut tx, repo_id, digest, now).await?;
+        if let Some(id) = upload_id {
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The size of `digest` if the repository links it.
+    pub async fn repository_blob(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<i64>> {
+        let row = sqlx::query(REPOSITORY_BLOB_SIZE)
+            .bind(registry_id)
+            .bind(repository)
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("size")?),
+            None => None,
+        })
+    }
+
+    /// Links `digest` into `repository` if `from` (same registry) links it; returns its size.
+    pub async fn mount_blob(
+        &self,
+        registry_id: i64,
+        from: &str,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(REPOSITORY_BLOB_SIZE)
+            .bind(registry_id)
+            .bind(from)
+            .bind(digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let size: i64 = row.try_get("size")?;
+        let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
+        link_blob(&mut tx, repo_id, digest, now_millis()).await?;
+        tx.commit().await?;
+        Ok(Some(size))
+    }
+
+    /// Removes a blob from a repository. The content stays until garbage collection.
+    pub async fn unlink_blob(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM repository_blobs WHERE digest = $1 AND repository_id = \
+             (SELECT id FROM repositories WHERE registry_id = $2 AND name = $3)",
+        )
+        .bind(digest)
+        .bind(registry_id)
+        .bind(repository)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+async fn link_blob(
+    tx: &mut sqlx::AnyConnection,
+    repo_id: i64,
+    digest: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+    )
+    .bind(repo_id)
+    .bind(digest)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Pure OCI types with no I/O: digests, repository names, tags, references, media types,
+//! manifest parsing and validation, and the distribution-spec error codes.
+
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod media;
+pub mod name;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::ErrorCode;
+pub use manifest::{Descriptor, Manifest, ManifestError};
+pub use name::{NameError, Reference, RepositoryName, Tag};

@@ -1,0 +1,142 @@
+//! The one place where errors of every layer become OCI error responses.
+
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use wharf_meta::MetaError;
+use wharf_oci::{DigestError, ErrorCode, ManifestError, NameError};
+use wharf_store::StoreError;
+
+/// An error answered on `/v2/` as `{"errors":[{"code","message","detail"}]}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    errors: Vec<Value>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<Option<Value>>) -> Self {
+        ApiError::with_message(code, code.message(), detail)
+    }
+
+    pub fn with_message(
+        code: ErrorCode,
+        message: impl Into<String>,
+        detail: impl Into<Option<Value>>,
+    ) -> Self {
+        let mut entry = json!({ "code": code.as_str(), "message": message.into() });
+        if let Some(detail) = detail.into() {
+            entry["detail"] = detail;
+        }
+        ApiError {
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            errors: vec![entry],
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same error with another status than the code's default.
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        ApiError::new(ErrorCode::Internal, None)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "errors": self.errors }).to_string();
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
+        }
+        resp
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::MissingReferences(digests) => {
+                let mut err = ApiError::new(ErrorCode::ManifestBlobUnknown, None);
+                err.errors = digests
+                    .into_iter()
+                    .map(|d| {
+                        json!({
+                            "code": ErrorCode::ManifestBlobUnknown.as_str(),
+                            "message": format!("manifest references {d}, which is not in the repository; push it first"),
+                            "detail": { "digest": d },
+                        })
+                    })
+                    .collect();
+                err
+            }
+            other => ApiError::internal("metadata store failed", other),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            StoreError::NotFound => ApiError::new(ErrorCode::BlobUnknown, None),
+            StoreError::UploadUnknown | StoreError::UploadTruncated { .. } => {
+                ApiError::with_message(ErrorCode::BlobUploadUnknown, msg, None)
+            }
+            StoreError::DigestMismatch { expected, actual } => ApiError::with_message(
+                ErrorCode::DigestInvalid,
+                msg,
+                json!({ "expected": expected.as_str(), "actual": actual.as_str() }),
+            ),
+            StoreError::SizeMismatch { expected, actual } => ApiError::with_message(
+                ErrorCode::SizeInvalid,
+                msg,
+                json!({ "expected": expected, "actual": actual }),
+            ),
+            StoreError::Body(_) => ApiError::with_message(ErrorCode::BlobUploadInvalid, msg, None),
+            StoreError::Io(err) => ApiError::internal("content store failed", err),
+        }
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::Digest(d) => d.into(),
+            NameError::Tag { .. } => {
+                ApiError::with_message(ErrorCode::ManifestInvalid, e.to_string(), None)
+            }
+            _ => ApiError::with_message(ErrorCode::NameInvalid, e.to_string(), None),
+        }
+    }
+}
+
+impl From<DigestError> for ApiError {
+    fn from(e: DigestError) -> Self {
+        ApiError::with_message(ErrorCode::DigestInvalid, e.to_string(), None)
+    }
+}
+
+impl From<ManifestError> for ApiError {
+    fn from(e: ManifestError) -> Self {
+        ApiError::with_message(ErrorCode::ManifestInvalid, e.to_string(), None)
+    }
+}

@@ -1,0 +1,116 @@
+//! wharf's HTTP side: the `/v2/` registry protocol and health endpoints, and the services they
+//! call. Data flows one way: HTTP -> service -> (metadata store, content store).
+
+mod error;
+mod locks;
+mod route;
+mod v2;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use wharf_meta::{Meta, Registry};
+use wharf_store::BlobStore;
+
+pub use error::ApiError;
+
+/// Behaviour switches of the registry protocol.
+#[derive(Debug, Clone)]
+pub struct ProtocolSettings {
+    /// Whether blobs and manifests may be deleted through `/v2/`.
+    pub delete_enabled: bool,
+}
+
+impl Default for ProtocolSettings {
+    fn default() -> Self {
+        ProtocolSettings {
+            delete_enabled: true,
+        }
+    }
+}
+
+pub struct AppState {
+    pub meta: Meta,
+    pub store: Arc<dyn BlobStore>,
+    /// The registry that answers every host until registries are routed by host name.
+    pub default_registry: Registry,
+    pub settings: ProtocolSettings,
+    pub(crate) upload_locks: locks::KeyedLocks,
+}
+
+impl AppState {
+    pub fn new(
+        meta: Meta,
+        store: Arc<dyn BlobStore>,
+        default_registry: Registry,
+        settings: ProtocolSettings,
+    ) -> Self {
+        AppState {
+            meta,
+            store,
+            default_registry,
+            settings,
+            upload_locks: locks::KeyedLocks::default(),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", any(v2::dispatch))
+        .route("/v2/", any(v2::dispatch))
+        .route("/v2/{*path}", any(v2::dispatch))
+        .layer(middleware::map_response(api_version_header))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        // Blob bodies are streamed to storage, never collected, so no body limit applies here;
+        // manifests are read with their own limit.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn api_version_header(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if let Err(e) = state.meta.ping().await {
+        tracing::warn!(error = %e, "not ready: metadata store");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metadata store unavailable",
+        )
+            .into_response();
+    }
+    if let Err(e) = state.store.check().await {
+        tracing::warn!(error = %e, "not ready: content store");
+        return (StatusCode::SERVICE_UNAVAILABLE, "content store unavailable").into_response();
+    }
+    "ready".into_response()
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::error!(%method, %path, status, ms, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, ms, "request");
+    }
+    resp
+}

@@ -1,0 +1,229 @@
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde_json::json;
+use wharf_meta::{NewManifest, StoredManifest};
+use wharf_oci::manifest::MAX_MANIFEST_SIZE;
+use wharf_oci::{media, Digest, ErrorCode, Manifest, Reference};
+
+use super::{content_length, ensure_delete_enabled, header_str, Repo, Result};
+use crate::ApiError;
+
+fn too_large() -> ApiError {
+    ApiError::with_message(
+        ErrorCode::SizeInvalid,
+        format!("manifest is larger than the {MAX_MANIFEST_SIZE}-byte limit"),
+        json!({ "limit": MAX_MANIFEST_SIZE }),
+    )
+    .status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Reads a manifest body, refusing it as soon as it passes the size limit.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
+    if content_length(headers)?.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::with_message(
+                ErrorCode::ManifestInvalid,
+                format!("manifest body could not be read: {e}"),
+                None,
+            )
+        })?;
+        if buf.len() + chunk.len() > MAX_MANIFEST_SIZE {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// The media types listed in `Accept` headers, parameters stripped.
+fn accepted(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(media::essence)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn acceptable(accept: &[&str], media_type: &str) -> bool {
+    accept.is_empty()
+        || accept
+            .iter()
+            .any(|a| *a == media_type || *a == "*/*" || *a == "application/*")
+}
+
+async fn lookup(repo: &Repo<'_>, reference: &Reference) -> Result<Option<StoredManifest>> {
+    let meta = &repo.state.meta;
+    Ok(match reference {
+        Reference::Tag(tag) => {
+            meta.manifest_by_tag(repo.registry_id, repo.name.as_str(), tag.as_str())
+                .await?
+        }
+        Reference::Digest(d) => {
+            meta.manifest_by_digest(repo.registry_id, repo.name.as_str(), d.as_str())
+                .await?
+        }
+    })
+}
+
+fn unknown(reference: &Reference) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestUnknown,
+        json!({ "reference": reference.to_string() }),
+    )
+}
+
+pub(super) async fn get(
+    repo: &Repo<'_>,
+    reference: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
+    let reference = Reference::parse(reference)?;
+    let manifest = lookup(repo, &reference)
+        .await?
+        .ok_or_else(|| unknown(&reference))?;
+    let accept = accepted(headers);
+    if !acceptable(&accept, &manifest.media_type) {
+        return Err(ApiError::with_message(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "the manifest is {}, which is not among the media types the request accepts",
+                manifest.media_type
+            ),
+            json!({ "mediaType": manifest.media_type, "accept": accept }),
+        ));
+    }
+    let len = manifest.content.len();
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(manifest.content)
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &manifest.media_type)
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ETAG, format!("\"{}\"", manifest.digest))
+        .header("docker-content-digest", &manifest.digest)
+        .body(body)
+        .map_err(|e| ApiError::internal("building manifest response", e))
+}
+
+pub(super) async fn put(
+    repo: &Repo<'_>,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let reference = Reference::parse(reference)?;
+    let content = read_body(headers, body).await?;
+    let manifest = Manifest::parse(header_str(headers, header::CONTENT_TYPE), &content)?;
+    let digest = match &reference {
+        Reference::Digest(expected) => {
+            let actual = Digest::of(expected.algorithm(), &content);
+            if &actual != expected {
+                return Err(ApiError::with_message(
+                    ErrorCode::DigestInvalid,
+                    format!("manifest digest is {actual}, not {expected} as in the URL"),
+                    json!({ "expected": expected.as_str(), "actual": actual.as_str() }),
+                ));
+            }
+            actual
+        }
+        Reference::Tag(_) => Digest::sha256_of(&content),
+    };
+    let tag = match &reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
+    let subject = manifest.subject.as_ref().map(|s| s.digest.as_str());
+    let annotations = manifest
+        .annotations
+        .as_ref()
+        .map(|a| serde_json::to_string(a).unwrap_or_default());
+    let new = NewManifest {
+        digest: digest.as_str(),
+        media_type: manifest.media_type,
+        artifact_type: manifest.artifact_type.as_deref(),
+        subject,
+        annotations,
+        content: &content,
+        blobs: manifest
+            .required_blobs()
+            .map(|d| d.digest.as_str())
+            .collect(),
+        manifests: manifest
+            .required_manifests()
+            .iter()
+            .map(|d| d.digest.as_str())
+            .collect(),
+    };
+    repo.state
+        .meta
+        .put_manifest(repo.registry_id, repo.name.as_str(), &new, tag)
+        .await?;
+
+    let mut resp = Response::builder()
+        .status(StatusCode::CREATED)
+        .header(
+            header::LOCATION,
+            format!("/v2/{}/manifests/{}", repo.name, digest),
+        )
+        .header("docker-content-digest", digest.as_str())
+        .header(header::CONTENT_LENGTH, 0);
+    if let Some(subject) = subject {
+        resp = resp.header("oci-subject", subject);
+    }
+    resp.body(Body::empty())
+        .map_err(|e| ApiError::internal("building manifest response", e))
+}
+
+pub(super) async fn delete(repo: &Repo<'_>, reference: &str) -> Result<Response> {
+    ensure_delete_enabled(repo.state)?;
+    let reference = Reference::parse(reference)?;
+    let meta = &repo.state.meta;
+    let deleted = match &reference {
+        Reference::Tag(tag) => {
+            meta.delete_tag(repo.registry_id, repo.name.as_str(), tag.as_str())
+                .await?
+        }
+        Reference::Digest(d) => {
+            meta.delete_manifest(repo.registry_id, repo.name.as_str(), d.as_str())
+                .await?
+        }
+    };
+    if !deleted {
+        return Err(unknown(&reference));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(acceptable(&[], media::OCI_INDEX));
+        assert!(acceptable(&["*/*"], media::OCI_INDEX));
+        assert!(acceptable(
+            &[media::DOCKER_MANIFEST, media::OCI_INDEX],
+            media::OCI_INDEX
+        ));
+        assert!(!acceptable(&[media::DOCKER_MANIFEST], media::OCI_INDEX));
+    }
+}

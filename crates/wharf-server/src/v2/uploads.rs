@@ -1,0 +1,305 @@
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::json;
+use wharf_meta::Upload;
+use wharf_oci::{Digest, ErrorCode, RepositoryName};
+use wharf_store::StoreError;
+
+use super::{body_stream, content_length, header_str, Query, Repo, Result};
+use crate::ApiError;
+
+fn location(repo: &Repo<'_>, id: &str) -> String {
+    format!("/v2/{}/blobs/uploads/{id}", repo.name)
+}
+
+/// The `Range` of an upload holding `size` bytes: inclusive, and `0-0` while empty, as the
+/// reference registry answers.
+fn range_value(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+/// The answer to every request on an open session: where it is and how much it holds.
+fn session_response(repo: &Repo<'_>, status: StatusCode, id: &str, size: u64) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::LOCATION, location(repo, id))
+        .header(header::RANGE, range_value(size))
+        .header("docker-upload-uuid", id)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+fn created_response(repo: &Repo<'_>, digest: &Digest) -> Response {
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header(
+            header::LOCATION,
+            format!("/v2/{}/blobs/{}", repo.name, digest),
+        )
+        .header("docker-content-digest", digest.as_str())
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+/// 416 with the session's current state, so the client can resume from the right offset.
+fn out_of_order(repo: &Repo<'_>, id: &str, size: u64, why: String) -> ApiError {
+    ApiError::with_message(ErrorCode::BlobUploadInvalid, why, json!({ "size": size }))
+        .status(StatusCode::RANGE_NOT_SATISFIABLE)
+        .header(header::LOCATION, &location(repo, id))
+        .header(header::RANGE, &range_value(size))
+        .header(header::HeaderName::from_static("docker-upload-uuid"), id)
+}
+
+/// Parses `Content-Range: <start>-<end>` (also with a `bytes ` or `bytes=` unit).
+fn parse_content_range(value: &str) -> Option<(u64, u64)> {
+    let v = value.trim();
+    let v = v
+        .strip_prefix("bytes=")
+        .or_else(|| v.strip_prefix("bytes "))
+        .unwrap_or(v);
+    let v = v.split('/').next()?;
+    let (a, b) = v.trim().split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (b >= a).then_some((a, b))
+}
+
+async fn open_session(repo: &Repo<'_>) -> Result<String> {
+    let id = uuid::Uuid::new_v4().to_string();
+    repo.state.store.create_upload(&id).await?;
+    repo.state
+        .meta
+        .create_upload(repo.registry_id, repo.name.as_str(), &id)
+        .await?;
+    Ok(id)
+}
+
+async fn find_session(repo: &Repo<'_>, id: &str) -> Result<Upload> {
+    repo.state
+        .meta
+        .get_upload(repo.registry_id, repo.name.as_str(), id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::BlobUploadUnknown, json!({ "id": id })))
+}
+
+/// Drops a session and its bytes.
+async fn discard(repo: &Repo<'_>, id: &str) -> Result<()> {
+    repo.state.meta.delete_upload(id).await?;
+    repo.state.store.delete_upload(id).await?;
+    Ok(())
+}
+
+/// Appends a request body to an upload: in order, of the announced length, or not at all.
+async fn append(repo: &Repo<'_>, upload: &Upload, headers: &HeaderMap, body: Body) -> Result<u64> {
+    let offset = upload.size as u64;
+    let announced = content_length(headers)?;
+    let expected = match header_str(headers, header::CONTENT_RANGE) {
+        None => announced,
+        Some(value) => {
+            let Some((start, end)) = parse_content_range(value) else {
+                return Err(out_of_order(
+                    repo,
+                    &upload.id,
+                    offset,
+                    format!("Content-Range {value:?} is not of the form <start>-<end>"),
+                ));
+            };
+            if start != offset {
+                return Err(out_of_order(
+                    repo,
+                    &upload.id,
+                    offset,
+                    format!("chunk starts at byte {start} but the upload holds {offset} bytes; send the chunk starting at {offset}"),
+                ));
+            }
+            let len = end - start + 1;
+            if announced.is_some_and(|n| n != len) {
+                return Err(ApiError::with_message(
+                    ErrorCode::SizeInvalid,
+                    format!(
+                        "Content-Range covers {len} bytes but Content-Length is {}",
+                        announced.unwrap_or(0)
+                    ),
+                    None,
+                ));
+            }
+            Some(len)
+        }
+    };
+    if expected == Some(0) {
+        return Ok(offset);
+    }
+    let size = repo
+        .state
+        .store
+        .append_upload(&upload.id, offset, body_stream(body), expected)
+        .await?;
+    if !repo
+        .state
+        .meta
+        .advance_upload(&upload.id, offset as i64, size as i64)
+        .await?
+    {
+        return Err(out_of_order(
+            repo,
+            &upload.id,
+            offset,
+            "the upload changed during this request".to_string(),
+        ));
+    }
+    Ok(size)
+}
+
+/// Verifies and publishes the upload's bytes; a digest mismatch ends the session and keeps
+/// nothing.
+async fn finish(repo: &Repo<'_>, id: &str, size: u64, digest: &Digest) -> Result<Response> {
+    match repo.state.store.commit_upload(id, size, digest).await {
+        Ok(()) => {}
+        Err(e @ StoreError::DigestMismatch { .. }) => {
+            discard(repo, id).await?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    repo.state
+        .meta
+        .commit_blob(
+            repo.registry_id,
+            repo.name.as_str(),
+            digest.as_str(),
+            size as i64,
+            Some(id),
+        )
+        .await?;
+    Ok(created_response(repo, digest))
+}
+
+fn digest_param(query: &Query) -> Result<Digest> {
+    let value = query.get("digest").ok_or_else(|| {
+        ApiError::with_message(
+            ErrorCode::DigestInvalid,
+            "the digest query parameter is required to complete an upload",
+            None,
+        )
+    })?;
+    Ok(Digest::parse(value)?)
+}
+
+/// `POST /v2/<name>/blobs/uploads/`: a session, a single-request upload (`?digest=`) or a
+/// cross-repository mount (`?mount=&from=`).
+pub(super) async fn start(
+    repo: &Repo<'_>,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if let Some(mount) = query.get("mount") {
+        // A mount that cannot be done falls back to a plain session, as the spec asks.
+        let source = query
+            .get("from")
+            .and_then(|f| RepositoryName::parse(f).ok());
+        if let (Ok(digest), Some(from)) = (Digest::parse(mount), source) {
+            let mounted = repo
+                .state
+                .meta
+                .mount_blob(
+                    repo.registry_id,
+                    from.as_str(),
+                    repo.name.as_str(),
+                    digest.as_str(),
+                )
+                .await?;
+            if mounted.is_some() {
+                return Ok(created_response(repo, &digest));
+            }
+        }
+    } else if query.get("digest").is_some() {
+        let digest = digest_param(query)?;
+        let id = open_session(repo).await?;
+        let upload = Upload {
+            id: id.clone(),
+            repository: repo.name.to_string(),
+            size: 0,
+        };
+        let result = match append(repo, &upload, headers, body).await {
+            Ok(size) => finish(repo, &id, size, &digest).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            discard(repo, &id).await?;
+        }
+        return result;
+    }
+    let id = open_session(repo).await?;
+    Ok(session_response(repo, StatusCode::ACCEPTED, &id, 0))
+}
+
+pub(super) async fn status(repo: &Repo<'_>, id: &str) -> Result<Response> {
+    let upload = find_session(repo, id).await?;
+    Ok(session_response(
+        repo,
+        StatusCode::NO_CONTENT,
+        id,
+        upload.size as u64,
+    ))
+}
+
+pub(super) async fn patch(
+    repo: &Repo<'_>,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let _guard = repo.state.upload_locks.lock(id).await;
+    let upload = find_session(repo, id).await?;
+    let size = append(repo, &upload, headers, body).await?;
+    Ok(session_response(repo, StatusCode::ACCEPTED, id, size))
+}
+
+pub(super) async fn put(
+    repo: &Repo<'_>,
+    id: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let _guard = repo.state.upload_locks.lock(id).await;
+    let upload = find_session(repo, id).await?;
+    let digest = digest_param(query)?;
+    let size = append(repo, &upload, headers, body).await?;
+    finish(repo, id, size, &digest).await
+}
+
+pub(super) async fn cancel(repo: &Repo<'_>, id: &str) -> Result<Response> {
+    let _guard = repo.state.upload_locks.lock(id).await;
+    find_session(repo, id).await?;
+    discard(repo, id).await?;
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Body::empty())
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
+        assert_eq!(parse_content_range("bytes=5-5"), Some((5, 5)));
+        assert_eq!(parse_content_range("9-1"), None);
+        assert_eq!(parse_content_range("abc"), None);
+        assert_eq!(parse_content_range("-5"), None);
+    }
+
+    #[test]
+    fn ranges_are_inclusive() {
+        assert_eq!(range_value(0), "0-0");
+        assert_eq!(range_value(1), "0-0");
+        assert_eq!(range_value(10), "0-9");
+    }
+}

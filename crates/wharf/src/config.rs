@@ -1,0 +1,152 @@
+//! Configuration: defaults, then a TOML file, then `WHARF_*` environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "WHARF_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long, env = "WHARF_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for content and the embedded database [default: ./wharf-data].
+    #[arg(long, env = "WHARF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Metadata database: sqlite:PATH or postgres://... [default: SQLite in the data directory].
+    #[arg(long, env = "WHARF_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "WHARF_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `wharf_server=debug` [default: info].
+    #[arg(long, env = "WHARF_LOG")]
+    log_level: Option<String>,
+    /// Allow deleting blobs and manifests through /v2/ [default: true].
+    #[arg(long, env = "WHARF_DELETE_ENABLED")]
+    delete_enabled: Option<bool>,
+}
+
+/// The configuration file. Unknown keys are refused so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    delete_enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub delete_enabled: bool,
+}
+
+impl Config {
+    pub fn load(args: ServeArgs) -> Result<Config, String> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| {
+                    format!(
+                        "config file {}: {}",
+                        path.display(),
+                        e.to_string().trim().replace('\n', " ")
+                    )
+                })?
+            }
+        };
+        Ok(Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./wharf-data")),
+            database_url: args.database_url.or(file.database_url),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+            delete_enabled: args.delete_enabled.or(file.delete_enabled).unwrap_or(true),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let f =
+            write("listen = \"127.0.0.1:6000\"\ndata_dir = \"/tmp/x\"\ndelete_enabled = false\n");
+        let c = Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            data_dir: Some("/tmp/y".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
+        assert!(!c.delete_enabled);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = Config::load(ServeArgs::default()).unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 5000)));
+        assert_eq!(c.data_dir, PathBuf::from("./wharf-data"));
+        assert!(c.delete_enabled);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let f = write("listne = \"127.0.0.1:6000\"\n");
+        let err = Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("listne"), "{err}");
+        let f = write("listen = \"nowhere\"\n");
+        assert!(Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The `wharf` command: `wharf serve` runs the registry.
+
+mod config;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use wharf_meta::Meta;
+use wharf_server::{AppState, ProtocolSettings};
+use wharf_store::FsStore;
+
+use config::{Config, LogFormat, ServeArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A multi-tenant OCI container registry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry server.
+    Serve(ServeArgs),
+}
+
+/// The name of the registry that serves every request until host-based routing exists.
+const DEFAULT_REGISTRY: &str = "default";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => Config::load(args).and_then(serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wharf: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&config.log_level)
+        .map_err(|e| format!("log level {:?} is invalid: {e}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+    let database_url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| sqlite_url(&data_dir));
+
+    let meta = Meta::connect(&database_url)
+        .await
+        .map_err(|e| format!("metadata database: {e}"))?;
+    let store = FsStore::open(&data_dir)
+        .await
+        .map_err(|e| format!("content store in {}: {e}", data_dir.display()))?;
+    let registry = meta
+        .ensure_registry(DEFAULT_REGISTRY)
+        .await
+        .map_err(|e| format!("metadata database: {e}"))?;
+    let state = Arc::new(AppState::new(
+        meta.clone(),
+        Arc::new(store),
+        registry,
+        ProtocolSettings {
+            delete_enabled: config.delete_enabled,
+        },
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| format!("listener address: {e}"))?;
+    tracing::info!(
+        %addr,
+        data_dir = %data_dir.display(),
+        database = ?meta.backend(),
+        "wharf listening"
+    );
+    axum::serve(listener, wharf_server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    meta.close().await;
+    tracing::info!("wharf stopped");
+    Ok(())
+}
+
+fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("wharf.db").display())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -19,13 +19,18 @@ fn too_large() -> ApiError {
     .status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
-/// Reads a manifest body, refusing it as soon as it passes the size limit.
+/// Past the limit the body is still read and dropped up to this many bytes, so that the client,
+/// which is busy sending, receives the 413 instead of a reset connection.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Reads a manifest body of at most [`MAX_MANIFEST_SIZE`] bytes.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
-    if content_length(headers)?.is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
+    if content_length(headers)?.is_some_and(|n| n > DRAIN_LIMIT) {
         return Err(too_large());
     }
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
+    let mut seen: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::with_message(
@@ -34,10 +39,16 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
                 None,
             )
         })?;
-        if buf.len() + chunk.len() > MAX_MANIFEST_SIZE {
-            return Err(too_large());
+        seen += chunk.len() as u64;
+        if seen > DRAIN_LIMIT {
+            break;
         }
-        buf.extend_from_slice(&chunk);
+        if seen <= MAX_MANIFEST_SIZE as u64 {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_MANIFEST_SIZE as u64 {
+        return Err(too_large());
     }
     Ok(buf)
 }

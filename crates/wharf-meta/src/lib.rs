@@ -3,14 +3,16 @@
 //! One implementation serves SQLite (embedded default) and PostgreSQL (scale-out): queries are
 //! written in the SQL both accept and run through sqlx's `Any` driver; only the migrations differ.
 
+mod admin;
 mod db;
 mod manifests;
 mod registries;
 mod uploads;
 
+pub use admin::{AdminKey, AuditEntry, AuditRecord};
 pub use db::{Backend, Meta};
 pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
-pub use registries::Registry;
+pub use registries::{NewRegistry, Registry, RegistryStats, RepositoryInfo};
 pub use uploads::Upload;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,8 @@ pub enum MetaError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite:PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("manifest references content missing from the repository: {}", .0.join(", "))]
     MissingReferences(Vec<String>),
 }

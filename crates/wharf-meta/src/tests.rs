@@ -67,9 +67,9 @@ async fn blobs_are_visible_per_repository_and_registry() {
     let stores = stores().await;
     for s in &stores {
         let m = &s.meta;
-        let a = m.ensure_registry("alpha").await.unwrap();
-        let b = m.ensure_registry("beta").await.unwrap();
-        assert_eq!(m.ensure_registry("alpha").await.unwrap().id, a.id);
+        let a = m.ensure_registry("alpha", "eu").await.unwrap();
+        let b = m.ensure_registry("beta", "eu").await.unwrap();
+        assert_eq!(m.ensure_registry("alpha", "eu").await.unwrap().id, a.id);
         m.create_upload(a.id, "app", "up1").await.unwrap();
         assert!(m.advance_upload("up1", 0, 10).await.unwrap());
         assert!(
@@ -142,7 +142,7 @@ async fn manifests_need_their_references_and_tags_list_in_order() {
     let stores = stores().await;
     for s in &stores {
         let m = &s.meta;
-        let r = m.ensure_registry("default").await.unwrap();
+        let r = m.ensure_registry("default", "eu").await.unwrap();
         let (layer, d1, d2) = (digest(1), digest(2), digest(3));
         let missing = m
             .put_manifest(r.id, "app", &manifest(&d1, vec![&layer], None), Some("v1"))

@@ -1,6 +1,7 @@
 //! wharf's HTTP side: the `/v2/` registry protocol and health endpoints, and the services they
 //! call. Data flows one way: HTTP -> service -> (metadata store, content store).
 
+mod api;
 mod error;
 mod locks;
 mod route;
@@ -15,22 +16,32 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use wharf_meta::{Meta, Registry};
+use wharf_meta::Meta;
 use wharf_store::BlobStore;
 
+pub use api::openapi;
 pub use error::ApiError;
 
-/// Behaviour switches of the registry protocol.
+/// How the server behaves, from its configuration.
 #[derive(Debug, Clone)]
-pub struct ProtocolSettings {
+pub struct Settings {
     /// Whether blobs and manifests may be deleted through `/v2/`.
     pub delete_enabled: bool,
+    /// Registries answer on `<name>.<base_domain>`.
+    pub base_domain: String,
+    /// The registry that answers on any other host name, if any.
+    pub default_registry: Option<String>,
+    /// The locations a registry may be created in.
+    pub locations: Vec<String>,
 }
 
-impl Default for ProtocolSettings {
+impl Default for Settings {
     fn default() -> Self {
-        ProtocolSettings {
+        Settings {
             delete_enabled: true,
+            base_domain: "localhost".to_string(),
+            default_registry: Some("default".to_string()),
+            locations: vec!["default".to_string()],
         }
     }
 }
@@ -38,23 +49,15 @@ impl Default for ProtocolSettings {
 pub struct AppState {
     pub meta: Meta,
     pub store: Arc<dyn BlobStore>,
-    /// The registry that answers every host until registries are routed by host name.
-    pub default_registry: Registry,
-    pub settings: ProtocolSettings,
+    pub settings: Settings,
     pub(crate) upload_locks: locks::KeyedLocks,
 }
 
 impl AppState {
-    pub fn new(
-        meta: Meta,
-        store: Arc<dyn BlobStore>,
-        default_registry: Registry,
-        settings: ProtocolSettings,
-    ) -> Self {
+    pub fn new(meta: Meta, store: Arc<dyn BlobStore>, settings: Settings) -> Self {
         AppState {
             meta,
             store,
-            default_registry,
             settings,
             upload_locks: locks::KeyedLocks::default(),
         }
@@ -62,11 +65,13 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let api = api::router(&state);
     Router::new()
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*path}", any(v2::dispatch))
         .layer(middleware::map_response(api_version_header))
+        .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         // Blob bodies are streamed to storage, never collected, so no body limit applies here;

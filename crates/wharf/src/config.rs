@@ -36,6 +36,15 @@ pub struct ServeArgs {
     /// Allow deleting blobs and manifests through /v2/ [default: true].
     #[arg(long, env = "WHARF_DELETE_ENABLED")]
     delete_enabled: Option<bool>,
+    /// Registries answer on <name>.<base-domain> [default: localhost].
+    #[arg(long, env = "WHARF_BASE_DOMAIN")]
+    base_domain: Option<String>,
+    /// Registry answering on any other host name; empty for none [default: default].
+    #[arg(long, env = "WHARF_DEFAULT_REGISTRY")]
+    default_registry: Option<String>,
+    /// Comma-separated locations registries may be created in [default: default].
+    #[arg(long, env = "WHARF_LOCATIONS", value_delimiter = ',')]
+    locations: Option<Vec<String>>,
 }
 
 /// The configuration file. Unknown keys are refused so that a typo is not silently ignored.
@@ -48,6 +57,9 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     delete_enabled: Option<bool>,
+    base_domain: Option<String>,
+    default_registry: Option<String>,
+    locations: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +70,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub delete_enabled: bool,
+    pub base_domain: String,
+    pub default_registry: Option<String>,
+    pub locations: Vec<String>,
 }
 
 impl Config {
@@ -95,6 +110,31 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
             delete_enabled: args.delete_enabled.or(file.delete_enabled).unwrap_or(true),
+            base_domain: args
+                .base_domain
+                .or(file.base_domain)
+                .unwrap_or_else(|| "localhost".to_string())
+                .to_ascii_lowercase(),
+            // An empty name switches the default registry off.
+            default_registry: match args.default_registry.or(file.default_registry) {
+                None => Some("default".to_string()),
+                Some(n) if n.is_empty() => None,
+                Some(n) => Some(n),
+            },
+            locations: {
+                let l: Vec<String> = args
+                    .locations
+                    .or(file.locations)
+                    .unwrap_or_else(|| vec!["default".to_string()])
+                    .into_iter()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                if l.is_empty() {
+                    return Err("locations must name at least one location".to_string());
+                }
+                l
+            },
         })
     }
 }

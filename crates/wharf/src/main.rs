@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wharf_meta::Meta;
-use wharf_server::{AppState, ProtocolSettings};
+use wharf_server::{AppState, Settings};
 use wharf_store::FsStore;
 
 use config::{Config, LogFormat, ServeArgs};
@@ -32,9 +32,6 @@ enum Command {
     /// Run the registry server.
     Serve(ServeArgs),
 }
-
-/// The name of the registry that serves every request until host-based routing exists.
-const DEFAULT_REGISTRY: &str = "default";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -95,16 +92,25 @@ async fn run(config: Config) -> Result<(), String> {
     let store = FsStore::open(&data_dir)
         .await
         .map_err(|e| format!("content store in {}: {e}", data_dir.display()))?;
-    let registry = meta
-        .ensure_registry(DEFAULT_REGISTRY)
-        .await
-        .map_err(|e| format!("metadata database: {e}"))?;
+    if let Some(name) = &config.default_registry {
+        let location = config
+            .locations
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
+        meta.ensure_registry(name, location)
+            .await
+            .map_err(|e| format!("metadata database: {e}"))?;
+    }
+    bootstrap_owner_key(&meta).await?;
     let state = Arc::new(AppState::new(
         meta.clone(),
         Arc::new(store),
-        registry,
-        ProtocolSettings {
+        Settings {
             delete_enabled: config.delete_enabled,
+            base_domain: config.base_domain.clone(),
+            default_registry: config.default_registry.clone(),
+            locations: config.locations.clone(),
         },
     ));
 
@@ -126,6 +132,44 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("server error: {e}"))?;
     meta.close().await;
     tracing::info!("wharf stopped");
+    Ok(())
+}
+
+/// On first start (no administrator keys yet) creates an owner key: the one from
+/// `WHARF_BOOTSTRAP_KEY`, or a new one printed once on standard output.
+async fn bootstrap_owner_key(meta: &Meta) -> Result<(), String> {
+    let db = |e: wharf_meta::MetaError| format!("metadata database: {e}");
+    if meta.count_admin_keys().await.map_err(db)? > 0 {
+        return Ok(());
+    }
+    let (secret, generated) = match std::env::var("WHARF_BOOTSTRAP_KEY") {
+        Ok(k) if !k.is_empty() => (
+            wharf_auth::bootstrap_admin_key(&k).map_err(|e| format!("WHARF_BOOTSTRAP_KEY: {e}"))?,
+            false,
+        ),
+        _ => (
+            wharf_auth::generate_admin_key().map_err(|e| e.to_string())?,
+            true,
+        ),
+    };
+    meta.create_admin_key(
+        "bootstrap",
+        &secret.hash,
+        &secret.prefix,
+        wharf_auth::Permission::Owner.as_str(),
+        None,
+    )
+    .await
+    .map_err(db)?;
+    if generated {
+        // Printed, never logged: this is the only time the secret exists outside its owner.
+        println!(
+            "wharf: bootstrap owner key (shown once; store it now): {}",
+            secret.secret
+        );
+    } else {
+        tracing::info!("bootstrap owner key taken from WHARF_BOOTSTRAP_KEY");
+    }
     Ok(())
 }
 

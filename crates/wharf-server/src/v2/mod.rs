@@ -63,7 +63,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
     let method = &parts.method;
     let headers = &parts.headers;
     let query = Query::parse(parts.uri.query());
-    let registry_id = state.default_registry.id;
+    let registry_id = resolve_registry(state, &parts).await?;
     let repo = |name: &str| -> Result<Repo<'_>> {
         Ok(Repo {
             state,
@@ -115,6 +115,55 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
             format!("method {method} is not allowed on this endpoint"),
             None,
         )),
+    }
+}
+
+/// The registry a request addresses: `<name>.<base domain>` by its Host, any other host name
+/// the default registry if one is configured.
+async fn resolve_registry(state: &AppState, parts: &axum::http::request::Parts) -> Result<i64> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host())
+        .unwrap_or("");
+    let host = host_without_port(host).to_ascii_lowercase();
+    let suffix = format!(".{}", state.settings.base_domain);
+    let name = match host.strip_suffix(&suffix) {
+        Some(label) if !label.is_empty() && !label.contains('.') => label.to_string(),
+        _ => state.settings.default_registry.clone().ok_or_else(|| {
+            ApiError::with_message(
+                ErrorCode::NameUnknown,
+                format!(
+                    "host {host:?} names no registry; use <registry>.{}",
+                    state.settings.base_domain
+                ),
+                None,
+            )
+        })?,
+    };
+    state
+        .meta
+        .registry(&name)
+        .await?
+        .map(|r| r.id)
+        .ok_or_else(|| {
+            ApiError::with_message(
+                ErrorCode::NameUnknown,
+                format!("there is no registry named {name:?} on this server"),
+                serde_json::json!({ "registry": name }),
+            )
+        })
+}
+
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
     }
 }
 

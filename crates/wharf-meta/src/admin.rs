@@ -1,0 +1,177 @@
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{now_millis, Meta, Result};
+
+/// An administrator's API key as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub id: i64,
+    pub name: String,
+    /// The first characters of the key, so that people can tell their keys apart.
+    pub prefix: String,
+    /// Space-separated permission names.
+    pub permissions: String,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub registry: Option<&'a str>,
+    pub repository: Option<&'a str>,
+    pub digest: Option<&'a str>,
+    /// Extra facts as a JSON object.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub registry: Option<String>,
+    pub repository: Option<String>,
+    pub digest: Option<String>,
+    pub detail: Option<String>,
+}
+
+const KEY_COLUMNS: &str = "id, name, prefix, permissions, created_at, created_by, revoked_at";
+
+fn admin_key(r: &AnyRow) -> Result<AdminKey> {
+    Ok(AdminKey {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        prefix: r.try_get("prefix")?,
+        permissions: r.try_get("permissions")?,
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+impl Meta {
+    pub async fn create_admin_key(
+        &self,
+        name: &str,
+        key_hash: &str,
+        prefix: &str,
+        permissions: &str,
+        created_by: Option<&str>,
+    ) -> Result<AdminKey> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO admin_keys (name, key_hash, prefix, permissions, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(name)
+        .bind(key_hash)
+        .bind(prefix)
+        .bind(permissions)
+        .bind(now_millis())
+        .bind(created_by)
+        .fetch_one(&self.write)
+        .await?;
+        admin_key(&row)
+    }
+
+    /// The live (not revoked) key with this hash.
+    pub async fn admin_key_by_hash(&self, key_hash: &str) -> Result<Option<AdminKey>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL"
+        ))
+        .bind(key_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(admin_key).transpose()
+    }
+
+    pub async fn list_admin_keys(&self) -> Result<Vec<AdminKey>> {
+        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM admin_keys ORDER BY id"))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(admin_key).collect()
+    }
+
+    pub async fn count_admin_keys(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_keys")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Revokes a live key; returns it, or `None` if there is no such live key.
+    pub async fn revoke_admin_key(&self, id: i64) -> Result<Option<AdminKey>> {
+        let row = sqlx::query(&format!(
+            "UPDATE admin_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+             RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(now_millis())
+        .bind(id)
+        .fetch_optional(&self.write)
+        .await?;
+        row.as_ref().map(admin_key).transpose()
+    }
+
+    pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, registry, repository, digest, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(now_millis())
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.registry)
+        .bind(entry.repository)
+        .bind(entry.digest)
+        .bind(entry.detail.as_deref())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit records, newest first, older than `before` (an id), optionally of one registry.
+    pub async fn list_audit(
+        &self,
+        registry: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<AuditRecord>, bool)> {
+        let mut sql = String::from(
+            "SELECT id, at, actor, action, registry, repository, digest, detail FROM audit_log \
+             WHERE id < $1",
+        );
+        if registry.is_some() {
+            sql.push_str(" AND registry = $3");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT $2");
+        let mut q = sqlx::query(&sql)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit.saturating_add(1));
+        if let Some(r) = registry {
+            q = q.bind(r);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        let more = rows.len() as i64 > limit;
+        let list = rows
+            .iter()
+            .take(limit.max(0) as usize)
+            .map(|r| {
+                Ok(AuditRecord {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    registry: r.try_get("registry")?,
+                    repository: r.try_get("repository")?,
+                    digest: r.try_get("digest")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((list, more))
+    }
+}

@@ -1,0 +1,194 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wharf_auth::{generate_admin_key, Permission, Permissions};
+use wharf_meta::{AdminKey, AuditEntry};
+use wharf_oci::RegistryName;
+
+use super::auth::Admin;
+use super::problem::{ApiJson, Problem};
+use super::rfc3339;
+use crate::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminKey {
+    /// A label for the key, by the registry-name rules (e.g. `alice-laptop`).
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$")]
+    pub name: String,
+    /// At least one of `registry:read`, `registry:write`, `registry:delete`, `owner`.
+    #[schema(min_items = 1)]
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminKeyView {
+    pub id: i64,
+    pub name: String,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    pub permissions: Vec<String>,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewAdminKey {
+    #[serde(flatten)]
+    pub key: AdminKeyView,
+    /// The secret. It is shown only here, once; wharf keeps only its hash.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminKeyList {
+    pub items: Vec<AdminKeyView>,
+}
+
+fn view(k: AdminKey) -> AdminKeyView {
+    AdminKeyView {
+        id: k.id,
+        name: k.name,
+        prefix: k.prefix,
+        permissions: k.permissions.split_whitespace().map(String::from).collect(),
+        created_at: rfc3339(k.created_at),
+        created_by: k.created_by,
+        revoked_at: k.revoked_at.map(rfc3339),
+    }
+}
+
+async fn audit(state: &AppState, admin: &Admin, action: &str, detail: String) {
+    let actor = admin.actor();
+    let entry = AuditEntry {
+        actor: &actor,
+        action,
+        detail: Some(detail),
+        ..Default::default()
+    };
+    if let Err(e) = state.meta.audit(&entry).await {
+        tracing::error!(error = %e, action, "audit log write failed");
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/admin-keys", tag = "admin-keys", security(("bearer" = [])),
+    responses(
+        (status = 200, body = AdminKeyList),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Json<AdminKeyList>, Problem> {
+    admin.require(Permission::Owner)?;
+    let items = state
+        .meta
+        .list_admin_keys()
+        .await?
+        .into_iter()
+        .map(view)
+        .collect();
+    Ok(Json(AdminKeyList { items }))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/admin-keys", tag = "admin-keys", request_body = CreateAdminKey,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = NewAdminKey),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    ApiJson(body): ApiJson<CreateAdminKey>,
+) -> Result<Response, Problem> {
+    admin.require(Permission::Owner)?;
+    let invalid = |m: String| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    RegistryName::parse(&body.name)
+        .map_err(|e| invalid(format!("key name {:?} is invalid: {e}", body.name)))?;
+    let permissions = body
+        .permissions
+        .iter()
+        .map(|p| Permission::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    if permissions.is_empty() {
+        return Err(invalid("a key needs at least one permission".to_string()));
+    }
+    let permissions = Permissions::new(permissions).to_string();
+    let secret = generate_admin_key().map_err(|e| Problem::internal("generating a key", e))?;
+    let key = state
+        .meta
+        .create_admin_key(
+            &body.name,
+            &secret.hash,
+            &secret.prefix,
+            &permissions,
+            Some(&admin.actor()),
+        )
+        .await?;
+    audit(
+        &state,
+        &admin,
+        "admin-key.create",
+        serde_json::json!({ "id": key.id, "name": key.name, "permissions": permissions })
+            .to_string(),
+    )
+    .await;
+    let body = NewAdminKey {
+        key: view(key),
+        secret: secret.secret,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/admin-keys/{id}", tag = "admin-keys",
+    params(("id" = i64, Path, description = "Key id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked; it stops working at once"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    admin.require(Permission::Owner)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Problem::bad_request(format!("key id {id:?} is not a number")))?;
+    let key = state
+        .meta
+        .revoke_admin_key(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no live administrator key with id {id}")))?;
+    audit(
+        &state,
+        &admin,
+        "admin-key.revoke",
+        serde_json::json!({ "id": key.id, "name": key.name }).to_string(),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,129 @@
+//! The management REST API under `/api/v1/`, documented by an OpenAPI 3.1 document generated
+//! from these handlers and served at `/api/v1/openapi.json`.
+
+mod audit;
+mod auth;
+mod keys;
+mod problem;
+mod registries;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
+use utoipa::{Modify, OpenApi};
+
+pub use problem::Problem;
+
+use crate::AppState;
+
+/// Management requests are small JSON documents.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest page of any listing.
+pub const MAX_LIMIT: i64 = 100;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "wharf management API", version = "1"),
+    paths(
+        registries::list, registries::create, registries::show, registries::update,
+        registries::remove, registries::list_repositories, registries::delete_repository,
+        keys::list, keys::create, keys::revoke, audit::list,
+    ),
+    components(schemas(Problem)),
+    modifiers(&Security),
+    tags(
+        (name = "registries", description = "Registries (tenants) and their repositories"),
+        (name = "admin-keys", description = "Administrators' API keys"),
+        (name = "audit", description = "Who changed what, when"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, with the locations this server is configured with as the only
+/// values a registry's location may take.
+pub fn openapi(locations: &[String]) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if let Some(components) = doc.components.as_mut() {
+        if let Some(RefOr::T(Schema::Object(create))) = components.schemas.get_mut("CreateRegistry")
+        {
+            let location = ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .enum_values(Some(locations.iter().cloned()))
+                .description(Some("One of the locations this server offers"))
+                .build();
+            create
+                .properties
+                .insert("location".to_string(), RefOr::T(Schema::Object(location)));
+        }
+    }
+    doc
+}
+
+pub fn router(state: &AppState) -> Router<Arc<AppState>> {
+    let doc = openapi(&state.settings.locations);
+    Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .route(
+            "/api/v1/registries",
+            get(registries::list).post(registries::create),
+        )
+        .route(
+            "/api/v1/registries/{name}",
+            get(registries::show)
+                .patch(registries::update)
+                .delete(registries::remove),
+        )
+        .route(
+            "/api/v1/registries/{name}/repositories",
+            get(registries::list_repositories),
+        )
+        .route(
+            "/api/v1/registries/{name}/repositories/{*repository}",
+            delete(registries::delete_repository),
+        )
+        .route("/api/v1/admin-keys", get(keys::list).post(keys::create))
+        .route("/api/v1/admin-keys/{id}", delete(keys::revoke))
+        .route("/api/v1/audit", get(audit::list))
+        .fallback(|| async { Problem::not_found("no such API endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// RFC 3339 time of a stored millisecond timestamp.
+pub(crate) fn rfc3339(millis: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A page size: 1 to [`MAX_LIMIT`], default 50.
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(Problem::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT} (got {n})"
+        ))),
+    }
+}

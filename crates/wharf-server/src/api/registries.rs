@@ -1,0 +1,499 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use wharf_auth::Permission;
+use wharf_meta::{AuditEntry, NewRegistry, Registry};
+use wharf_oci::{RegistryName, RepositoryName};
+
+use super::auth::Admin;
+use super::problem::{ApiJson, ApiQuery, Problem};
+use super::{page_limit, rfc3339};
+use crate::AppState;
+
+/// A registry (tenant) with its properties and usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistryView {
+    pub name: String,
+    pub location: String,
+    /// The host name its clients push to and pull from.
+    pub hostname: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    pub scanning: bool,
+    pub gc_schedule: Option<GcSchedule>,
+    pub storage_bytes: i64,
+    pub repository_count: i64,
+    pub artifact_count: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// When garbage collection runs: weekdays plus a UTC time of day, or a cron expression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GcSchedule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekdays: Option<Vec<Weekday>>,
+    /// `HH:MM`, 24-hour, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+    pub time: Option<String>,
+    /// A five-field cron expression (minute hour day-of-month month day-of-week), UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+}
+
+impl GcSchedule {
+    fn validate(&self) -> Result<(), Problem> {
+        let bad = |m: &str| Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m));
+        match (&self.weekdays, &self.time, &self.cron) {
+            (None, None, Some(cron)) => {
+                let fields: Vec<_> = cron.split_whitespace().collect();
+                let ok = fields.len() == 5
+                    && fields.iter().all(|f| {
+                        f.bytes()
+                            .all(|b| b.is_ascii_digit() || b",-*/".contains(&b))
+                    });
+                if ok {
+                    Ok(())
+                } else {
+                    bad("gc_schedule.cron must have five fields of digits, '*', ',', '-' and '/'")
+                }
+            }
+            (Some(days), Some(time), None) => {
+                if days.is_empty() {
+                    return bad("gc_schedule.weekdays must name at least one day");
+                }
+                let valid_time = time.len() == 5
+                    && time.as_bytes()[2] == b':'
+                    && time[..2].parse::<u8>().is_ok_and(|h| h < 24)
+                    && time[3..].parse::<u8>().is_ok_and(|m| m < 60)
+                    && time
+                        .bytes()
+                        .enumerate()
+                        .all(|(i, b)| i == 2 || b.is_ascii_digit());
+                if valid_time {
+                    Ok(())
+                } else {
+                    bad("gc_schedule.time must be HH:MM in 24-hour UTC, e.g. 03:30")
+                }
+            }
+            _ => bad("gc_schedule takes either weekdays and time, or cron alone"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRegistry {
+    /// 3–63 characters of a-z, 0-9 and '-', starting with a letter, ending with a letter or
+    /// digit. Fixed for the registry's life.
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$")]
+    pub name: String,
+    /// One of the locations the server offers; fixed at creation.
+    pub location: String,
+    /// Scan every pushed image for vulnerabilities. Once on, it cannot be switched off.
+    #[serde(default)]
+    pub scanning: bool,
+    #[serde(default)]
+    pub gc_schedule: Option<GcSchedule>,
+}
+
+/// Changes to a registry. Absent fields stay as they are; `gc_schedule: null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRegistry {
+    #[serde(default)]
+    pub scanning: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<GcSchedule>)]
+    pub gc_schedule: Option<Option<GcSchedule>>,
+}
+
+/// Tells a field sent as `null` (Some(None)) from one left out (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistryPage {
+    pub items: Vec<RegistryView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// Start after this name.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepositoryView {
+    pub name: String,
+    pub created_at: String,
+    pub artifact_count: i64,
+    pub tag_count: i64,
+    pub storage_bytes: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepositoryPage {
+    pub items: Vec<RepositoryView>,
+    pub next: Option<String>,
+}
+
+fn parse_name(name: &str) -> Result<RegistryName, Problem> {
+    RegistryName::parse(name).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("registry name {name:?} is invalid: {e}"),
+        )
+    })
+}
+
+async fn find(state: &AppState, name: &str) -> Result<Registry, Problem> {
+    state
+        .meta
+        .registry(name)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no registry named {name:?}")))
+}
+
+async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
+    let stats = state.meta.registry_stats(r.id).await?;
+    let gc_schedule = match &r.gc_schedule {
+        Some(s) => {
+            Some(serde_json::from_str(s).map_err(|e| Problem::internal("stored gc schedule", e))?)
+        }
+        None => None,
+    };
+    Ok(RegistryView {
+        hostname: format!("{}.{}", r.name, state.settings.base_domain),
+        name: r.name,
+        location: r.location,
+        created_at: rfc3339(r.created_at),
+        scanning: r.scanning,
+        gc_schedule,
+        storage_bytes: stats.storage_bytes,
+        repository_count: stats.repositories,
+        artifact_count: stats.artifacts,
+    })
+}
+
+async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    registry: &str,
+    repository: Option<&str>,
+) {
+    let actor = admin.actor();
+    let entry = AuditEntry {
+        actor: &actor,
+        action,
+        registry: Some(registry),
+        repository,
+        ..Default::default()
+    };
+    if let Err(e) = state.meta.audit(&entry).await {
+        tracing::error!(error = %e, action, "audit log write failed");
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/registries", tag = "registries", params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RegistryPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<RegistryPage>, Problem> {
+    admin.require(Permission::RegistryRead)?;
+    let limit = page_limit(q.limit)?;
+    let (registries, more) = state
+        .meta
+        .list_registries(q.after.as_deref(), limit)
+        .await?;
+    let next = more
+        .then(|| registries.last().map(|r| r.name.clone()))
+        .flatten();
+    let mut items = Vec::with_capacity(registries.len());
+    for r in registries {
+        items.push(view(&state, r).await?);
+    }
+    Ok(Json(RegistryPage { items, next }))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/registries", tag = "registries", request_body = CreateRegistry,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = RegistryView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The name is taken"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    ApiJson(body): ApiJson<CreateRegistry>,
+) -> Result<Response, Problem> {
+    admin.require(Permission::RegistryWrite)?;
+    let name = parse_name(&body.name)?;
+    if !state.settings.locations.contains(&body.location) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "location {:?} is not offered; choose one of: {}",
+                body.location,
+                state.settings.locations.join(", ")
+            ),
+        ));
+    }
+    let schedule = match &body.gc_schedule {
+        Some(s) => {
+            s.validate()?;
+            Some(serde_json::to_string(s).map_err(|e| Problem::internal("encoding schedule", e))?)
+        }
+        None => None,
+    };
+    let registry = state
+        .meta
+        .create_registry(&NewRegistry {
+            name: name.as_str(),
+            location: &body.location,
+            scanning: body.scanning,
+            gc_schedule: schedule.as_deref(),
+        })
+        .await?;
+    audit(&state, &admin, "registry.create", name.as_str(), None).await;
+    Ok((StatusCode::CREATED, Json(view(&state, registry).await?)).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/registries/{name}", tag = "registries",
+    params(("name" = String, Path, description = "Registry name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RegistryView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<RegistryView>, Problem> {
+    admin.require(Permission::RegistryRead)?;
+    let registry = find(&state, &name).await?;
+    Ok(Json(view(&state, registry).await?))
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/registries/{name}", tag = "registries", request_body = UpdateRegistry,
+    params(("name" = String, Path, description = "Registry name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RegistryView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Scanning cannot be switched off"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpdateRegistry>,
+) -> Result<Json<RegistryView>, Problem> {
+    admin.require(Permission::RegistryWrite)?;
+    let registry = find(&state, &name).await?;
+    if registry.scanning && body.scanning == Some(false) {
+        return Err(Problem::conflict(
+            "vulnerability scanning cannot be switched off once it is on",
+        ));
+    }
+    let schedule = match &body.gc_schedule {
+        Some(Some(s)) => {
+            s.validate()?;
+            Some(Some(
+                serde_json::to_string(s).map_err(|e| Problem::internal("encoding schedule", e))?,
+            ))
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
+    state
+        .meta
+        .update_registry(
+            registry.id,
+            body.scanning,
+            schedule.as_ref().map(|s| s.as_deref()),
+        )
+        .await?;
+    audit(&state, &admin, "registry.update", &name, None).await;
+    let registry = find(&state, &name).await?;
+    Ok(Json(view(&state, registry).await?))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/registries/{name}", tag = "registries",
+    params(("name" = String, Path, description = "Registry name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted with all its repositories, tokens and data"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    admin.require(Permission::RegistryDelete)?;
+    let freed = state
+        .meta
+        .delete_registry(&name)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no registry named {name:?}")))?;
+    // The database no longer names these blobs; their bytes can go.
+    for digest in &freed {
+        let removed = match wharf_oci::Digest::parse(digest) {
+            Ok(d) => state.store.delete_blob(&d).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(%digest, error = %e, "blob content not removed; garbage collection will retry");
+        }
+    }
+    audit(&state, &admin, "registry.delete", &name, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/registries/{name}/repositories", tag = "registries",
+    params(("name" = String, Path, description = "Registry name"), PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RepositoryPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_repositories(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<RepositoryPage>, Problem> {
+    admin.require(Permission::RegistryRead)?;
+    let limit = page_limit(q.limit)?;
+    let registry = find(&state, &name).await?;
+    let (repos, more) = state
+        .meta
+        .list_repository_info(registry.id, q.after.as_deref(), limit)
+        .await?;
+    let next = more.then(|| repos.last().map(|r| r.name.clone())).flatten();
+    let items = repos
+        .into_iter()
+        .map(|r| RepositoryView {
+            name: r.name,
+            created_at: rfc3339(r.created_at),
+            artifact_count: r.artifacts,
+            tag_count: r.tags,
+            storage_bytes: r.storage_bytes,
+        })
+        .collect();
+    Ok(Json(RepositoryPage { items, next }))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/registries/{name}/repositories/{repository}", tag = "registries",
+    params(
+        ("name" = String, Path, description = "Registry name"),
+        ("repository" = String, Path, description = "Repository name; may contain '/'"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted with its manifests and tags"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_repository(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path((name, repository)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    admin.require(Permission::RegistryDelete)?;
+    let repository =
+        RepositoryName::parse(&repository).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let registry = find(&state, &name).await?;
+    if !state
+        .meta
+        .delete_repository(registry.id, repository.as_str())
+        .await?
+    {
+        return Err(Problem::not_found(format!(
+            "registry {name:?} has no repository {:?}",
+            repository.as_str()
+        )));
+    }
+    audit(
+        &state,
+        &admin,
+        "repository.delete",
+        &name,
+        Some(repository.as_str()),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

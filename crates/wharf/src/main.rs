@@ -1,5 +1,6 @@
 //! The `wharf` command: `wharf serve` runs the registry.
 
+mod admin;
 mod config;
 
 use std::io::IsTerminal;
@@ -31,12 +32,44 @@ struct Cli {
 enum Command {
     /// Run the registry server.
     Serve(ServeArgs),
+    /// Manage registries (tenants).
+    Registry {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: admin::RegistryCommand,
+    },
+    /// Manage the repositories of a registry.
+    Repo {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: admin::RepoCommand,
+    },
+    /// Manage administrators' API keys.
+    AdminKey {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: admin::AdminKeyCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(flatten)]
+        args: admin::AuditArgs,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => Config::load(args).and_then(serve),
+        Command::Registry { conn, command } => admin::registry(conn, command),
+        Command::Repo { conn, command } => admin::repo(conn, command),
+        Command::AdminKey { conn, command } => admin::admin_key(conn, command),
+        Command::Audit { conn, args } => admin::audit(conn, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,10 +92,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_problem(rejection)),
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_problem)?;
+        // serde would also build a struct from an array of its fields; bodies are objects.
+        if !value.is_object() {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the request body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            let detail = e.to_string().replace(
+                "data did not match any variant of untagged enum GcSchedule",
+                "gc_schedule must be {\"weekdays\": [\"mon\", ...], \"time\": \"HH:MM\"} or {\"cron\": \"m h dom mon dow\"}",
+            );
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+        })
     }
 }
 

@@ -45,55 +45,66 @@ pub enum Weekday {
 
 /// When garbage collection runs: weekdays plus a UTC time of day, or a cron expression.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum GcSchedule {
+    Weekly(WeeklySchedule),
+    Cron(CronSchedule),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct GcSchedule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weekdays: Option<Vec<Weekday>>,
+pub struct WeeklySchedule {
+    #[schema(min_items = 1)]
+    pub weekdays: Vec<Weekday>,
     /// `HH:MM`, 24-hour, UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-    pub time: Option<String>,
-    /// A five-field cron expression (minute hour day-of-month month day-of-week), UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cron: Option<String>,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronSchedule {
+    /// Five fields (minute hour day-of-month month day-of-week), UTC.
+    #[schema(pattern = r"^[0-9*,/-]+( [0-9*,/-]+){4}$")]
+    pub cron: String,
 }
 
 impl GcSchedule {
     fn validate(&self) -> Result<(), Problem> {
         let bad = |m: &str| Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m));
-        match (&self.weekdays, &self.time, &self.cron) {
-            (None, None, Some(cron)) => {
-                let fields: Vec<_> = cron.split_whitespace().collect();
+        match self {
+            GcSchedule::Cron(CronSchedule { cron }) => {
+                let fields: Vec<_> = cron.split(' ').collect();
                 let ok = fields.len() == 5
                     && fields.iter().all(|f| {
-                        f.bytes()
-                            .all(|b| b.is_ascii_digit() || b",-*/".contains(&b))
+                        !f.is_empty()
+                            && f.bytes()
+                                .all(|b| b.is_ascii_digit() || b",-*/".contains(&b))
                     });
                 if ok {
                     Ok(())
                 } else {
-                    bad("gc_schedule.cron must have five fields of digits, '*', ',', '-' and '/'")
+                    bad("gc_schedule.cron must be five space-separated fields of digits, '*', ',', '-' and '/'")
                 }
             }
-            (Some(days), Some(time), None) => {
-                if days.is_empty() {
+            GcSchedule::Weekly(WeeklySchedule { weekdays, time }) => {
+                if weekdays.is_empty() {
                     return bad("gc_schedule.weekdays must name at least one day");
                 }
-                let valid_time = time.len() == 5
-                    && time.as_bytes()[2] == b':'
-                    && time[..2].parse::<u8>().is_ok_and(|h| h < 24)
-                    && time[3..].parse::<u8>().is_ok_and(|m| m < 60)
-                    && time
-                        .bytes()
+                let b = time.as_bytes();
+                let valid_time = b.len() == 5
+                    && b[2] == b':'
+                    && b.iter()
                         .enumerate()
-                        .all(|(i, b)| i == 2 || b.is_ascii_digit());
+                        .all(|(i, c)| i == 2 || c.is_ascii_digit())
+                    && time[..2].parse::<u8>().is_ok_and(|h| h < 24)
+                    && time[3..].parse::<u8>().is_ok_and(|m| m < 60);
                 if valid_time {
                     Ok(())
                 } else {
                     bad("gc_schedule.time must be HH:MM in 24-hour UTC, e.g. 03:30")
                 }
             }
-            _ => bad("gc_schedule takes either weekdays and time, or cron alone"),
         }
     }
 }
@@ -457,7 +468,8 @@ pub async fn list_repositories(
     delete, path = "/api/v1/registries/{name}/repositories/{repository}", tag = "registries",
     params(
         ("name" = String, Path, description = "Registry name"),
-        ("repository" = String, Path, description = "Repository name; may contain '/'"),
+        ("repository" = String, Path, description = "Repository name; may contain '/'",
+            pattern = r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$"),
     ),
     security(("bearer" = [])),
     responses(

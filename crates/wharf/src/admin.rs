@@ -1,0 +1,601 @@
+//! The administrator commands: registries, repositories, admin keys and the audit log, spoken
+//! to a wharf server through its management API.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Where the server is and which key to use. Flags win over `WHARF_*` variables, which win over
+/// the config file (`$XDG_CONFIG_HOME/wharf/config.toml` or `~/.config/wharf/config.toml`).
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// Server URL [default: http://127.0.0.1:5000].
+    #[arg(long, env = "WHARF_URL", global = true)]
+    url: Option<String>,
+    /// Administrator API key.
+    #[arg(long, env = "WHARF_KEY", global = true, hide_env_values = true)]
+    key: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Create a registry.
+    Create {
+        name: String,
+        /// Location, one of those the server offers (fixed for the registry's life).
+        #[arg(long)]
+        location: String,
+        /// Scan pushed images for vulnerabilities (cannot be switched off later).
+        #[arg(long)]
+        scanning: bool,
+        #[command(flatten)]
+        gc: GcArgs,
+    },
+    /// List registries.
+    List,
+    /// Show one registry.
+    Show { name: String },
+    /// Switch scanning on or change the garbage-collection schedule.
+    Update {
+        name: String,
+        /// Switch vulnerability scanning on.
+        #[arg(long)]
+        scanning: bool,
+        #[command(flatten)]
+        gc: GcArgs,
+        /// Remove the garbage-collection schedule.
+        #[arg(long, conflicts_with_all = ["gc_weekdays", "gc_time", "gc_cron"])]
+        gc_off: bool,
+    },
+    /// Delete a registry with all its repositories, tokens and data (irreversible).
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Garbage-collection days, e.g. mon,thu.
+    #[arg(long, requires = "gc_time", value_delimiter = ',')]
+    gc_weekdays: Option<Vec<String>>,
+    /// Garbage-collection time of day, HH:MM UTC.
+    #[arg(long, requires = "gc_weekdays")]
+    gc_time: Option<String>,
+    /// Garbage-collection schedule as a five-field cron expression (UTC).
+    #[arg(long, conflicts_with_all = ["gc_weekdays", "gc_time"])]
+    gc_cron: Option<String>,
+}
+
+impl GcArgs {
+    fn schedule(&self) -> Option<Value> {
+        match (&self.gc_weekdays, &self.gc_time, &self.gc_cron) {
+            (_, _, Some(cron)) => Some(json!({ "cron": cron })),
+            (Some(days), Some(time), None) => Some(json!({ "weekdays": days, "time": time })),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// List the repositories of a registry.
+    List { registry: String },
+    /// Delete a repository with its manifests and tags (irreversible).
+    Delete {
+        registry: String,
+        repository: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminKeyCommand {
+    /// Create an administrator key; its secret is printed once.
+    Create {
+        name: String,
+        /// registry:read, registry:write, registry:delete or owner; repeat or comma-separate.
+        #[arg(long = "permission", required = true, value_delimiter = ',')]
+        permissions: Vec<String>,
+    },
+    /// List administrator keys (never their secrets).
+    List,
+    /// Revoke a key by id; it stops working at once.
+    Revoke {
+        id: i64,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only entries about this registry.
+    #[arg(long)]
+    registry: Option<String>,
+    /// How many entries, newest first (1–100).
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CliFile {
+    url: Option<String>,
+    key: Option<String>,
+}
+
+fn config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("wharf").join("config.toml"))
+}
+
+pub struct Client {
+    base: String,
+    key: Option<String>,
+    json: bool,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    pub fn new(conn: Connection) -> Result<Client, String> {
+        let file = match config_path() {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                toml::from_str::<CliFile>(&text).map_err(|e| {
+                    format!(
+                        "{}: {}",
+                        p.display(),
+                        e.to_string().trim().replace('\n', " ")
+                    )
+                })?
+            }
+            _ => CliFile::default(),
+        };
+        let base = conn
+            .url
+            .or(file.url)
+            .unwrap_or_else(|| "http://127.0.0.1:5000".to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            key: conn.key.or(file.key).filter(|k| !k.is_empty()),
+            json: conn.json,
+            http: reqwest::Client::new(),
+            runtime,
+        })
+    }
+
+    /// Sends a request and returns the JSON answer (`Null` for an empty one); a problem answer
+    /// becomes its one-line detail.
+    fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let key = self.key.as_deref().ok_or_else(|| {
+            let where_ = config_path()
+                .map(|p| format!(", or put key = \"...\" in {}", p.display()))
+                .unwrap_or_default();
+            format!("no administrator key: pass --key or set WHARF_KEY{where_}")
+        })?;
+        let url = format!("{}{path}", self.base);
+        self.runtime.block_on(async {
+            let mut req = self.http.request(method, &url).bearer_auth(key);
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach wharf at {}: {}", self.base, root_cause(&e)))?;
+            let status = resp.status();
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| format!("reading the answer from {}: {e}", self.base))?;
+            if status.is_success() {
+                if text.is_empty() {
+                    return Ok(Value::Null);
+                }
+                return serde_json::from_str(&text)
+                    .map_err(|e| format!("the server answered with invalid JSON: {e}"));
+            }
+            let detail = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(String::from))
+                .unwrap_or_else(|| text.trim().to_string());
+            Err(format!("{detail} (HTTP {})", status.as_u16()))
+        })
+    }
+
+    fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            table(value);
+        }
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Asks the person at the terminal to type `expected`; refuses when nobody can answer.
+fn confirm(question: &str, expected: &str) -> Result<(), String> {
+    if !std::io::stdin().is_terminal() {
+        return Err("refusing to delete without confirmation: pass --yes".to_string());
+    }
+    eprint!("{question}\nType {expected:?} to confirm: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the confirmation: {e}"))?;
+    if line.trim() == expected {
+        Ok(())
+    } else {
+        Err("not confirmed; nothing was deleted".to_string())
+    }
+}
+
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn schedule_text(v: &Value) -> String {
+    match (&v["cron"], &v["weekdays"], &v["time"]) {
+        (Value::String(c), _, _) => format!("cron {c}"),
+        (_, Value::Array(_), Value::String(t)) => format!("{} {t} UTC", text(&v["weekdays"])),
+        _ => "off".to_string(),
+    }
+}
+
+fn registry_rows(items: &[Value]) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["name"]),
+                text(&r["location"]),
+                text(&r["hostname"]),
+                text(&r["repository_count"]),
+                text(&r["artifact_count"]),
+                bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
+                if r["scanning"] == true { "on" } else { "off" }.to_string(),
+                schedule_text(&r["gc_schedule"]),
+                text(&r["created_at"]),
+            ]
+        })
+        .collect()
+}
+
+const REGISTRY_HEADERS: [&str; 9] = [
+    "NAME",
+    "LOCATION",
+    "HOSTNAME",
+    "REPOS",
+    "ARTIFACTS",
+    "STORAGE",
+    "SCANNING",
+    "GC",
+    "CREATED",
+];
+
+/// Fetches every page of a listing.
+fn all_pages(client: &Client, path: &str) -> Result<Vec<Value>, String> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let page_path = match &after {
+            Some(a) => format!("{path}{sep}limit=100&after={}", encode(a)),
+            None => format!("{path}{sep}limit=100"),
+        };
+        let page = client.call(Method::GET, &page_path, None)?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return Ok(items),
+        }
+    }
+}
+
+pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    match cmd {
+        RegistryCommand::Create {
+            name,
+            location,
+            scanning,
+            gc,
+        } => {
+            let mut body = json!({ "name": name, "location": location, "scanning": scanning });
+            if let Some(s) = gc.schedule() {
+                body["gc_schedule"] = s;
+            }
+            let r = client.call(Method::POST, "/api/v1/registries", Some(body))?;
+            client.print(&r, |r| {
+                println!(
+                    "created registry {} at {}",
+                    text(&r["name"]),
+                    text(&r["hostname"])
+                )
+            });
+        }
+        RegistryCommand::List => {
+            let items = all_pages(&client, "/api/v1/registries")?;
+            client.print(&Value::Array(items.clone()), |_| {
+                table(&REGISTRY_HEADERS, registry_rows(&items))
+            });
+        }
+        RegistryCommand::Show { name } => {
+            let r = client.call(
+                Method::GET,
+                &format!("/api/v1/registries/{}", encode(&name)),
+                None,
+            )?;
+            client.print(&r, |r| {
+                table(&REGISTRY_HEADERS, registry_rows(std::slice::from_ref(r)))
+            });
+        }
+        RegistryCommand::Update {
+            name,
+            scanning,
+            gc,
+            gc_off,
+        } => {
+            let mut body = json!({});
+            if scanning {
+                body["scanning"] = json!(true);
+            }
+            if let Some(s) = gc.schedule() {
+                body["gc_schedule"] = s;
+            }
+            if gc_off {
+                body["gc_schedule"] = Value::Null;
+            }
+            let r = client.call(
+                Method::PATCH,
+                &format!("/api/v1/registries/{}", encode(&name)),
+                Some(body),
+            )?;
+            client.print(&r, |r| {
+                table(&REGISTRY_HEADERS, registry_rows(std::slice::from_ref(r)))
+            });
+        }
+        RegistryCommand::Delete { name, yes } => {
+            if !yes {
+                confirm(
+                    &format!("Delete registry {name:?} with all its repositories, tokens and data? This cannot be undone."),
+                    &name,
+                )?;
+            }
+            client.call(
+                Method::DELETE,
+                &format!("/api/v1/registries/{}", encode(&name)),
+                None,
+            )?;
+            client.print(&json!({ "deleted": name }), |_| {
+                println!("deleted registry {name}")
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn repo(conn: Connection, cmd: RepoCommand) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    match cmd {
+        RepoCommand::List { registry } => {
+            let items = all_pages(
+                &client,
+                &format!("/api/v1/registries/{}/repositories", encode(&registry)),
+            )?;
+            client.print(&Value::Array(items.clone()), |_| {
+                let rows = items
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            text(&r["name"]),
+                            text(&r["artifact_count"]),
+                            text(&r["tag_count"]),
+                            bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
+                            text(&r["created_at"]),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "ARTIFACTS", "TAGS", "STORAGE", "CREATED"], rows)
+            });
+        }
+        RepoCommand::Delete {
+            registry,
+            repository,
+            yes,
+        } => {
+            if !yes {
+                confirm(
+                    &format!("Delete repository {repository:?} of registry {registry:?} with all its manifests and tags? This cannot be undone."),
+                    &repository,
+                )?;
+            }
+            client.call(
+                Method::DELETE,
+                &format!(
+                    "/api/v1/registries/{}/repositories/{}",
+                    encode(&registry),
+                    encode(&repository)
+                ),
+                None,
+            )?;
+            client.print(&json!({ "deleted": repository }), |_| {
+                println!("deleted repository {repository} of {registry}")
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn admin_key(conn: Connection, cmd: AdminKeyCommand) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    match cmd {
+        AdminKeyCommand::Create { name, permissions } => {
+            let r = client.call(
+                Method::POST,
+                "/api/v1/admin-keys",
+                Some(json!({ "name": name, "permissions": permissions })),
+            )?;
+            client.print(&r, |r| {
+                println!(
+                    "created administrator key {} (id {})",
+                    text(&r["name"]),
+                    text(&r["id"])
+                );
+                println!("permissions: {}", text(&r["permissions"]));
+                println!("secret (shown once; store it now): {}", text(&r["secret"]));
+            });
+        }
+        AdminKeyCommand::List => {
+            let r = client.call(Method::GET, "/api/v1/admin-keys", None)?;
+            let items = r["items"].as_array().cloned().unwrap_or_default();
+            client.print(&Value::Array(items.clone()), |_| {
+                let rows = items
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            text(&k["id"]),
+                            text(&k["name"]),
+                            format!("{}…", text(&k["prefix"])),
+                            text(&k["permissions"]),
+                            text(&k["created_at"]),
+                            if k["revoked_at"].is_null() {
+                                "active".to_string()
+                            } else {
+                                format!("revoked {}", text(&k["revoked_at"]))
+                            },
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "NAME", "PREFIX", "PERMISSIONS", "CREATED", "STATUS"],
+                    rows,
+                )
+            });
+        }
+        AdminKeyCommand::Revoke { id, yes } => {
+            if !yes {
+                confirm(&format!("Revoke administrator key {id}?"), &id.to_string())?;
+            }
+            client.call(Method::DELETE, &format!("/api/v1/admin-keys/{id}"), None)?;
+            client.print(&json!({ "revoked": id }), |_| {
+                println!("revoked administrator key {id}")
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn audit(conn: Connection, args: AuditArgs) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    let mut path = format!("/api/v1/audit?limit={}", args.limit);
+    if let Some(r) = &args.registry {
+        path.push_str(&format!("&registry={}", encode(r)));
+    }
+    let r = client.call(Method::GET, &path, None)?;
+    let items = r["items"].as_array().cloned().unwrap_or_default();
+    client.print(&Value::Array(items.clone()), |_| {
+        let rows = items
+            .iter()
+            .map(|e| {
+                vec![
+                    text(&e["at"]),
+                    text(&e["actor"]),
+                    text(&e["action"]),
+                    text(&e["registry"]),
+                    text(&e["repository"]),
+                ]
+            })
+            .collect();
+        table(&["TIME", "ACTOR", "ACTION", "REGISTRY", "REPOSITORY"], rows)
+    });
+    Ok(())
+}

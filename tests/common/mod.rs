@@ -2,6 +2,8 @@
 //! port, on SQLite or on a fresh PostgreSQL database, and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,9 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The owner key every test server is bootstrapped with (through WHARF_BOOTSTRAP_KEY).
+pub const OWNER_KEY: &str = "wak_test0owner0key0000000000000000000000000000";
+
 pub fn postgres_base() -> String {
     std::env::var("WHARF_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
@@ -44,6 +49,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     database_url: Option<String>,
     extra_args: Vec<String>,
+    bootstrap_key: Option<String>,
     pub client: Client,
 }
 
@@ -60,6 +66,15 @@ impl Server {
     }
 
     pub async fn start_with(backend: Backend, extra_args: &[&str]) -> Server {
+        Server::start_opts(backend, extra_args, Some(OWNER_KEY)).await
+    }
+
+    /// `bootstrap_key: None` lets the server generate and print its own owner key.
+    pub async fn start_opts(
+        backend: Backend,
+        extra_args: &[&str],
+        bootstrap_key: Option<&str>,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let database_url = match backend {
             Backend::Sqlite => None,
@@ -77,6 +92,7 @@ impl Server {
             dir,
             database_url,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            bootstrap_key: bootstrap_key.map(String::from),
             client: Client::new(),
         };
         server.spawn().await;
@@ -119,6 +135,10 @@ impl Server {
         if let Some(url) = &self.database_url {
             cmd.arg("--database-url").arg(url);
         }
+        match &self.bootstrap_key {
+            Some(k) => cmd.env("WHARF_BOOTSTRAP_KEY", k),
+            None => cmd.env_remove("WHARF_BOOTSTRAP_KEY"),
+        };
         self.child = Some(cmd.spawn().expect("start wharf"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -250,6 +270,48 @@ impl Drop for Server {
                 .status();
         }
     }
+}
+
+/// Runs the `wharf` CLI against this server with `key`, in an empty HOME.
+pub fn cli(s: &Server, key: Option<&str>, args: &[&str]) -> std::process::Output {
+    let home = s.dir.path().join("cli-home");
+    std::fs::create_dir_all(&home).expect("cli home");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+    cmd.args(args)
+        .env("WHARF_URL", &s.base)
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::null());
+    match key {
+        Some(k) => cmd.env("WHARF_KEY", k),
+        None => cmd.env_remove("WHARF_KEY"),
+    };
+    cmd.output().expect("run wharf cli")
+}
+
+/// Runs the CLI and expects success; returns standard output.
+pub fn cli_ok(s: &Server, args: &[&str]) -> String {
+    let out = cli(s, Some(OWNER_KEY), args);
+    assert!(
+        out.status.success(),
+        "wharf {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the CLI and expects failure with exactly one line on standard error; returns it.
+pub fn cli_err(s: &Server, key: Option<&str>, args: &[&str]) -> String {
+    let out = cli(s, key, args);
+    assert!(!out.status.success(), "wharf {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.starts_with("wharf: error: "), "{err}");
+    err
 }
 
 pub fn sha256(data: &[u8]) -> String {

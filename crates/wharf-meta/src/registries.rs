@@ -136,12 +136,12 @@ impl Meta {
                (SELECT COUNT(*) FROM repositories WHERE registry_id = $1) AS repositories, \
                (SELECT COUNT(*) FROM manifests m JOIN repositories r ON r.id = m.repository_id \
                   WHERE r.registry_id = $1) AS artifacts, \
-               (SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN \
+               CAST((SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN \
                   (SELECT rb.digest FROM repository_blobs rb \
                    JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = $1)) \
                + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m \
                   JOIN repositories r ON r.id = m.repository_id WHERE r.registry_id = $1) \
-               AS storage",
+               AS BIGINT) AS storage",
         )
         .bind(registry_id)
         .fetch_one(&self.read)
@@ -248,10 +248,10 @@ impl Meta {
             "SELECT r.name, r.created_at, \
                (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id) AS artifacts, \
                (SELECT COUNT(*) FROM tags t WHERE t.repository_id = r.id) AS tags, \
-               (SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb \
+               CAST((SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb \
                   JOIN blobs b ON b.digest = rb.digest WHERE rb.repository_id = r.id) \
                + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m WHERE m.repository_id = r.id) \
-               AS storage \
+               AS BIGINT) AS storage \
              FROM repositories r WHERE r.registry_id = $1 AND r.name > $2 \
              ORDER BY r.name LIMIT $3",
         )

@@ -205,3 +205,106 @@ async fn manifests_need_their_references_and_tags_list_in_order() {
     }
     finish(stores).await;
 }
+
+#[tokio::test]
+async fn registries_count_usage_and_delete_frees_unshared_blobs() {
+    use crate::{AuditEntry, NewRegistry};
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let new = |name| NewRegistry {
+            name,
+            location: "eu",
+            scanning: false,
+            gc_schedule: Some(r#"{"cron":"0 3 * * *"}"#),
+        };
+        let a = m.create_registry(&new("alpha")).await.unwrap();
+        let b = m.create_registry(&new("beta")).await.unwrap();
+        assert!(matches!(
+            m.create_registry(&new("alpha")).await,
+            Err(MetaError::Conflict(_))
+        ));
+        let (shared, only_a) = (digest(1), digest(2));
+        m.commit_blob(a.id, "app", &shared, 100, None)
+            .await
+            .unwrap();
+        m.commit_blob(a.id, "app", &only_a, 10, None).await.unwrap();
+        m.commit_blob(b.id, "app", &shared, 100, None)
+            .await
+            .unwrap();
+        m.put_manifest(
+            a.id,
+            "app",
+            &manifest(&digest(3), vec![&shared, &only_a], None),
+            Some("v1"),
+        )
+        .await
+        .unwrap();
+
+        let stats = m.registry_stats(a.id).await.unwrap();
+        assert_eq!(
+            (stats.repositories, stats.artifacts, stats.storage_bytes),
+            (1, 1, 112)
+        );
+        let (repos, more) = m.list_repository_info(a.id, None, 10).await.unwrap();
+        assert!(!more);
+        assert_eq!(
+            (repos[0].artifacts, repos[0].tags, repos[0].storage_bytes),
+            (1, 1, 112)
+        );
+        let (list, more) = m.list_registries(None, 1).await.unwrap();
+        assert_eq!((list[0].name.as_str(), more), ("alpha", true));
+
+        m.update_registry(a.id, Some(true), Some(None))
+            .await
+            .unwrap();
+        let a2 = m.registry("alpha").await.unwrap().unwrap();
+        assert!(a2.scanning);
+        assert_eq!(a2.gc_schedule, None);
+
+        let freed = m.delete_registry("alpha").await.unwrap().unwrap();
+        assert_eq!(freed, vec![only_a.clone()]);
+        assert!(m.registry("alpha").await.unwrap().is_none());
+        assert!(m.delete_registry("alpha").await.unwrap().is_none());
+        assert_eq!(
+            m.repository_blob(b.id, "app", &shared).await.unwrap(),
+            Some(100)
+        );
+        assert!(m.delete_repository(b.id, "app").await.unwrap());
+        assert!(!m.delete_repository(b.id, "app").await.unwrap());
+
+        let key = m
+            .create_admin_key("ci", "hash1", "wak_1234", "registry:read", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            m.admin_key_by_hash("hash1").await.unwrap().unwrap().id,
+            key.id
+        );
+        assert_eq!(m.count_admin_keys().await.unwrap(), 1);
+        assert!(m.revoke_admin_key(key.id).await.unwrap().is_some());
+        assert!(m.revoke_admin_key(key.id).await.unwrap().is_none());
+        assert!(m.admin_key_by_hash("hash1").await.unwrap().is_none());
+
+        for (action, registry) in [("a", "alpha"), ("b", "beta"), ("c", "alpha")] {
+            let entry = AuditEntry {
+                actor: "admin-key:ci#1",
+                action,
+                registry: Some(registry),
+                ..Default::default()
+            };
+            m.audit(&entry).await.unwrap();
+        }
+        let (records, more) = m.list_audit(Some("alpha"), None, 1).await.unwrap();
+        assert_eq!((records[0].action.as_str(), more), ("c", true));
+        let (older, _) = m
+            .list_audit(Some("alpha"), Some(records[0].id), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            older.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+    }
+    finish(stores).await;
+}

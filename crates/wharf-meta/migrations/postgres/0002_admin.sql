@@ -22,3 +22,6 @@ CREATE TABLE audit_log (
     detail     TEXT
 );
 CREATE INDEX audit_log_registry ON audit_log (registry, id);
+
+-- Every integer column is BIGINT, so one Rust type (i64) reads them on both backends.
+ALTER TABLE registries ALTER COLUMN scanning TYPE BIGINT;

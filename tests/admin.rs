@@ -493,6 +493,30 @@ async fn registry_rules_and_bad_input(b: Backend) {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach wharf"));
     cli_ok(&s, &["registry", "show", "gamma"]);
+
+    // The config file under the user's config directory supplies URL and key.
+    let home = s.dir.path().join("cli-home");
+    std::fs::create_dir_all(home.join(".config/wharf")).unwrap();
+    std::fs::write(
+        home.join(".config/wharf/config.toml"),
+        format!("url = \"{}\"\nkey = \"{OWNER_KEY}\"\n", s.base),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["registry", "show", "gamma", "--json"])
+        .env("HOME", &home)
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_KEY")
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["name"], "gamma");
 }
 
 /// Each permission against each endpoint: exactly the right status.

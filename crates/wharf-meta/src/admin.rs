@@ -89,11 +89,26 @@ impl Meta {
         row.as_ref().map(admin_key).transpose()
     }
 
-    pub async fn list_admin_keys(&self) -> Result<Vec<AdminKey>> {
-        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM admin_keys ORDER BY id"))
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter().map(admin_key).collect()
+    /// Keys in id order after `after`, at most `limit`, and whether more follow.
+    pub async fn list_admin_keys(
+        &self,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<AdminKey>, bool)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM admin_keys WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after.unwrap_or(0))
+        .bind(limit.saturating_add(1))
+        .fetch_all(&self.read)
+        .await?;
+        let more = rows.len() as i64 > limit;
+        let keys = rows
+            .iter()
+            .take(limit.max(0) as usize)
+            .map(admin_key)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((keys, more))
     }
 
     pub async fn count_admin_keys(&self) -> Result<i64> {

@@ -361,7 +361,7 @@ const REGISTRY_HEADERS: [&str; 9] = [
     "CREATED",
 ];
 
-/// Fetches every page of a listing.
+/// Fetches every page of a listing, following `next` (a name or an id) as `after`.
 fn all_pages(client: &Client, path: &str) -> Result<Vec<Value>, String> {
     let mut items = Vec::new();
     let mut after: Option<String> = None;
@@ -373,9 +373,10 @@ fn all_pages(client: &Client, path: &str) -> Result<Vec<Value>, String> {
         };
         let page = client.call(Method::GET, &page_path, None)?;
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => return Ok(items),
+        match &page["next"] {
+            Value::String(n) => after = Some(n.clone()),
+            Value::Number(n) => after = Some(n.to_string()),
+            _ => return Ok(items),
         }
     }
 }
@@ -535,8 +536,7 @@ pub fn admin_key(conn: Connection, cmd: AdminKeyCommand) -> Result<(), String> {
             });
         }
         AdminKeyCommand::List => {
-            let r = client.call(Method::GET, "/api/v1/admin-keys", None)?;
-            let items = r["items"].as_array().cloned().unwrap_or_default();
+            let items = all_pages(&client, "/api/v1/admin-keys")?;
             client.print(&Value::Array(items.clone()), |_| {
                 let rows = items
                     .iter()

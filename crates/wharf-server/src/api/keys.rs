@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use wharf_auth::{generate_admin_key, Permission, Permissions};
 use wharf_meta::{AdminKey, AuditEntry};
 use wharf_oci::RegistryName;
 
 use super::auth::Admin;
-use super::problem::{ApiJson, Problem};
-use super::rfc3339;
+use super::problem::{ApiJson, ApiQuery, Problem};
+use super::{page_limit, rfc3339};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -73,6 +73,19 @@ pub struct NewAdminKey {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AdminKeyList {
     pub items: Vec<AdminKeyView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct KeyPageQuery {
+    /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// Start after this key id.
+    pub after: Option<i64>,
 }
 
 fn view(k: AdminKey) -> AdminKeyView {
@@ -101,9 +114,11 @@ async fn audit(state: &AppState, admin: &Admin, action: &str, detail: String) {
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/admin-keys", tag = "admin-keys", security(("bearer" = [])),
+    get, path = "/api/v1/admin-keys", tag = "admin-keys", params(KeyPageQuery),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = AdminKeyList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     )
@@ -111,16 +126,14 @@ async fn audit(state: &AppState, admin: &Admin, action: &str, detail: String) {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     admin: Admin,
+    ApiQuery(q): ApiQuery<KeyPageQuery>,
 ) -> Result<Json<AdminKeyList>, Problem> {
     admin.require(Permission::Owner)?;
-    let items = state
-        .meta
-        .list_admin_keys()
-        .await?
-        .into_iter()
-        .map(view)
-        .collect();
-    Ok(Json(AdminKeyList { items }))
+    let limit = page_limit(q.limit)?;
+    let (keys, more) = state.meta.list_admin_keys(q.after, limit).await?;
+    let next = more.then(|| keys.last().map(|k| k.id)).flatten();
+    let items = keys.into_iter().map(view).collect();
+    Ok(Json(AdminKeyList { items, next }))
 }
 
 #[utoipa::path(

@@ -849,6 +849,39 @@ async fn openapi_document_holds_under_schemathesis() {
     );
 }
 
+#[test]
+fn ref_check_names_the_wrong_part() {
+    let run = |r: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["ref", "check", r, "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = run("alpha.wharf.test:5000/team/app:v1");
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        json!({ "registry": "alpha.wharf.test:5000", "namespace": "team", "repository": "app", "tag": "v1", "digest": null })
+    );
+    for (r, part) in [
+        ("bad..host.com/app", "registry host"),
+        ("Team/app", "namespace"),
+        ("team/App", "repository"),
+        ("app:-x", "tag"),
+        ("app@sha256:12", "digest"),
+    ] {
+        let out = run(r);
+        assert_eq!(out.status.code(), Some(1), "{r}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!("wharf: error: invalid {part}")),
+            "{r}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1);
+    }
+}
+
 on_both_backends!(
     registries_are_isolated_tenants,
     registry_rules_and_bad_input,

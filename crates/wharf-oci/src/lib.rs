@@ -6,10 +6,12 @@ pub mod error;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod reference;
 pub mod registry;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, Manifest, ManifestError};
 pub use name::{NameError, Reference, RepositoryName, Tag};
+pub use reference::{ImageReference, ReferenceError};
 pub use registry::{RegistryName, RegistryNameError};

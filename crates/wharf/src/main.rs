@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::AdminKeyCommand,
     },
+    /// Image references.
+    Ref {
+        #[command(subcommand)]
+        command: RefCommand,
+    },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
@@ -60,6 +65,44 @@ enum Command {
         #[command(flatten)]
         args: admin::AuditArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum RefCommand {
+    /// Check an image reference (REGISTRY/NAMESPACE/REPOSITORY:TAG@DIGEST) and show its parts.
+    Check {
+        reference: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn check_reference(reference: &str, json: bool) -> Result<(), String> {
+    let r = wharf_oci::ImageReference::parse(reference).map_err(|e| e.to_string())?;
+    let digest = r.digest.as_ref().map(|d| d.to_string());
+    if json {
+        let value = serde_json::json!({
+            "registry": r.registry, "namespace": r.namespace, "repository": r.repository,
+            "tag": r.tag, "digest": digest,
+        });
+        println!("{value}");
+    } else {
+        let show = |v: Option<&str>| v.unwrap_or("-").to_string();
+        println!("registry:   {}", show(r.registry.as_deref()));
+        println!(
+            "namespace:  {}",
+            show(
+                Some(&r.namespace)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.as_str())
+            )
+        );
+        println!("repository: {}", r.repository);
+        println!("tag:        {}", show(r.tag.as_deref()));
+        println!("digest:     {}", show(digest.as_deref()));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -70,6 +113,9 @@ fn main() -> ExitCode {
         Command::Repo { conn, command } => admin::repo(conn, command),
         Command::AdminKey { conn, command } => admin::admin_key(conn, command),
         Command::Audit { conn, args } => admin::audit(conn, args),
+        Command::Ref {
+            command: RefCommand::Check { reference, json },
+        } => check_reference(&reference, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,8 @@ async fn skopeo_round_trips_oci_and_docker_images(b: Backend) {
     let work = tempfile::tempdir().unwrap();
     let skopeo = Skopeo::new(work.path());
     let host = format!("127.0.0.1:{}", s.port);
+    let (name, secret) = s.tester.clone().expect("tester token");
+    skopeo.login(&host, &name, &secret);
 
     // Multi-architecture OCI index.
     let src = work.path().join("oci-src");

@@ -111,6 +111,7 @@ pub fn docker_dir(dir: &Path, layer_seeds: &[u64]) -> Vec<u8> {
 pub struct Skopeo {
     policy: PathBuf,
     home: PathBuf,
+    auth_file: PathBuf,
 }
 
 impl Skopeo {
@@ -123,7 +124,44 @@ impl Skopeo {
         .unwrap();
         let home = dir.join("home");
         std::fs::create_dir_all(&home).unwrap();
-        Skopeo { policy, home }
+        let auth_file = dir.join("auth.json");
+        Skopeo {
+            policy,
+            home,
+            auth_file,
+        }
+    }
+
+    /// `skopeo login` with a token's name and secret (on standard input).
+    pub fn login(&self, host: &str, name: &str, secret: &str) {
+        let mut child = Command::new("skopeo")
+            .args([
+                "login",
+                "--tls-verify=false",
+                "--username",
+                name,
+                "--password-stdin",
+                host,
+            ])
+            .env("HOME", &self.home)
+            .env("REGISTRY_AUTH_FILE", &self.auth_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("skopeo login");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(secret.as_bytes())
+            .expect("write secret");
+        let out = child.wait_with_output().expect("skopeo login");
+        assert!(
+            out.status.success(),
+            "skopeo login failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn run(&self, args: &[&str]) -> Vec<u8> {
@@ -138,6 +176,7 @@ impl Skopeo {
             .arg(&self.policy)
             .args(args)
             .env("HOME", &self.home)
+            .env("REGISTRY_AUTH_FILE", &self.auth_file)
             .output()
             .expect("skopeo is installed (scripts/test installs it)");
         if out.status.success() {

@@ -50,7 +50,38 @@ pub struct Server {
     database_url: Option<String>,
     extra_args: Vec<String>,
     bootstrap_key: Option<String>,
+    /// Sends the default registry's full-access token (`tester`) with every request.
     pub client: Client,
+    /// Sends no credentials.
+    pub anon: Client,
+    /// Name and secret of the `tester` token, when the default registry exists.
+    pub tester: Option<(String, String)>,
+}
+
+/// Every right on every repository, and the catalog.
+pub const ALL_SCOPES: fn() -> serde_json::Value = || {
+    serde_json::json!([
+        { "type": "registry" },
+        { "type": "repository", "path": "*", "actions": ["pull", "push", "delete"] },
+    ])
+};
+
+/// An HTTP client that sends `name:secret` as Basic credentials with every request.
+pub fn basic_client(name: &str, secret: &str) -> Client {
+    use base64::Engine;
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"))
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&value).expect("header"),
+    );
+    Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 fn free_port() -> u16 {
@@ -94,9 +125,50 @@ impl Server {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             bootstrap_key: bootstrap_key.map(String::from),
             client: Client::new(),
+            anon: Client::new(),
+            tester: None,
         };
         server.spawn().await;
+        if bootstrap_key.is_some() {
+            if let Some((name, secret)) =
+                server.create_token("default", "tester", ALL_SCOPES()).await
+            {
+                server.client = basic_client(&name, &secret);
+                server.tester = Some((name, secret));
+            }
+        }
         server
+    }
+
+    /// Creates a token through the API as the owner; `None` if the registry does not exist.
+    pub async fn create_token(
+        &self,
+        registry: &str,
+        name: &str,
+        scopes: serde_json::Value,
+    ) -> Option<(String, String)> {
+        let r = self
+            .anon
+            .post(self.url(&format!("/api/v1/registries/{registry}/tokens")))
+            .bearer_auth(OWNER_KEY)
+            .json(&serde_json::json!({ "name": name, "scopes": scopes }))
+            .send()
+            .await
+            .expect("create token");
+        if r.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
+        let body: serde_json::Value = r.json().await.expect("token json");
+        Some((
+            name.to_string(),
+            body["secret"].as_str().expect("secret").to_string(),
+        ))
     }
 
     pub fn data_dir(&self) -> PathBuf {

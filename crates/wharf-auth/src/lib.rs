@@ -1,5 +1,10 @@
 //! Credentials and what they allow. No I/O: callers store and look up hashes.
 
+pub mod scope;
+pub mod token;
+
+pub use scope::{Action, Pattern, Rights, Scope, ScopeError};
+
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -101,6 +106,10 @@ pub struct NewSecret {
 pub enum AuthError {
     #[error("the system random number generator failed: {0}")]
     Random(String),
+    #[error("hashing failed: {0}")]
+    Hash(String),
+    #[error("JWT: {0}")]
+    Jwt(String),
     #[error("a bootstrap key must start with {ADMIN_KEY_PREFIX} and carry at least 32 more characters of [A-Za-z0-9_-]")]
     WeakBootstrapKey,
 }

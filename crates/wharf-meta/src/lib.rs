@@ -7,12 +7,14 @@ mod admin;
 mod db;
 mod manifests;
 mod registries;
+mod tokens;
 mod uploads;
 
 pub use admin::{AdminKey, AuditEntry, AuditRecord};
 pub use db::{Backend, Meta};
 pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
 pub use registries::{NewRegistry, Registry, RegistryStats, RepositoryInfo};
+pub use tokens::{NewScope, ScopeRecord, TokenRecord};
 pub use uploads::Upload;
 
 #[derive(Debug, thiserror::Error)]

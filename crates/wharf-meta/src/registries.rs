@@ -40,6 +40,7 @@ pub struct RepositoryInfo {
     pub artifacts: i64,
     pub tags: i64,
     pub storage_bytes: i64,
+    pub public: bool,
 }
 
 const REGISTRY_COLUMNS: &str = "id, name, location, scanning, gc_schedule, created_at";
@@ -245,7 +246,7 @@ impl Meta {
         limit: i64,
     ) -> Result<(Vec<RepositoryInfo>, bool)> {
         let rows = sqlx::query(
-            "SELECT r.name, r.created_at, \
+            "SELECT r.name, r.created_at, r.public, \
                (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = r.id) AS artifacts, \
                (SELECT COUNT(*) FROM tags t WHERE t.repository_id = r.id) AS tags, \
                CAST((SELECT COALESCE(SUM(b.size), 0) FROM repository_blobs rb \
@@ -271,6 +272,7 @@ impl Meta {
                     artifacts: r.try_get("artifacts")?,
                     tags: r.try_get("tags")?,
                     storage_bytes: r.try_get("storage")?,
+                    public: r.try_get::<i64, _>("public")? != 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -325,4 +327,15 @@ pub(crate) async fn repository_id(
         Some(r) => Some(r.try_get("id")?),
         None => None,
     })
+}
+
+impl Meta {
+    pub async fn registry_name(&self, id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT name FROM registries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| r.try_get::<String, _>("name").map_err(Into::into))
+            .transpose()
+    }
 }

@@ -5,6 +5,7 @@ mod api;
 mod error;
 mod locks;
 mod route;
+mod token_endpoint;
 mod v2;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub default_registry: Option<String>,
     /// The locations a registry may be created in.
     pub locations: Vec<String>,
+    /// Shortest lifetime a token may be created with, in seconds (an hour; tests lower it).
+    pub min_token_lifetime_secs: i64,
 }
 
 impl Default for Settings {
@@ -42,24 +45,69 @@ impl Default for Settings {
             base_domain: "localhost".to_string(),
             default_registry: Some("default".to_string()),
             locations: vec!["default".to_string()],
+            min_token_lifetime_secs: 3600,
         }
     }
 }
+
+/// Successful checks of (token id, presented secret), kept briefly so that the slow hash is
+/// not recomputed on every request.
+type VerifiedSecrets =
+    std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), std::time::Instant>>;
 
 pub struct AppState {
     pub meta: Meta,
     pub store: Arc<dyn BlobStore>,
     pub settings: Settings,
+    /// Signs and verifies the JWTs of the token flow.
+    pub(crate) jwt_key: Vec<u8>,
+    pub(crate) verified: VerifiedSecrets,
     pub(crate) upload_locks: locks::KeyedLocks,
 }
 
 impl AppState {
-    pub fn new(meta: Meta, store: Arc<dyn BlobStore>, settings: Settings) -> Self {
+    pub fn new(
+        meta: Meta,
+        store: Arc<dyn BlobStore>,
+        settings: Settings,
+        jwt_key: Vec<u8>,
+    ) -> Self {
         AppState {
             meta,
             store,
             settings,
+            jwt_key,
+            verified: Default::default(),
             upload_locks: locks::KeyedLocks::default(),
+        }
+    }
+}
+
+/// Deletes tokens whose expiry passed, once a second, and records each in the audit log.
+pub async fn expire_tokens(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match state
+            .meta
+            .delete_expired_tokens(wharf_meta::now_millis())
+            .await
+        {
+            Ok(expired) => {
+                for (registry, token) in expired {
+                    tracing::info!(%registry, %token, "token expired and was deleted");
+                    let detail = serde_json::json!({ "token": token }).to_string();
+                    let entry = wharf_meta::AuditEntry {
+                        actor: "system",
+                        action: "token.expire",
+                        registry: Some(&registry),
+                        detail: Some(detail),
+                        ..Default::default()
+                    };
+                    let _ = state.meta.audit(&entry).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring tokens failed"),
         }
     }
 }
@@ -72,6 +120,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/{*path}", any(v2::dispatch))
         .layer(middleware::map_response(api_version_header))
         .merge(api)
+        .route(
+            "/auth/token",
+            get(token_endpoint::token).post(token_endpoint::token),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         // Blob bodies are streamed to storage, never collected, so no body limit applies here;

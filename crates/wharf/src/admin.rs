@@ -87,9 +87,260 @@ impl GcArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token; prints its secret, the docker login command, a ~/.docker/config.json
+    /// entry and a Kubernetes Secret, once.
+    Create {
+        registry: String,
+        name: String,
+        /// `registry` (catalog) or `repository:<name or pattern>:<pull,push,delete>`; repeatable.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Expiry as an RFC 3339 UTC time, e.g. 2027-01-31T00:00:00Z.
+        #[arg(long, conflicts_with = "expires_in")]
+        expires_at: Option<String>,
+        /// Expiry from now, e.g. 30d or 12h.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List the tokens of a registry.
+    List { registry: String },
+    /// Show one token.
+    Show { registry: String, name: String },
+    /// Enable a token.
+    Enable { registry: String, name: String },
+    /// Disable a token; it stops working at once.
+    Disable { registry: String, name: String },
+    /// Delete a token.
+    Delete {
+        registry: String,
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Add or remove scopes.
+    Scope {
+        #[command(subcommand)]
+        command: ScopeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScopeCommand {
+    /// Add a scope: `registry` or `repository:<name or pattern>:<actions>`.
+    Add {
+        registry: String,
+        name: String,
+        scope: String,
+    },
+    /// Remove a scope by its id (see `wharf token show`).
+    Remove {
+        registry: String,
+        name: String,
+        id: i64,
+    },
+}
+
+/// Parses `registry` or `repository:<path>:<actions>` into the API's scope object.
+fn scope_json(s: &str) -> Result<Value, String> {
+    if s == "registry" {
+        return Ok(json!({ "type": "registry" }));
+    }
+    let rest = s.strip_prefix("repository:").ok_or_else(|| {
+        format!("scope {s:?} must be \"registry\" or repository:<name or pattern>:<actions>")
+    })?;
+    let (path, actions) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("scope {s:?} needs actions, e.g. repository:{rest}:pull"))?;
+    let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+    Ok(json!({ "type": "repository", "path": path, "actions": actions }))
+}
+
+fn token_rows(items: &[Value]) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|t| {
+            let scopes: Vec<String> = t["scopes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| match s["type"].as_str() {
+                            Some("registry") => format!("#{} registry", text(&s["id"])),
+                            _ => format!(
+                                "#{} {}:{}",
+                                text(&s["id"]),
+                                text(&s["path"]),
+                                text(&s["actions"])
+                            ),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                text(&t["name"]),
+                if t["enabled"] == true {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+                .to_string(),
+                text(&t["expires_at"]),
+                scopes.join(" "),
+                text(&t["created_at"]),
+            ]
+        })
+        .collect()
+}
+
+const TOKEN_HEADERS: [&str; 5] = ["NAME", "STATUS", "EXPIRES", "SCOPES", "CREATED"];
+
+pub fn token(conn: Connection, cmd: TokenCommand) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    let base = |registry: &str| format!("/api/v1/registries/{}/tokens", encode(registry));
+    match cmd {
+        TokenCommand::Create {
+            registry,
+            name,
+            scopes,
+            expires_at,
+            expires_in,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| scope_json(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut body = json!({ "name": name, "scopes": scopes });
+            let expires = match (expires_at, expires_in) {
+                (Some(at), _) => Some(at),
+                (None, Some(d)) => {
+                    let d = humantime::parse_duration(&d)
+                        .map_err(|e| format!("--expires-in {d:?}: {e}"))?;
+                    Some(
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d)
+                            .to_string(),
+                    )
+                }
+                (None, None) => None,
+            };
+            if let Some(e) = expires {
+                body["expires_at"] = json!(e);
+            }
+            let r = client.call(Method::POST, &base(&registry), Some(body))?;
+            client.print(&r, |r| {
+                println!("created token {} in registry {registry}", text(&r["name"]));
+                println!("secret (shown once; store it now): {}", text(&r["secret"]));
+                println!("\nlog in:\n  {}", text(&r["docker_login"]));
+                println!(
+                    "\n~/.docker/config.json entry:\n{}",
+                    serde_json::to_string_pretty(&r["docker_config"]).unwrap_or_default()
+                );
+                println!(
+                    "\nKubernetes image-pull Secret:\n{}",
+                    text(&r["kubernetes_secret"])
+                );
+            });
+        }
+        TokenCommand::List { registry } => {
+            let items = all_pages(&client, &base(&registry))?;
+            client.print(&Value::Array(items.clone()), |_| {
+                table(&TOKEN_HEADERS, token_rows(&items))
+            });
+        }
+        TokenCommand::Show { registry, name } => {
+            let r = client.call(
+                Method::GET,
+                &format!("{}/{}", base(&registry), encode(&name)),
+                None,
+            )?;
+            client.print(&r, |r| {
+                table(&TOKEN_HEADERS, token_rows(std::slice::from_ref(r)))
+            });
+        }
+        TokenCommand::Enable { registry, name } => {
+            let r = client.call(
+                Method::PATCH,
+                &format!("{}/{}", base(&registry), encode(&name)),
+                Some(json!({ "enabled": true })),
+            )?;
+            client.print(&r, |_| println!("enabled token {name}"));
+        }
+        TokenCommand::Disable { registry, name } => {
+            let r = client.call(
+                Method::PATCH,
+                &format!("{}/{}", base(&registry), encode(&name)),
+                Some(json!({ "enabled": false })),
+            )?;
+            client.print(&r, |_| println!("disabled token {name}"));
+        }
+        TokenCommand::Delete {
+            registry,
+            name,
+            yes,
+        } => {
+            if !yes {
+                confirm(
+                    &format!("Delete token {name:?} of registry {registry:?}?"),
+                    &name,
+                )?;
+            }
+            client.call(
+                Method::DELETE,
+                &format!("{}/{}", base(&registry), encode(&name)),
+                None,
+            )?;
+            client.print(&json!({ "deleted": name }), |_| {
+                println!("deleted token {name}")
+            });
+        }
+        TokenCommand::Scope {
+            command:
+                ScopeCommand::Add {
+                    registry,
+                    name,
+                    scope,
+                },
+        } => {
+            let r = client.call(
+                Method::POST,
+                &format!("{}/{}/scopes", base(&registry), encode(&name)),
+                Some(scope_json(&scope)?),
+            )?;
+            client.print(&r, |r| {
+                table(&TOKEN_HEADERS, token_rows(std::slice::from_ref(r)))
+            });
+        }
+        TokenCommand::Scope {
+            command: ScopeCommand::Remove { registry, name, id },
+        } => {
+            client.call(
+                Method::DELETE,
+                &format!("{}/{}/scopes/{id}", base(&registry), encode(&name)),
+                None,
+            )?;
+            client.print(&json!({ "removed": id }), |_| {
+                println!("removed scope {id} from token {name}")
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
 pub enum RepoCommand {
     /// List the repositories of a registry.
     List { registry: String },
+    /// Make a repository public (anonymous pull) or private again.
+    Update {
+        registry: String,
+        repository: String,
+        /// Allow anonymous pulls.
+        #[arg(long, conflicts_with = "private", required_unless_present = "private")]
+        public: bool,
+        /// Require credentials again.
+        #[arg(long)]
+        private: bool,
+    },
     /// Delete a repository with its manifests and tags (irreversible).
     Delete {
         registry: String,
@@ -481,12 +732,42 @@ pub fn repo(conn: Connection, cmd: RepoCommand) -> Result<(), String> {
                             text(&r["artifact_count"]),
                             text(&r["tag_count"]),
                             bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
+                            if r["public"] == true {
+                                "public"
+                            } else {
+                                "private"
+                            }
+                            .to_string(),
                             text(&r["created_at"]),
                         ]
                     })
                     .collect();
-                table(&["NAME", "ARTIFACTS", "TAGS", "STORAGE", "CREATED"], rows)
+                table(
+                    &["NAME", "ARTIFACTS", "TAGS", "STORAGE", "ACCESS", "CREATED"],
+                    rows,
+                )
             });
+        }
+        RepoCommand::Update {
+            registry,
+            repository,
+            public,
+            private: _,
+        } => {
+            client.call(
+                Method::PATCH,
+                &format!(
+                    "/api/v1/registries/{}/repositories/{}",
+                    encode(&registry),
+                    encode(&repository)
+                ),
+                Some(json!({ "public": public })),
+            )?;
+            let state = if public { "public" } else { "private" };
+            client.print(
+                &json!({ "repository": repository, "public": public }),
+                |_| println!("repository {repository} of {registry} is now {state}"),
+            );
         }
         RepoCommand::Delete {
             registry,

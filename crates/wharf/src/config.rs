@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Comma-separated locations registries may be created in [default: default].
     #[arg(long, env = "WHARF_LOCATIONS", value_delimiter = ',')]
     locations: Option<Vec<String>>,
+    /// Shortest token lifetime in seconds; lowered only by tests [default: 3600].
+    #[arg(long, env = "WHARF_MIN_TOKEN_LIFETIME", hide = true)]
+    min_token_lifetime: Option<i64>,
 }
 
 /// The configuration file. Unknown keys are refused so that a typo is not silently ignored.
@@ -60,6 +63,7 @@ struct FileConfig {
     base_domain: Option<String>,
     default_registry: Option<String>,
     locations: Option<Vec<String>>,
+    min_token_lifetime: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,7 @@ pub struct Config {
     pub base_domain: String,
     pub default_registry: Option<String>,
     pub locations: Vec<String>,
+    pub min_token_lifetime_secs: i64,
 }
 
 impl Config {
@@ -135,6 +140,11 @@ impl Config {
                 }
                 l
             },
+            min_token_lifetime_secs: args
+                .min_token_lifetime
+                .or(file.min_token_lifetime)
+                .unwrap_or(3600)
+                .max(1),
         })
     }
 }

@@ -58,6 +58,13 @@ enum Command {
         #[command(subcommand)]
         command: RefCommand,
     },
+    /// Manage the robot tokens of a registry.
+    Token {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: admin::TokenCommand,
+    },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
@@ -113,6 +120,7 @@ fn main() -> ExitCode {
         Command::Repo { conn, command } => admin::repo(conn, command),
         Command::AdminKey { conn, command } => admin::admin_key(conn, command),
         Command::Audit { conn, args } => admin::audit(conn, args),
+        Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {
             command: RefCommand::Check { reference, json },
         } => check_reference(&reference, json),
@@ -182,6 +190,13 @@ async fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("metadata database: {e}"))?;
     }
     bootstrap_owner_key(&meta).await?;
+    let jwt_key = meta
+        .signing_key(|| wharf_auth::token::generate_signing_key().unwrap_or_default())
+        .await
+        .map_err(|e| format!("metadata database: {e}"))?;
+    if jwt_key.len() < 32 {
+        return Err("the JWT signing key could not be generated".to_string());
+    }
     let state = Arc::new(AppState::new(
         meta.clone(),
         Arc::new(store),
@@ -190,8 +205,11 @@ async fn run(config: Config) -> Result<(), String> {
             base_domain: config.base_domain.clone(),
             default_registry: config.default_registry.clone(),
             locations: config.locations.clone(),
+            min_token_lifetime_secs: config.min_token_lifetime_secs,
         },
+        jwt_key,
     ));
+    tokio::spawn(wharf_server::expire_tokens(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

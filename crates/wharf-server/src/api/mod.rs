@@ -6,6 +6,7 @@ mod auth;
 mod keys;
 mod problem;
 mod registries;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -32,12 +33,15 @@ pub const MAX_LIMIT: i64 = 100;
     paths(
         registries::list, registries::create, registries::show, registries::update,
         registries::remove, registries::list_repositories, registries::delete_repository,
+        registries::update_repository, tokens::list, tokens::create, tokens::show,
+        tokens::update, tokens::remove, tokens::add_scope, tokens::remove_scope,
         keys::list, keys::create, keys::revoke, audit::list,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
     tags(
         (name = "registries", description = "Registries (tenants) and their repositories"),
+        (name = "tokens", description = "Robot tokens of a registry and their scopes"),
         (name = "admin-keys", description = "Administrators' API keys"),
         (name = "audit", description = "Who changed what, when"),
     )
@@ -76,8 +80,40 @@ pub fn openapi(locations: &[String]) -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// The document as served, with what the derive cannot state added by hand: a repository
+/// scope that pushes must also pull, and scopes take no other fields.
+fn served_document(locations: &[String]) -> serde_json::Value {
+    let mut doc = serde_json::to_value(openapi(locations)).unwrap_or_default();
+    let push_needs_pull = serde_json::json!({
+        "if": { "contains": { "const": "push" } },
+        "then": { "contains": { "const": "pull" } },
+    });
+    if let Some(variants) = doc
+        .pointer_mut("/components/schemas/ScopeSpec/oneOf")
+        .and_then(|v| v.as_array_mut())
+    {
+        for v in variants {
+            // serde refuses unknown fields here too; say so in the document.
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "additionalProperties".into(),
+                    serde_json::Value::Bool(false),
+                );
+            }
+            if let Some(actions) = v.pointer_mut("/properties/actions") {
+                if let (Some(a), Some(rule)) =
+                    (actions.as_object_mut(), push_needs_pull.as_object())
+                {
+                    a.extend(rule.clone());
+                }
+            }
+        }
+    }
+    doc
+}
+
 pub fn router(state: &AppState) -> Router<Arc<AppState>> {
-    let doc = openapi(&state.settings.locations);
+    let doc = served_document(&state.settings.locations);
     Router::new()
         .route(
             "/api/v1/openapi.json",
@@ -102,7 +138,25 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         )
         .route(
             "/api/v1/registries/{name}/repositories/{*repository}",
-            delete(registries::delete_repository),
+            delete(registries::delete_repository).patch(registries::update_repository),
+        )
+        .route(
+            "/api/v1/registries/{name}/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route(
+            "/api/v1/registries/{name}/tokens/{token}",
+            get(tokens::show)
+                .patch(tokens::update)
+                .delete(tokens::remove),
+        )
+        .route(
+            "/api/v1/registries/{name}/tokens/{token}/scopes",
+            axum::routing::post(tokens::add_scope),
+        )
+        .route(
+            "/api/v1/registries/{name}/tokens/{token}/scopes/{id}",
+            delete(tokens::remove_scope),
         )
         .route("/api/v1/admin-keys", get(keys::list).post(keys::create))
         .route("/api/v1/admin-keys/{id}", delete(keys::revoke))

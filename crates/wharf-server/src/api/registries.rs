@@ -168,6 +168,15 @@ pub struct RepositoryView {
     pub artifact_count: i64,
     pub tag_count: i64,
     pub storage_bytes: i64,
+    /// Anyone may pull it without credentials.
+    pub public: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRepository {
+    /// Allow anonymous pulls (off by default).
+    pub public: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -185,7 +194,7 @@ fn parse_name(name: &str) -> Result<RegistryName, Problem> {
     })
 }
 
-async fn find(state: &AppState, name: &str) -> Result<Registry, Problem> {
+pub(super) async fn find(state: &AppState, name: &str) -> Result<Registry, Problem> {
     state
         .meta
         .registry(name)
@@ -459,6 +468,7 @@ pub async fn list_repositories(
             artifact_count: r.artifacts,
             tag_count: r.tags,
             storage_bytes: r.storage_bytes,
+            public: r.public,
         })
         .collect();
     Ok(Json(RepositoryPage { items, next }))
@@ -507,5 +517,54 @@ pub async fn delete_repository(
         Some(repository.as_str()),
     )
     .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/registries/{name}/repositories/{repository}", tag = "registries",
+    request_body = UpdateRepository,
+    params(
+        ("name" = String, Path, description = "Registry name"),
+        ("repository" = String, Path, description = "Repository name; may contain '/'",
+            pattern = r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_repository(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path((name, repository)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateRepository>,
+) -> Result<StatusCode, Problem> {
+    admin.require(Permission::RegistryWrite)?;
+    let repository =
+        RepositoryName::parse(&repository).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let registry = find(&state, &name).await?;
+    if !state
+        .meta
+        .set_repository_public(registry.id, repository.as_str(), body.public)
+        .await?
+    {
+        return Err(Problem::not_found(format!(
+            "registry {name:?} has no repository {:?}",
+            repository.as_str()
+        )));
+    }
+    let action = if body.public {
+        "repository.public"
+    } else {
+        "repository.private"
+    };
+    audit(&state, &admin, action, &name, Some(repository.as_str())).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -122,6 +122,7 @@ pub(super) async fn delete(repo: &Repo<'_>, digest: &str) -> Result<Response> {
             json!({ "digest": digest.as_str() }),
         ));
     }
+    repo.audit("blob.delete", Some(digest.as_str()), None);
     Ok(Response::builder()
         .status(StatusCode::ACCEPTED)
         .header(header::CONTENT_LENGTH, 0)

@@ -7,8 +7,10 @@ use wharf_meta::ListPage;
 use wharf_oci::manifest::ReferrersIndex;
 use wharf_oci::{media, Descriptor, Digest, ErrorCode};
 
+use super::auth::Caller;
 use super::{Query, Repo, Result};
 use crate::{ApiError, AppState};
+use wharf_auth::Action;
 
 /// The largest page a listing returns; larger `n` get this many and a `Link` to the rest.
 pub const MAX_PAGE: i64 = 10_000;
@@ -76,12 +78,40 @@ pub(super) async fn tags(repo: &Repo<'_>, query: &Query) -> Result<Response> {
     ))
 }
 
-pub(super) async fn catalog(state: &AppState, registry_id: i64, query: &Query) -> Result<Response> {
+/// The catalog, holding only repositories the caller may pull (or that are public).
+pub(super) async fn catalog(
+    state: &AppState,
+    registry_id: i64,
+    caller: &Caller,
+    query: &Query,
+) -> Result<Response> {
     let limit = page_size(query)?;
-    let page = state
-        .meta
-        .list_repositories(registry_id, query.get("last"), limit)
-        .await?;
+    let mut items = Vec::new();
+    let mut cursor = query.get("last").map(String::from);
+    let mut more = false;
+    'pages: while (items.len() as i64) < limit {
+        let page = state
+            .meta
+            .list_repositories(registry_id, cursor.as_deref(), limit)
+            .await?;
+        let count = page.items.len();
+        for (i, name) in page.items.into_iter().enumerate() {
+            cursor = Some(name.clone());
+            let visible = caller.can(&name, Action::Pull)
+                || state.meta.repository_is_public(registry_id, &name).await?;
+            if visible {
+                items.push(name);
+                if items.len() as i64 == limit {
+                    more = i + 1 < count || page.more;
+                    break 'pages;
+                }
+            }
+        }
+        if !page.more {
+            break;
+        }
+    }
+    let page = ListPage { items, more };
     let body = json!({ "repositories": page.items });
     Ok(page_response("/v2/_catalog", limit, &page, body))
 }

@@ -114,6 +114,9 @@ pub(super) async fn get(
             json!({ "mediaType": manifest.media_type, "accept": accept }),
         ));
     }
+    if !head {
+        repo.audit("manifest.pull", Some(&manifest.digest), None);
+    }
     let len = manifest.content.len();
     let body = if head {
         Body::empty()
@@ -183,6 +186,11 @@ pub(super) async fn put(
         .meta
         .put_manifest(repo.registry_id, repo.name.as_str(), &new, tag)
         .await?;
+    repo.audit(
+        "manifest.push",
+        Some(digest.as_str()),
+        tag.map(|t| serde_json::json!({ "tag": t }).to_string()),
+    );
 
     let mut resp = Response::builder()
         .status(StatusCode::CREATED)
@@ -215,6 +223,14 @@ pub(super) async fn delete(repo: &Repo<'_>, reference: &str) -> Result<Response>
     };
     if !deleted {
         return Err(unknown(&reference));
+    }
+    match &reference {
+        Reference::Tag(t) => repo.audit(
+            "tag.delete",
+            None,
+            Some(serde_json::json!({ "tag": t.as_str() }).to_string()),
+        ),
+        Reference::Digest(d) => repo.audit("manifest.delete", Some(d.as_str()), None),
     }
     Ok(Response::builder()
         .status(StatusCode::ACCEPTED)

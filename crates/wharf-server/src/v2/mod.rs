@@ -1,5 +1,6 @@
 //! The OCI distribution protocol at `/v2/`.
 
+pub(crate) mod auth;
 mod blobs;
 mod listing;
 mod manifests;
@@ -15,16 +16,49 @@ use futures_util::TryStreamExt;
 use wharf_oci::{ErrorCode, RepositoryName};
 use wharf_store::ByteStream;
 
+use auth::{Caller, Need, Target};
+use wharf_auth::Action;
+
 use crate::route::{self, Endpoint};
 use crate::{ApiError, AppState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// What every repository-scoped handler needs: the state, the registry and the repository.
+/// What every repository-scoped handler needs: the state, the registry, the repository and
+/// who is calling.
 pub(crate) struct Repo<'a> {
     state: &'a AppState,
     registry_id: i64,
     name: RepositoryName,
+    caller: &'a Caller,
+}
+
+impl Repo<'_> {
+    /// Records a push, pull or delete in the audit log without holding up the response.
+    fn audit(&self, action: &'static str, digest: Option<&str>, detail: Option<String>) {
+        let meta = self.state.meta.clone();
+        let actor = self.caller.actor();
+        let registry_id = self.registry_id;
+        let repository = self.name.to_string();
+        let digest = digest.map(String::from);
+        tokio::spawn(async move {
+            let registry = match meta.registry_name(registry_id).await {
+                Ok(Some(name)) => name,
+                _ => return,
+            };
+            let entry = wharf_meta::AuditEntry {
+                actor: &actor,
+                action,
+                registry: Some(&registry),
+                repository: Some(&repository),
+                digest: digest.as_deref(),
+                detail,
+            };
+            if let Err(e) = meta.audit(&entry).await {
+                tracing::error!(error = %e, action, "audit log write failed");
+            }
+        });
+    }
 }
 
 /// Decoded query parameters, in order, repeated keys kept.
@@ -60,55 +94,83 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         ApiError::with_message(ErrorCode::Unsupported, "unknown /v2/ endpoint", None)
             .status(StatusCode::NOT_FOUND)
     })?;
-    let method = &parts.method;
+    let method = parts.method.clone();
     let headers = &parts.headers;
     let query = Query::parse(parts.uri.query());
-    let registry_id = resolve_registry(state, &parts).await?;
-    let repo = |name: &str| -> Result<Repo<'_>> {
-        Ok(Repo {
-            state,
-            registry_id,
-            name: RepositoryName::parse(name)?,
-        })
-    };
+    let target = resolve_target(state, &parts).await?;
+    let caller = auth::identify(state, &target, headers).await?;
     let head = method == Method::HEAD;
 
-    match (endpoint, method.clone()) {
+    // What the endpoint needs, checked before anything else happens.
+    let name = match &endpoint {
+        Endpoint::Base | Endpoint::Catalog => None,
+        Endpoint::Tags { name }
+        | Endpoint::Manifest { name, .. }
+        | Endpoint::Blob { name, .. }
+        | Endpoint::Uploads { name }
+        | Endpoint::Upload { name, .. }
+        | Endpoint::Referrers { name, .. } => Some(RepositoryName::parse(name)?),
+    };
+    let action = match (&endpoint, &method) {
+        (Endpoint::Uploads { .. } | Endpoint::Upload { .. }, _) => Some(Action::Push),
+        (Endpoint::Manifest { .. }, &Method::PUT) => Some(Action::Push),
+        (Endpoint::Manifest { .. } | Endpoint::Blob { .. }, &Method::DELETE) => {
+            Some(Action::Delete)
+        }
+        _ => Some(Action::Pull),
+    };
+    let need = match (&endpoint, &name, action) {
+        (Endpoint::Catalog, _, _) => Need::Catalog,
+        (_, Some(n), Some(a)) => Need::Repository(n.as_str(), a),
+        _ => Need::Login,
+    };
+    auth::authorize(state, &target, &caller, need).await?;
+
+    let repo = name.map(|name| Repo {
+        state,
+        registry_id: target.id,
+        name,
+        caller: &caller,
+    });
+    // Every endpoint but the version check and the catalog names a repository.
+    let repo = || {
+        repo.as_ref()
+            .ok_or_else(|| ApiError::internal("routing", "endpoint without a repository"))
+    };
+    match (endpoint, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => {
             Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response())
         }
-        (Endpoint::Catalog, Method::GET) => listing::catalog(state, registry_id, &query).await,
-        (Endpoint::Tags { name }, Method::GET) => listing::tags(&repo(&name)?, &query).await,
-        (Endpoint::Referrers { name, digest }, Method::GET) => {
-            listing::referrers(&repo(&name)?, &digest, &query).await
+        (Endpoint::Catalog, Method::GET) => {
+            listing::catalog(state, target.id, &caller, &query).await
         }
-        (Endpoint::Blob { name, digest }, Method::GET | Method::HEAD) => {
-            blobs::get(&repo(&name)?, &digest, headers, head).await
+        (Endpoint::Tags { .. }, Method::GET) => listing::tags(repo()?, &query).await,
+        (Endpoint::Referrers { digest, .. }, Method::GET) => {
+            listing::referrers(repo()?, &digest, &query).await
         }
-        (Endpoint::Blob { name, digest }, Method::DELETE) => {
-            blobs::delete(&repo(&name)?, &digest).await
+        (Endpoint::Blob { digest, .. }, Method::GET | Method::HEAD) => {
+            blobs::get(repo()?, &digest, headers, head).await
         }
-        (Endpoint::Uploads { name }, Method::POST) => {
-            uploads::start(&repo(&name)?, &query, headers, body).await
+        (Endpoint::Blob { digest, .. }, Method::DELETE) => blobs::delete(repo()?, &digest).await,
+        (Endpoint::Uploads { .. }, Method::POST) => {
+            uploads::start(repo()?, &query, headers, body).await
         }
-        (Endpoint::Upload { name, id }, Method::GET) => uploads::status(&repo(&name)?, &id).await,
-        (Endpoint::Upload { name, id }, Method::PATCH) => {
-            uploads::patch(&repo(&name)?, &id, headers, body).await
+        (Endpoint::Upload { id, .. }, Method::GET) => uploads::status(repo()?, &id).await,
+        (Endpoint::Upload { id, .. }, Method::PATCH) => {
+            uploads::patch(repo()?, &id, headers, body).await
         }
-        (Endpoint::Upload { name, id }, Method::PUT) => {
-            uploads::put(&repo(&name)?, &id, &query, headers, body).await
+        (Endpoint::Upload { id, .. }, Method::PUT) => {
+            uploads::put(repo()?, &id, &query, headers, body).await
         }
-        (Endpoint::Upload { name, id }, Method::DELETE) => {
-            uploads::cancel(&repo(&name)?, &id).await
+        (Endpoint::Upload { id, .. }, Method::DELETE) => uploads::cancel(repo()?, &id).await,
+        (Endpoint::Manifest { reference, .. }, Method::GET | Method::HEAD) => {
+            manifests::get(repo()?, &reference, headers, head).await
         }
-        (Endpoint::Manifest { name, reference }, Method::GET | Method::HEAD) => {
-            manifests::get(&repo(&name)?, &reference, headers, head).await
+        (Endpoint::Manifest { reference, .. }, Method::PUT) => {
+            manifests::put(repo()?, &reference, headers, body).await
         }
-        (Endpoint::Manifest { name, reference }, Method::PUT) => {
-            manifests::put(&repo(&name)?, &reference, headers, body).await
-        }
-        (Endpoint::Manifest { name, reference }, Method::DELETE) => {
-            manifests::delete(&repo(&name)?, &reference).await
+        (Endpoint::Manifest { reference, .. }, Method::DELETE) => {
+            manifests::delete(repo()?, &reference).await
         }
         (_, method) => Err(ApiError::with_message(
             ErrorCode::Unsupported,
@@ -120,29 +182,33 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
 
 /// The registry a request addresses: `<name>.<base domain>` by its Host, any other host name
 /// the default registry if one is configured.
-async fn resolve_registry(state: &AppState, parts: &axum::http::request::Parts) -> Result<i64> {
+pub(crate) async fn resolve_target(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<Target> {
     let host = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| parts.uri.host())
-        .unwrap_or("");
-    let host = host_without_port(host).to_ascii_lowercase();
+        .unwrap_or("")
+        .to_string();
+    let bare = host_without_port(&host).to_ascii_lowercase();
     let suffix = format!(".{}", state.settings.base_domain);
-    let name = match host.strip_suffix(&suffix) {
+    let name = match bare.strip_suffix(&suffix) {
         Some(label) if !label.is_empty() && !label.contains('.') => label.to_string(),
         _ => state.settings.default_registry.clone().ok_or_else(|| {
             ApiError::with_message(
                 ErrorCode::NameUnknown,
                 format!(
-                    "host {host:?} names no registry; use <registry>.{}",
+                    "host {bare:?} names no registry; use <registry>.{}",
                     state.settings.base_domain
                 ),
                 None,
             )
         })?,
     };
-    state
+    let id = state
         .meta
         .registry(&name)
         .await?
@@ -153,7 +219,12 @@ async fn resolve_registry(state: &AppState, parts: &axum::http::request::Parts) 
                 format!("there is no registry named {name:?} on this server"),
                 serde_json::json!({ "registry": name }),
             )
-        })
+        })?;
+    Ok(Target {
+        id,
+        service: format!("{name}.{}", state.settings.base_domain),
+        host,
+    })
 }
 
 fn host_without_port(host: &str) -> &str {

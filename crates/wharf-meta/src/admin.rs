@@ -102,13 +102,7 @@ impl Meta {
         .bind(limit.saturating_add(1))
         .fetch_all(&self.read)
         .await?;
-        let more = rows.len() as i64 > limit;
-        let keys = rows
-            .iter()
-            .take(limit.max(0) as usize)
-            .map(admin_key)
-            .collect::<Result<Vec<_>>>()?;
-        Ok((keys, more))
+        crate::page(&rows, limit, admin_key)
     }
 
     pub async fn count_admin_keys(&self) -> Result<i64> {
@@ -170,23 +164,17 @@ impl Meta {
             q = q.bind(r);
         }
         let rows = q.fetch_all(&self.read).await?;
-        let more = rows.len() as i64 > limit;
-        let list = rows
-            .iter()
-            .take(limit.max(0) as usize)
-            .map(|r| {
-                Ok(AuditRecord {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    registry: r.try_get("registry")?,
-                    repository: r.try_get("repository")?,
-                    digest: r.try_get("digest")?,
-                    detail: r.try_get("detail")?,
-                })
+        crate::page(&rows, limit, |r| {
+            Ok(AuditRecord {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                registry: r.try_get("registry")?,
+                repository: r.try_get("repository")?,
+                digest: r.try_get("digest")?,
+                detail: r.try_get("detail")?,
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((list, more))
+        })
     }
 }

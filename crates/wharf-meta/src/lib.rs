@@ -33,6 +33,21 @@ pub enum MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+/// Listings fetch one row more than `limit`: its presence tells that another page follows.
+pub(crate) fn page<T>(
+    rows: &[sqlx::any::AnyRow],
+    limit: i64,
+    item: impl FnMut(&sqlx::any::AnyRow) -> Result<T>,
+) -> Result<(Vec<T>, bool)> {
+    let more = rows.len() as i64 > limit;
+    let items = rows
+        .iter()
+        .take(limit.max(0) as usize)
+        .map(item)
+        .collect::<Result<Vec<_>>>()?;
+    Ok((items, more))
+}
+
 /// Milliseconds since the Unix epoch: the time type of every table.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

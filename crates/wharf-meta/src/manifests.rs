@@ -44,12 +44,7 @@ pub struct ListPage {
 impl ListPage {
     /// Listings ask for one row more than `limit`: its presence tells that another page follows.
     pub(crate) fn from_rows(rows: Vec<sqlx::any::AnyRow>, limit: i64) -> Result<ListPage> {
-        let mut items = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("name"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let more = items.len() as i64 > limit;
-        items.truncate(limit.max(0) as usize);
+        let (items, more) = crate::page(&rows, limit, |r| Ok(r.try_get::<String, _>("name")?))?;
         Ok(ListPage { items, more })
     }
 }

@@ -122,13 +122,7 @@ impl Meta {
         .bind(limit.saturating_add(1))
         .fetch_all(&self.read)
         .await?;
-        let more = rows.len() as i64 > limit;
-        let list = rows
-            .iter()
-            .take(limit.max(0) as usize)
-            .map(registry)
-            .collect::<Result<Vec<_>>>()?;
-        Ok((list, more))
+        crate::page(&rows, limit, registry)
     }
 
     pub async fn registry_stats(&self, registry_id: i64) -> Result<RegistryStats> {
@@ -261,22 +255,16 @@ impl Meta {
         .bind(limit.saturating_add(1))
         .fetch_all(&self.read)
         .await?;
-        let more = rows.len() as i64 > limit;
-        let list = rows
-            .iter()
-            .take(limit.max(0) as usize)
-            .map(|r| {
-                Ok(RepositoryInfo {
-                    name: r.try_get("name")?,
-                    created_at: r.try_get("created_at")?,
-                    artifacts: r.try_get("artifacts")?,
-                    tags: r.try_get("tags")?,
-                    storage_bytes: r.try_get("storage")?,
-                    public: r.try_get::<i64, _>("public")? != 0,
-                })
+        crate::page(&rows, limit, |r| {
+            Ok(RepositoryInfo {
+                name: r.try_get("name")?,
+                created_at: r.try_get("created_at")?,
+                artifacts: r.try_get("artifacts")?,
+                tags: r.try_get("tags")?,
+                storage_bytes: r.try_get("storage")?,
+                public: r.try_get::<i64, _>("public")? != 0,
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((list, more))
+        })
     }
 
     /// Deletes a repository with its manifests and tags; its blobs wait for garbage collection.

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wharf_auth::{generate_admin_key, Permission, Permissions};
-use wharf_meta::{AdminKey, AuditEntry};
+use wharf_meta::AdminKey;
 use wharf_oci::RegistryName;
 
 use super::auth::Admin;
@@ -100,19 +100,6 @@ fn view(k: AdminKey) -> AdminKeyView {
     }
 }
 
-async fn audit(state: &AppState, admin: &Admin, action: &str, detail: String) {
-    let actor = admin.actor();
-    let entry = AuditEntry {
-        actor: &actor,
-        action,
-        detail: Some(detail),
-        ..Default::default()
-    };
-    if let Err(e) = state.meta.audit(&entry).await {
-        tracing::error!(error = %e, action, "audit log write failed");
-    }
-}
-
 #[utoipa::path(
     get, path = "/api/v1/admin-keys", tag = "admin-keys", params(KeyPageQuery),
     security(("bearer" = [])),
@@ -174,12 +161,13 @@ pub async fn create(
             Some(&admin.actor()),
         )
         .await?;
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "admin-key.create",
-        serde_json::json!({ "id": key.id, "name": key.name, "permissions": permissions })
-            .to_string(),
+        None,
+        None,
+        Some(serde_json::json!({ "id": key.id, "name": key.name, "permissions": permissions })),
     )
     .await;
     let body = NewAdminKey {
@@ -215,11 +203,13 @@ pub async fn revoke(
         .revoke_admin_key(id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no live administrator key with id {id}")))?;
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "admin-key.revoke",
-        serde_json::json!({ "id": key.id, "name": key.name }).to_string(),
+        None,
+        None,
+        Some(serde_json::json!({ "id": key.id, "name": key.name })),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)

@@ -165,6 +165,30 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
+/// Records an administrator's change in the audit log. A failed write is logged, not fatal:
+/// the change itself already happened.
+pub(crate) async fn audit_change(
+    state: &AppState,
+    admin: &auth::Admin,
+    action: &str,
+    registry: Option<&str>,
+    repository: Option<&str>,
+    detail: Option<serde_json::Value>,
+) {
+    let actor = admin.actor();
+    let entry = wharf_meta::AuditEntry {
+        actor: &actor,
+        action,
+        registry,
+        repository,
+        digest: None,
+        detail: detail.map(|d| d.to_string()),
+    };
+    if let Err(e) = state.meta.audit(&entry).await {
+        tracing::error!(error = %e, action, "audit log write failed");
+    }
+}
+
 /// RFC 3339 time of a stored millisecond timestamp.
 pub(crate) fn rfc3339(millis: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wharf_auth::Permission;
-use wharf_meta::{AuditEntry, NewRegistry, Registry};
+use wharf_meta::{NewRegistry, Registry};
 use wharf_oci::{RegistryName, RepositoryName};
 
 use super::auth::Admin;
@@ -223,26 +223,6 @@ async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
     })
 }
 
-async fn audit(
-    state: &AppState,
-    admin: &Admin,
-    action: &str,
-    registry: &str,
-    repository: Option<&str>,
-) {
-    let actor = admin.actor();
-    let entry = AuditEntry {
-        actor: &actor,
-        action,
-        registry: Some(registry),
-        repository,
-        ..Default::default()
-    };
-    if let Err(e) = state.meta.audit(&entry).await {
-        tracing::error!(error = %e, action, "audit log write failed");
-    }
-}
-
 #[utoipa::path(
     get, path = "/api/v1/registries", tag = "registries", params(PageQuery),
     security(("bearer" = [])),
@@ -321,7 +301,15 @@ pub async fn create(
             gc_schedule: schedule.as_deref(),
         })
         .await?;
-    audit(&state, &admin, "registry.create", name.as_str(), None).await;
+    super::audit_change(
+        &state,
+        &admin,
+        "registry.create",
+        Some(name.as_str()),
+        None,
+        None,
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(view(&state, registry).await?)).into_response())
 }
 
@@ -393,7 +381,7 @@ pub async fn update(
             schedule.as_ref().map(|s| s.as_deref()),
         )
         .await?;
-    audit(&state, &admin, "registry.update", &name, None).await;
+    super::audit_change(&state, &admin, "registry.update", Some(&name), None, None).await;
     let registry = find(&state, &name).await?;
     Ok(Json(view(&state, registry).await?))
 }
@@ -430,7 +418,7 @@ pub async fn remove(
             tracing::warn!(%digest, error = %e, "blob content not removed; garbage collection will retry");
         }
     }
-    audit(&state, &admin, "registry.delete", &name, None).await;
+    super::audit_change(&state, &admin, "registry.delete", Some(&name), None, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -509,12 +497,13 @@ pub async fn delete_repository(
             repository.as_str()
         )));
     }
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "repository.delete",
-        &name,
+        Some(&name),
         Some(repository.as_str()),
+        None,
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
@@ -565,6 +554,14 @@ pub async fn update_repository(
     } else {
         "repository.private"
     };
-    audit(&state, &admin, action, &name, Some(repository.as_str())).await;
+    super::audit_change(
+        &state,
+        &admin,
+        action,
+        Some(&name),
+        Some(repository.as_str()),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

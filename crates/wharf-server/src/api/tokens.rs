@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use wharf_auth::token::generate_token_secret;
 use wharf_auth::{Permission, Scope};
-use wharf_meta::{AuditEntry, NewScope, Registry, TokenRecord};
+use wharf_meta::{NewScope, Registry, TokenRecord};
 use wharf_oci::RegistryName;
 
 use super::auth::Admin;
@@ -164,20 +164,6 @@ async fn find_token(
     })
 }
 
-async fn audit(state: &AppState, admin: &Admin, action: &str, registry: &str, detail: Value) {
-    let actor = admin.actor();
-    let entry = AuditEntry {
-        actor: &actor,
-        action,
-        registry: Some(registry),
-        detail: Some(detail.to_string()),
-        ..Default::default()
-    };
-    if let Err(e) = state.meta.audit(&entry).await {
-        tracing::error!(error = %e, action, "audit log write failed");
-    }
-}
-
 /// The host clients log in to: the registry's host name, with the port the API was reached on.
 fn login_host(state: &AppState, registry: &str, headers: &HeaderMap) -> String {
     let port = headers
@@ -290,12 +276,13 @@ pub async fn create(
         .meta
         .create_token(registry.id, &body.name, &hash, expires_at, &new_scopes)
         .await?;
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "token.create",
-        &registry.name,
-        json!({ "token": token.name }),
+        Some(&registry.name),
+        None,
+        Some(json!({ "token": token.name })),
     )
     .await;
 
@@ -370,12 +357,13 @@ pub async fn update(
     } else {
         "token.disable"
     };
-    audit(
+    super::audit_change(
         &state,
         &admin,
         action,
-        &registry.name,
-        json!({ "token": t.name }),
+        Some(&registry.name),
+        None,
+        Some(json!({ "token": t.name })),
     )
     .await;
     let t = find_token(&state, &registry, &token).await?;
@@ -402,12 +390,13 @@ pub async fn remove(
     let registry = find(&state, &name).await?;
     let t = find_token(&state, &registry, &token).await?;
     state.meta.delete_token(t.id).await?;
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "token.delete",
-        &registry.name,
-        json!({ "token": t.name }),
+        Some(&registry.name),
+        None,
+        Some(json!({ "token": t.name })),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
@@ -439,12 +428,13 @@ pub async fn add_scope(
     let t = find_token(&state, &registry, &token).await?;
     let scope = scope_of(&body)?;
     state.meta.add_token_scope(t.id, &stored(&scope)).await?;
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "token.scope.add",
-        &registry.name,
-        json!({ "token": t.name, "scope": body }),
+        Some(&registry.name),
+        None,
+        Some(json!({ "token": t.name, "scope": body })),
     )
     .await;
     let t = find_token(&state, &registry, &token).await?;
@@ -483,12 +473,13 @@ pub async fn remove_scope(
             "token {token:?} has no scope {id}"
         )));
     }
-    audit(
+    super::audit_change(
         &state,
         &admin,
         "token.scope.remove",
-        &registry.name,
-        json!({ "token": t.name, "scope": id }),
+        Some(&registry.name),
+        None,
+        Some(json!({ "token": t.name, "scope": id })),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)

@@ -123,11 +123,7 @@ pub(super) async fn delete(repo: &Repo<'_>, digest: &str) -> Result<Response> {
         ));
     }
     repo.audit("blob.delete", Some(digest.as_str()), None);
-    Ok(Response::builder()
-        .status(StatusCode::ACCEPTED)
-        .header(header::CONTENT_LENGTH, 0)
-        .body(Body::empty())
-        .unwrap_or_default())
+    Ok(super::accepted())
 }
 
 #[cfg(test)]

@@ -232,11 +232,7 @@ pub(super) async fn delete(repo: &Repo<'_>, reference: &str) -> Result<Response>
         ),
         Reference::Digest(d) => repo.audit("manifest.delete", Some(d.as_str()), None),
     }
-    Ok(Response::builder()
-        .status(StatusCode::ACCEPTED)
-        .header(header::CONTENT_LENGTH, 0)
-        .body(Body::empty())
-        .unwrap_or_default())
+    Ok(super::accepted())
 }
 
 #[cfg(test)]

@@ -261,6 +261,15 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>> {
     }
 }
 
+/// The empty 202 that answers an accepted delete.
+fn accepted() -> Response {
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
 /// Refuses deletes when the operator turned them off.
 fn ensure_delete_enabled(state: &AppState) -> Result<()> {
     if state.settings.delete_enabled {

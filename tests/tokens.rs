@@ -791,3 +791,92 @@ on_both_backends!(
     bad_credentials_are_refused,
     public_repositories_allow_anonymous_pull,
 );
+
+/// podman (Debian's) logs in, pushes and pulls with a token; its storage lives in a temp dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_logs_in_pushes_and_pulls() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let s = Server::start(Backend::Sqlite).await;
+    let (name, secret) = s
+        .create_token(
+            "default",
+            "podder",
+            json!([repo_scope("team/*", &["pull", "push"])]),
+        )
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", s.port);
+    let podman = |args: &[&str]| {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(work.path().join("root"))
+            .arg("--runroot")
+            .arg(work.path().join("run"))
+            .args(["--storage-driver", "vfs", "--events-backend", "file"])
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", work.path().join("auth.json"))
+            .env("HOME", work.path());
+        cmd
+    };
+    let run = |args: &[&str]| {
+        let out = podman(args)
+            .output()
+            .expect("podman is installed (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut login = podman(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        &name,
+        "--password-stdin",
+        &host,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    assert!(
+        login.wait_with_output().unwrap().status.success(),
+        "podman login"
+    );
+
+    let (layer, _) = common::images::layer("podman-file", 77);
+    let tar = work.path().join("layer.tar");
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&layer[..]), &mut raw).unwrap();
+    std::fs::write(&tar, raw).unwrap();
+    let id = run(&["import", tar.to_str().unwrap(), "localhost/podman-test:v1"]);
+    let remote = format!("{host}/team/podman:v1");
+    run(&["tag", "localhost/podman-test:v1", &remote]);
+    run(&["push", "--tls-verify=false", &remote]);
+    run(&["rmi", "-f", &remote, "localhost/podman-test:v1"]);
+    run(&["pull", "--tls-verify=false", &remote]);
+    let pulled = run(&["images", "--no-trunc", "--format", "{{.ID}}", &remote]);
+    assert_eq!(
+        pulled.trim_start_matches("sha256:"),
+        id.trim_start_matches("sha256:")
+    );
+    // Outside the token's scopes the push is refused.
+    let other = format!("{host}/other/podman:v1");
+    run(&["tag", &remote, &other]);
+    let out = podman(&["push", "--tls-verify=false", &other])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!s.log().contains(&secret));
+}

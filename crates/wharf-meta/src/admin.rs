@@ -178,3 +178,40 @@ impl Meta {
         })
     }
 }
+
+/// An audit entry that owns its fields, for entries queued before they are written.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedAuditEntry {
+    pub actor: String,
+    pub action: String,
+    pub registry_id: i64,
+    pub repository: Option<String>,
+    pub digest: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Meta {
+    /// Writes queued entries in one transaction (one commit, one fsync), naming each entry's
+    /// registry as it stands; entries of registries deleted meanwhile are dropped.
+    pub async fn audit_batch(&self, entries: &[OwnedAuditEntry]) -> Result<()> {
+        let now = now_millis();
+        let mut tx = self.write.begin().await?;
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, registry, repository, digest, detail) \
+                 SELECT $1, $2, $3, name, $4, $5, $6 FROM registries WHERE id = $7",
+            )
+            .bind(now)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(e.repository.as_deref())
+            .bind(e.digest.as_deref())
+            .bind(e.detail.as_deref())
+            .bind(e.registry_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -10,7 +10,7 @@ mod registries;
 mod tokens;
 mod uploads;
 
-pub use admin::{AdminKey, AuditEntry, AuditRecord};
+pub use admin::{AdminKey, AuditEntry, AuditRecord, OwnedAuditEntry};
 pub use db::{Backend, Meta};
 pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
 pub use registries::{NewRegistry, Registry, RegistryStats, RepositoryInfo};

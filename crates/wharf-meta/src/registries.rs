@@ -316,14 +316,3 @@ pub(crate) async fn repository_id(
         None => None,
     })
 }
-
-impl Meta {
-    pub async fn registry_name(&self, id: i64) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT name FROM registries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|r| r.try_get::<String, _>("name").map_err(Into::into))
-            .transpose()
-    }
-}

@@ -63,16 +63,22 @@ pub struct AppState {
     pub(crate) jwt_key: Vec<u8>,
     pub(crate) verified: VerifiedSecrets,
     pub(crate) upload_locks: locks::KeyedLocks,
+    /// Registry operations (pushes, pulls, deletes) queued for the audit log.
+    pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<wharf_meta::OwnedAuditEntry>,
 }
 
 impl AppState {
+    /// Must be called inside the tokio runtime: it starts the audit writer.
     pub fn new(
         meta: Meta,
         store: Arc<dyn BlobStore>,
         settings: Settings,
         jwt_key: Vec<u8>,
     ) -> Self {
+        let (audit_queue, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_audit(meta.clone(), queued));
         AppState {
+            audit_queue,
             meta,
             store,
             settings,
@@ -80,6 +86,21 @@ impl AppState {
             verified: Default::default(),
             upload_locks: locks::KeyedLocks::default(),
         }
+    }
+}
+
+/// Writes queued audit entries: it waits for one, then takes everything queued meanwhile into
+/// one transaction, so that under load a single commit covers many requests.
+async fn write_audit(
+    meta: Meta,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<wharf_meta::OwnedAuditEntry>,
+) {
+    let mut batch = Vec::new();
+    while queued.recv_many(&mut batch, 1000).await > 0 {
+        if let Err(e) = meta.audit_batch(&batch).await {
+            tracing::error!(error = %e, entries = batch.len(), "audit log write failed");
+        }
+        batch.clear();
     }
 }
 

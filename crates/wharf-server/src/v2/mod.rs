@@ -34,30 +34,19 @@ pub(crate) struct Repo<'a> {
 }
 
 impl Repo<'_> {
-    /// Records a push, pull or delete in the audit log without holding up the response.
+    /// Queues a push, pull or delete for the audit log without holding up the response.
     fn audit(&self, action: &'static str, digest: Option<&str>, detail: Option<String>) {
-        let meta = self.state.meta.clone();
-        let actor = self.caller.actor();
-        let registry_id = self.registry_id;
-        let repository = self.name.to_string();
-        let digest = digest.map(String::from);
-        tokio::spawn(async move {
-            let registry = match meta.registry_name(registry_id).await {
-                Ok(Some(name)) => name,
-                _ => return,
-            };
-            let entry = wharf_meta::AuditEntry {
-                actor: &actor,
-                action,
-                registry: Some(&registry),
-                repository: Some(&repository),
-                digest: digest.as_deref(),
-                detail,
-            };
-            if let Err(e) = meta.audit(&entry).await {
-                tracing::error!(error = %e, action, "audit log write failed");
-            }
-        });
+        let entry = wharf_meta::OwnedAuditEntry {
+            actor: self.caller.actor(),
+            action: action.to_string(),
+            registry_id: self.registry_id,
+            repository: Some(self.name.to_string()),
+            digest: digest.map(String::from),
+            detail,
+        };
+        if self.state.audit_queue.send(entry).is_err() {
+            tracing::error!(action, "audit writer stopped; entry lost");
+        }
     }
 }
 

@@ -63,6 +63,9 @@ pub struct AppState {
     pub(crate) jwt_key: Vec<u8>,
     pub(crate) verified: VerifiedSecrets,
     pub(crate) upload_locks: locks::KeyedLocks,
+    /// Registry name to id, briefly: every /v2/ request resolves its host to a registry.
+    pub(crate) registry_ids:
+        std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
     /// Registry operations (pushes, pulls, deletes) queued for the audit log.
     pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<wharf_meta::OwnedAuditEntry>,
 }
@@ -79,6 +82,7 @@ impl AppState {
         tokio::spawn(write_audit(meta.clone(), queued));
         AppState {
             audit_queue,
+            registry_ids: Default::default(),
             meta,
             store,
             settings,
@@ -86,6 +90,46 @@ impl AppState {
             verified: Default::default(),
             upload_locks: locks::KeyedLocks::default(),
         }
+    }
+}
+
+impl AppState {
+    /// How long a node keeps a registry's id: a registry deleted through another node stops
+    /// resolving here within this time (this node forgets it at once).
+    const REGISTRY_ID_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The id of the registry named `name`, if it exists.
+    pub(crate) async fn registry_id(
+        &self,
+        name: &str,
+    ) -> Result<Option<i64>, wharf_meta::MetaError> {
+        {
+            let cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((id, at)) = cache.get(name) {
+                if at.elapsed() < Self::REGISTRY_ID_TTL {
+                    return Ok(Some(*id));
+                }
+            }
+        }
+        let id = self.meta.registry(name).await?.map(|r| r.id);
+        let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
+        match id {
+            Some(id) => {
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(name.to_string(), (id, std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(name);
+            }
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn forget_registry(&self, name: &str) {
+        let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(name);
     }
 }
 

@@ -408,6 +408,7 @@ pub async fn remove(
         .delete_registry(&name)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no registry named {name:?}")))?;
+    state.forget_registry(&name);
     // The database no longer names these blobs; their bytes can go.
     for digest in &freed {
         let removed = match wharf_oci::Digest::parse(digest) {

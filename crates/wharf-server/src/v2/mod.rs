@@ -197,18 +197,13 @@ pub(crate) async fn resolve_target(
             )
         })?,
     };
-    let id = state
-        .meta
-        .registry(&name)
-        .await?
-        .map(|r| r.id)
-        .ok_or_else(|| {
-            ApiError::with_message(
-                ErrorCode::NameUnknown,
-                format!("there is no registry named {name:?} on this server"),
-                serde_json::json!({ "registry": name }),
-            )
-        })?;
+    let id = state.registry_id(&name).await?.ok_or_else(|| {
+        ApiError::with_message(
+            ErrorCode::NameUnknown,
+            format!("there is no registry named {name:?} on this server"),
+            serde_json::json!({ "registry": name }),
+        )
+    })?;
     Ok(Target {
         id,
         service: format!("{name}.{}", state.settings.base_domain),

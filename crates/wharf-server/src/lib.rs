@@ -66,6 +66,10 @@ pub struct AppState {
     /// Registry name to id, briefly: every /v2/ request resolves its host to a registry.
     pub(crate) registry_ids:
         std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+    /// Token records (state and scopes) by id, briefly: every authenticated request needs one.
+    pub(crate) tokens: std::sync::Mutex<
+        std::collections::HashMap<i64, (wharf_meta::TokenRecord, std::time::Instant)>,
+    >,
     /// Registry operations (pushes, pulls, deletes) queued for the audit log.
     pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<wharf_meta::OwnedAuditEntry>,
 }
@@ -83,6 +87,7 @@ impl AppState {
         AppState {
             audit_queue,
             registry_ids: Default::default(),
+            tokens: Default::default(),
             meta,
             store,
             settings,
@@ -130,6 +135,79 @@ impl AppState {
     pub(crate) fn forget_registry(&self, name: &str) {
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
         cache.remove(name);
+        // Its tokens went with it.
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How long a node keeps a token's state and scopes. Changes made through this node apply
+    /// at once (it forgets the token); changes made elsewhere within this time. Expiry is
+    /// checked against the clock on every request either way.
+    const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The token with this id, its state and scopes as of at most a second ago.
+    pub(crate) async fn token_by_id(
+        &self,
+        id: i64,
+    ) -> Result<Option<wharf_meta::TokenRecord>, wharf_meta::MetaError> {
+        {
+            let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((t, at)) = cache.get(&id) {
+                if at.elapsed() < Self::TOKEN_TTL {
+                    return Ok(Some(t.clone()));
+                }
+            }
+        }
+        let token = self.meta.token_by_id(id).await?;
+        self.remember_token(id, token.as_ref());
+        Ok(token)
+    }
+
+    /// The token named `name` in a registry; the name is looked up, the record cached by id.
+    pub(crate) async fn token_by_name(
+        &self,
+        registry_id: i64,
+        name: &str,
+    ) -> Result<Option<wharf_meta::TokenRecord>, wharf_meta::MetaError> {
+        {
+            let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = cache.values().find(|(t, at)| {
+                t.registry_id == registry_id && t.name == name && at.elapsed() < Self::TOKEN_TTL
+            });
+            if let Some((t, _)) = hit {
+                return Ok(Some(t.clone()));
+            }
+        }
+        let token = self.meta.token(registry_id, name).await?;
+        if let Some(t) = &token {
+            self.remember_token(t.id, Some(t));
+        }
+        Ok(token)
+    }
+
+    fn remember_token(&self, id: i64, token: Option<&wharf_meta::TokenRecord>) {
+        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match token {
+            Some(t) => {
+                if cache.len() > 10_000 {
+                    cache.retain(|_, (_, at)| at.elapsed() < Self::TOKEN_TTL);
+                }
+                cache.insert(id, (t.clone(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(&id);
+            }
+        }
+    }
+
+    /// Drops a token from this node's cache after a change through the API.
+    pub(crate) fn forget_token(&self, id: i64) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 }
 

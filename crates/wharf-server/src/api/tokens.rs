@@ -352,6 +352,7 @@ pub async fn update(
     let registry = find(&state, &name).await?;
     let t = find_token(&state, &registry, &token).await?;
     state.meta.set_token_enabled(t.id, body.enabled).await?;
+    state.forget_token(t.id);
     let action = if body.enabled {
         "token.enable"
     } else {
@@ -390,6 +391,7 @@ pub async fn remove(
     let registry = find(&state, &name).await?;
     let t = find_token(&state, &registry, &token).await?;
     state.meta.delete_token(t.id).await?;
+    state.forget_token(t.id);
     super::audit_change(
         &state,
         &admin,
@@ -428,6 +430,7 @@ pub async fn add_scope(
     let t = find_token(&state, &registry, &token).await?;
     let scope = scope_of(&body)?;
     state.meta.add_token_scope(t.id, &stored(&scope)).await?;
+    state.forget_token(t.id);
     super::audit_change(
         &state,
         &admin,
@@ -468,7 +471,9 @@ pub async fn remove_scope(
         .map_err(|_| Problem::bad_request(format!("scope id {id:?} is not a number")))?;
     let registry = find(&state, &name).await?;
     let t = find_token(&state, &registry, &token).await?;
-    if !state.meta.remove_token_scope(t.id, id).await? {
+    let removed = state.meta.remove_token_scope(t.id, id).await?;
+    state.forget_token(t.id);
+    if !removed {
         return Err(Problem::not_found(format!(
             "token {token:?} has no scope {id}"
         )));

@@ -118,8 +118,7 @@ pub(crate) async fn check_secret(
     secret: &str,
 ) -> Result<TokenRecord, ApiError> {
     let token = state
-        .meta
-        .token(registry_id, name)
+        .token_by_name(registry_id, name)
         .await?
         .ok_or_else(|| unauthorized("unknown token or wrong secret"))?;
     if !token.usable(now_millis()) {
@@ -194,7 +193,6 @@ pub(crate) async fn identify(
             return Ok(Caller::Anonymous);
         };
         let token = state
-            .meta
             .token_by_id(tid)
             .await?
             .filter(|t| t.registry_id == target.id && t.usable(now_millis()))

@@ -223,6 +223,11 @@ async fn run(config: Config) -> Result<(), String> {
         database = ?meta.backend(),
         "wharf listening"
     );
+    // Streamed bodies go out in several writes; without TCP_NODELAY each small response waits
+    // on Nagle and the peer's delayed ACK (tens of milliseconds).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, wharf_server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

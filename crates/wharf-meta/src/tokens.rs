@@ -148,10 +148,10 @@ impl Meta {
         .bind(limit.saturating_add(1))
         .fetch_all(&self.read)
         .await?;
-        let more = rows.len() as i64 > limit;
-        let mut list = Vec::new();
-        for r in rows.iter().take(limit.max(0) as usize) {
-            list.push(self.with_scopes(token(r)?).await?);
+        let (records, more) = crate::page(&rows, limit, token)?;
+        let mut list = Vec::with_capacity(records.len());
+        for t in records {
+            list.push(self.with_scopes(t).await?);
         }
         Ok((list, more))
     }

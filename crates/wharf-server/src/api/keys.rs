@@ -195,9 +195,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     admin.require(Permission::Owner)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| Problem::bad_request(format!("key id {id:?} is not a number")))?;
+    let id = super::path_id("key", &id)?;
     let key = state
         .meta
         .revoke_admin_key(id)

@@ -195,6 +195,12 @@ pub(crate) fn rfc3339(millis: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// A numeric id taken from the path, e.g. of a key or a scope.
+pub(crate) fn path_id(what: &str, text: &str) -> Result<i64, Problem> {
+    text.parse()
+        .map_err(|_| Problem::bad_request(format!("{what} id {text:?} is not a number")))
+}
+
 /// A page size: 1 to [`MAX_LIMIT`], default 50.
 pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
     match limit {

@@ -194,6 +194,24 @@ fn parse_name(name: &str) -> Result<RegistryName, Problem> {
     })
 }
 
+/// The registry and repository a `/registries/{name}/repositories/{repository}` path names.
+async fn repository_path(
+    state: &AppState,
+    name: &str,
+    repository: &str,
+) -> Result<(Registry, RepositoryName), Problem> {
+    let repository =
+        RepositoryName::parse(repository).map_err(|e| Problem::bad_request(e.to_string()))?;
+    Ok((find(state, name).await?, repository))
+}
+
+fn no_repository(registry: &str, repository: &RepositoryName) -> Problem {
+    Problem::not_found(format!(
+        "registry {registry:?} has no repository {:?}",
+        repository.as_str()
+    ))
+}
+
 pub(super) async fn find(state: &AppState, name: &str) -> Result<Registry, Problem> {
     state
         .meta
@@ -485,18 +503,13 @@ pub async fn delete_repository(
     Path((name, repository)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     admin.require(Permission::RegistryDelete)?;
-    let repository =
-        RepositoryName::parse(&repository).map_err(|e| Problem::bad_request(e.to_string()))?;
-    let registry = find(&state, &name).await?;
+    let (registry, repository) = repository_path(&state, &name, &repository).await?;
     if !state
         .meta
         .delete_repository(registry.id, repository.as_str())
         .await?
     {
-        return Err(Problem::not_found(format!(
-            "registry {name:?} has no repository {:?}",
-            repository.as_str()
-        )));
+        return Err(no_repository(&name, &repository));
     }
     super::audit_change(
         &state,
@@ -537,18 +550,13 @@ pub async fn update_repository(
     ApiJson(body): ApiJson<UpdateRepository>,
 ) -> Result<StatusCode, Problem> {
     admin.require(Permission::RegistryWrite)?;
-    let repository =
-        RepositoryName::parse(&repository).map_err(|e| Problem::bad_request(e.to_string()))?;
-    let registry = find(&state, &name).await?;
+    let (registry, repository) = repository_path(&state, &name, &repository).await?;
     if !state
         .meta
         .set_repository_public(registry.id, repository.as_str(), body.public)
         .await?
     {
-        return Err(Problem::not_found(format!(
-            "registry {name:?} has no repository {:?}",
-            repository.as_str()
-        )));
+        return Err(no_repository(&name, &repository));
     }
     let action = if body.public {
         "repository.public"

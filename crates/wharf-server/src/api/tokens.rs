@@ -169,9 +169,8 @@ fn login_host(state: &AppState, registry: &str, headers: &HeaderMap) -> String {
     let port = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.rsplit_once(':'))
-        .map(|(_, p)| p.to_string())
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && p != "80" && p != "443");
+        .and_then(|h| crate::v2::split_host(h).1)
+        .filter(|p| !p.is_empty() && *p != "80" && *p != "443");
     let host = format!("{registry}.{}", state.settings.base_domain);
     match port {
         Some(p) => format!("{host}:{p}"),
@@ -466,9 +465,7 @@ pub async fn remove_scope(
     Path((name, token, id)): Path<(String, String, String)>,
 ) -> Result<StatusCode, Problem> {
     admin.require(Permission::RegistryWrite)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| Problem::bad_request(format!("scope id {id:?} is not a number")))?;
+    let id = super::path_id("scope", &id)?;
     let registry = find(&state, &name).await?;
     let t = find_token(&state, &registry, &token).await?;
     let removed = state.meta.remove_token_scope(t.id, id).await?;

@@ -212,13 +212,20 @@ pub(crate) async fn resolve_target(
 }
 
 fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
+    split_host(host).0
+}
+
+/// Splits a Host header value into host and port (`[v6]:port` included).
+pub(crate) fn split_host(host: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            None => (host, None),
+        };
     }
     match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (h, Some(port)),
+        _ => (host, None),
     }
 }
 
@@ -264,5 +271,22 @@ fn ensure_delete_enabled(state: &AppState) -> Result<()> {
             "deletes are disabled on this registry",
             None,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host;
+
+    #[test]
+    fn host_and_port() {
+        assert_eq!(
+            split_host("alpha.wharf.test:5000"),
+            ("alpha.wharf.test", Some("5000"))
+        );
+        assert_eq!(split_host("alpha.wharf.test"), ("alpha.wharf.test", None));
+        assert_eq!(split_host("[::1]:5000"), ("::1", Some("5000")));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+        assert_eq!(split_host("host:abc"), ("host:abc", None));
     }
 }

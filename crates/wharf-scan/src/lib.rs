@@ -1,0 +1,8 @@
+//! wharf's offline vulnerability scanner, with no dependency on the server: image layers are
+//! walked as streams (whiteouts honoured), the OS and installed packages are detected, and the
+//! packages are matched against advisories imported from OSV files, Alpine's secdb and CVSS
+//! tables, each ecosystem with its own version ordering.
+
+pub mod detect;
+pub mod inventory;
+pub mod version;

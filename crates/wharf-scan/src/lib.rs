@@ -4,5 +4,8 @@
 //! tables, each ecosystem with its own version ordering.
 
 pub mod detect;
+pub mod digest;
+pub mod image;
 pub mod inventory;
 pub mod version;
+pub mod walk;

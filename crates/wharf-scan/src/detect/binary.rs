@@ -39,6 +39,11 @@ impl BinaryScan {
         self.elf == Some(true)
     }
 
+    /// True once the first bytes have shown this is not an ELF file.
+    pub fn is_not_elf(&self) -> bool {
+        self.elf == Some(false)
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.elf.is_none() {
             self.carry.extend_from_slice(chunk);

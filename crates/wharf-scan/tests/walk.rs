@@ -63,7 +63,7 @@ fn whiteouts_remove_packages_of_lower_layers() {
             br#"{"name":"minimist","version":"1.2.5"}"#,
         ),
     ]));
-    let inv = scan(&[base.clone()]);
+    let inv = scan(std::slice::from_ref(&base));
     assert_eq!(inv.os.as_ref().map(|o| o.id.as_str()), Some("debian"));
     assert_eq!(
         names(&inv, Kind::Dpkg),
@@ -175,7 +175,7 @@ fn plain_and_zstd_layers_are_read() {
 fn a_layer_that_does_not_match_its_digest_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layer = gzip(&tar(&[Entry::File("etc/os-release", DEBIAN_OS)]));
-    oci_layout(dir.path(), &[layer.clone()]);
+    oci_layout(dir.path(), std::slice::from_ref(&layer));
     let digest = support::sha256(&layer);
     let tampered = gzip(&tar(&[Entry::File("etc/os-release", b"ID=alpine\n")]));
     std::fs::write(dir.path().join("blobs/sha256").join(&digest[7..]), tampered).expect("write");

@@ -9,6 +9,7 @@ mod manifests;
 mod registries;
 mod tokens;
 mod uploads;
+mod vulndb;
 
 pub use admin::{AdminKey, AuditEntry, AuditRecord, OwnedAuditEntry};
 pub use db::{Backend, Meta};
@@ -16,6 +17,7 @@ pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
 pub use registries::{NewRegistry, Registry, RegistryStats, RepositoryInfo};
 pub use tokens::{NewScope, ScopeRecord, TokenRecord};
 pub use uploads::Upload;
+pub use vulndb::{AdvisoryRow, ImportCounts, ScoreRow, SourceStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {

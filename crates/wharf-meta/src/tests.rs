@@ -308,3 +308,123 @@ async fn registries_count_usage_and_delete_frees_unshared_blobs() {
     }
     finish(stores).await;
 }
+
+fn advisory(id: &str, digest: &str, packages: &[(&str, &str)]) -> crate::AdvisoryRow {
+    crate::AdvisoryRow {
+        source: "debian12".into(),
+        id: id.into(),
+        modified: "2026-11-23T00:00:00Z".into(),
+        digest: digest.into(),
+        doc: format!("{{\"id\":\"{id}\",\"v\":\"{digest}\"}}"),
+        packages: packages
+            .iter()
+            .map(|(e, p)| (e.to_string(), p.to_string()))
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn vulnerability_imports_are_idempotent_and_incremental() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let first = vec![
+            advisory("CVE-1", "a", &[("Debian:12", "openssl")]),
+            advisory(
+                "CVE-2",
+                "b",
+                &[("Debian:12", "openssl"), ("Debian:12", "curl")],
+            ),
+        ];
+        let c = m.upsert_advisories(&first).await.unwrap();
+        assert_eq!((c.added, c.updated, c.unchanged), (2, 0, 0));
+        let c = m.upsert_advisories(&first).await.unwrap();
+        assert_eq!((c.added, c.updated, c.unchanged), (0, 0, 2));
+        // CVE-2 changes and no longer names curl; CVE-3 is new.
+        let second = vec![
+            advisory("CVE-1", "a", &[("Debian:12", "openssl")]),
+            advisory("CVE-2", "b2", &[("Debian:12", "openssl")]),
+            advisory("CVE-3", "c", &[("Debian:12", "curl")]),
+        ];
+        let c = m.upsert_advisories(&second).await.unwrap();
+        assert_eq!((c.added, c.updated, c.unchanged), (1, 1, 1));
+        let mut docs = m
+            .advisories_for("Debian:12", &["openssl".into(), "curl".into()])
+            .await
+            .unwrap();
+        docs.sort();
+        assert_eq!(
+            docs,
+            [
+                (
+                    "curl".to_string(),
+                    "{\"id\":\"CVE-3\",\"v\":\"c\"}".to_string()
+                ),
+                (
+                    "openssl".to_string(),
+                    "{\"id\":\"CVE-1\",\"v\":\"a\"}".to_string()
+                ),
+                (
+                    "openssl".to_string(),
+                    "{\"id\":\"CVE-2\",\"v\":\"b2\"}".to_string()
+                ),
+            ]
+        );
+        assert!(m
+            .advisories_for("Alpine:v3.17", &["openssl".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        m.record_vuln_source(
+            "debian12",
+            "osv",
+            "/data/debian12.jsonl.gz",
+            Some("2026-11-23"),
+        )
+        .await
+        .unwrap();
+        let sources = m.vuln_sources().await.unwrap();
+        assert_eq!(
+            (sources[0].source.as_str(), sources[0].records),
+            ("debian12", 3)
+        );
+        assert_eq!(
+            m.newest_advisory("debian12").await.unwrap().as_deref(),
+            Some("2026-11-23T00:00:00Z")
+        );
+
+        let score = |cve: &str, v: f64, modified: &str| crate::ScoreRow {
+            cve: cve.into(),
+            source: "nvd".into(),
+            version: "3.1".into(),
+            vector: Some("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H".into()),
+            score: v,
+            modified: Some(modified.into()),
+        };
+        let c = m
+            .upsert_scores(&[score("CVE-1", 9.8, "x"), score("CVE-2", 5.0, "x")])
+            .await
+            .unwrap();
+        assert_eq!((c.added, c.updated, c.unchanged), (2, 0, 0));
+        let c = m
+            .upsert_scores(&[score("CVE-1", 9.8, "x"), score("CVE-2", 7.5, "y")])
+            .await
+            .unwrap();
+        assert_eq!((c.added, c.updated, c.unchanged), (0, 1, 1));
+        let mut got = m
+            .scores_for(&["CVE-2".into(), "CVE-9".into()])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got.pop().unwrap().score, 7.5);
+
+        assert_eq!(m.load_inventory("sha256:x").await.unwrap(), None);
+        m.save_inventory("sha256:x", 1, "{}").await.unwrap();
+        m.save_inventory("sha256:x", 2, "{\"a\":1}").await.unwrap();
+        assert_eq!(
+            m.load_inventory("sha256:x").await.unwrap(),
+            Some((2, "{\"a\":1}".to_string()))
+        );
+    }
+    finish(stores).await;
+}

@@ -380,6 +380,7 @@ async fn vulnerability_imports_are_idempotent_and_incremental() {
             "osv",
             "/data/debian12.jsonl.gz",
             Some("2026-11-23"),
+            None,
         )
         .await
         .unwrap();

@@ -81,6 +81,18 @@ impl Meta {
     /// together with their package keys, unchanged ones left alone.
     pub async fn upsert_advisories(&self, rows: &[AdvisoryRow]) -> Result<ImportCounts> {
         let mut counts = ImportCounts::default();
+        // A file may carry one ID twice; the last record wins, as a later re-import would.
+        let mut latest = std::collections::HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            latest.insert((&r.source, &r.id), i);
+        }
+        counts.unchanged += (rows.len() - latest.len()) as u64;
+        let rows: Vec<&AdvisoryRow> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| latest.get(&(&r.source, &r.id)) == Some(i))
+            .map(|(_, r)| r)
+            .collect();
         let mut tx = self.write.begin().await?;
         for chunk in rows.chunks(BATCH) {
             // What is stored now, for the rows of this chunk.
@@ -101,7 +113,7 @@ impl Meta {
                     .map(|r| -> Result<_> { Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)) })
                     .collect::<Result<_>>()?;
             let mut changed = Vec::new();
-            for r in chunk {
+            for &r in chunk {
                 match stored.get(&(r.source.clone(), r.id.clone())) {
                     Some(d) if *d == r.digest => counts.unchanged += 1,
                     Some(_) => {
@@ -244,23 +256,24 @@ impl Meta {
         Ok(counts)
     }
 
-    /// Records that `source` was imported from `file` and now holds `records` records.
+    /// Records that `source` was imported from `file`. Advisory sources count their stored
+    /// advisories; score tables (whose rows carry the scorer's name) pass `records`.
     pub async fn record_vuln_source(
         &self,
         source: &str,
         kind: &str,
         file: &str,
         newest: Option<&str>,
+        records: Option<i64>,
     ) -> Result<()> {
-        let records: i64 = if kind == "scores" {
-            sqlx::query("SELECT COUNT(*) FROM vuln_scores WHERE source = $1")
-        } else {
-            sqlx::query("SELECT COUNT(*) FROM vuln_advisories WHERE source = $1")
-        }
-        .bind(source)
-        .fetch_one(&self.write)
-        .await?
-        .try_get(0)?;
+        let records: i64 = match records {
+            Some(n) => n,
+            None => sqlx::query("SELECT COUNT(*) FROM vuln_advisories WHERE source = $1")
+                .bind(source)
+                .fetch_one(&self.write)
+                .await?
+                .try_get(0)?,
+        };
         sqlx::query(
             "INSERT INTO vuln_sources (source, kind, file, records, newest, imported_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source) DO UPDATE SET \

@@ -31,7 +31,7 @@ pub struct Layer {
 }
 
 /// An image whose layers can be read in order. The store backend implements this too, later.
-pub trait ImageSource {
+pub trait ImageSource: Send {
     /// The image's identity: the manifest digest (OCI layout) or config digest (`docker save`).
     fn id(&self) -> &str;
     fn layers(&self) -> &[Layer];

@@ -3,9 +3,12 @@
 //! packages are matched against advisories imported from OSV files, Alpine's secdb and CVSS
 //! tables, each ecosystem with its own version ordering.
 
+pub mod advisory;
+pub mod cvss;
 pub mod detect;
 pub mod digest;
 pub mod image;
 pub mod inventory;
+pub mod matcher;
 pub mod version;
 pub mod walk;

@@ -13,6 +13,46 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the metadata database is, for commands that open it directly (`vulndb`, `scan`).
+#[derive(Args, Debug, Default)]
+pub struct DbArgs {
+    /// TOML configuration file (its data_dir and database_url are used).
+    #[arg(long, env = "WHARF_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded database [default: ./wharf-data].
+    #[arg(long, env = "WHARF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Metadata database: sqlite:PATH or postgres://... [default: SQLite in the data directory].
+    #[arg(long, env = "WHARF_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+impl DbArgs {
+    /// The database URL `wharf serve` would use with the same settings.
+    pub fn database_url(self) -> Result<String, String> {
+        let config = Config::load(ServeArgs {
+            config: self.config,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            ..ServeArgs::default()
+        })?;
+        if let Some(url) = config.database_url {
+            return Ok(url);
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let dir = config
+            .data_dir
+            .canonicalize()
+            .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+        Ok(crate::sqlite_url(&dir))
+    }
+}
+
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML configuration file.

@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod scan;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -65,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         command: admin::TokenCommand,
     },
+    /// Scan an image file (OCI layout directory or `docker save` tar) for vulnerabilities.
+    Scan(scan::ScanArgs),
+    /// The vulnerability database used by scans.
+    Vulndb {
+        #[command(subcommand)]
+        command: scan::VulndbCommand,
+    },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
@@ -124,6 +132,11 @@ fn main() -> ExitCode {
         Command::Ref {
             command: RefCommand::Check { reference, json },
         } => check_reference(&reference, json),
+        Command::Vulndb { command } => scan::vulndb(command),
+        Command::Scan(args) => match scan::scan(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -275,7 +288,7 @@ async fn bootstrap_owner_key(meta: &Meta) -> Result<(), String> {
     Ok(())
 }
 
-fn sqlite_url(data_dir: &Path) -> String {
+pub(crate) fn sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", data_dir.join("wharf.db").display())
 }
 

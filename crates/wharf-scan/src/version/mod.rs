@@ -11,7 +11,7 @@ mod semver_like;
 
 use std::cmp::Ordering;
 
-pub use apk::compare as apk;
+pub use apk::{compare as apk, is_valid as apk_is_valid};
 pub use dpkg::compare as dpkg;
 pub use go::{compare as go, toolchain_version as go_toolchain_version};
 pub use pep440::compare as pep440;

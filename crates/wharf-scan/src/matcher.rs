@@ -205,12 +205,25 @@ pub struct Report {
     pub unknown: Option<String>,
 }
 
+/// `CVE-YYYY-NNNN...` and nothing else.
+fn is_cve(id: &str) -> bool {
+    let mut parts = id.split('-');
+    parts.next() == Some("CVE")
+        && parts
+            .next()
+            .is_some_and(|y| y.len() == 4 && y.bytes().all(|c| c.is_ascii_digit()))
+        && parts
+            .next()
+            .is_some_and(|n| n.len() >= 4 && n.bytes().all(|c| c.is_ascii_digit()))
+        && parts.next().is_none()
+}
+
 /// The ID a group of advisories is reported under: a CVE if any names one.
 fn canonical_id(a: &Advisory) -> String {
-    if a.id.starts_with("CVE-") {
+    if is_cve(&a.id) {
         return a.id.clone();
     }
-    let mut cves: Vec<&String> = a.aliases.iter().filter(|x| x.starts_with("CVE-")).collect();
+    let mut cves: Vec<&String> = a.aliases.iter().filter(|x| is_cve(x)).collect();
     cves.sort();
     match cves.first() {
         Some(c) => (*c).clone(),
@@ -375,7 +388,7 @@ pub fn score_ids(advisories: &[Advisory]) -> BTreeSet<String> {
     advisories
         .iter()
         .flat_map(|a| std::iter::once(a.id.clone()).chain(a.aliases.iter().cloned()))
-        .filter(|id| id.starts_with("CVE-"))
+        .filter(|id| is_cve(id))
         .collect()
 }
 

@@ -383,9 +383,9 @@ pub fn scan(args: ScanArgs) -> Result<ExitCode, String> {
         }
         if args.json {
             let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-            println!("{text}");
+            emit(&format!("{text}\n"));
         } else {
-            print_report(&report);
+            emit(&render_report(&report));
         }
         let failing = args
             .fail_on
@@ -482,7 +482,15 @@ async fn scan_image(
     Ok(matcher::match_inventory(&inventory, &advisories, &scores))
 }
 
-fn print_report(r: &Report) {
+/// Writes to standard output; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn render_report(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let os =
         r.os.as_ref()
             .map(|o| {
@@ -491,19 +499,20 @@ fn print_report(r: &Report) {
                 })
             })
             .unwrap_or_else(|| "unknown".to_string());
-    println!("image:    {}", r.image);
-    println!("os:       {os}");
-    println!("packages: {}", r.packages);
+    let _ = writeln!(out, "image:    {}", r.image);
+    let _ = writeln!(out, "os:       {os}");
+    let _ = writeln!(out, "packages: {}", r.packages);
     if let Some(reason) = &r.unknown {
-        println!("status:   unknown: {reason}");
+        let _ = writeln!(out, "status:   unknown: {reason}");
     }
     if r.partial {
-        println!(
+        let _ = writeln!(
+            out,
             "partial:  yes, {} part(s) could not be read (see the warnings)",
             r.warnings.len()
         );
     }
-    println!();
+    let _ = writeln!(out);
     if !r.findings.is_empty() {
         let width = |f: &dyn Fn(&matcher::Finding) -> usize, min: usize| {
             r.findings.iter().map(f).max().unwrap_or(0).max(min)
@@ -512,12 +521,14 @@ fn print_report(r: &Report) {
         let wi = width(&|f| f.installed.len(), 9);
         let wf = width(&|f| f.fixed.as_deref().unwrap_or("-").len(), 5);
         let wv = width(&|f| f.id.len(), 13);
-        println!(
+        let _ = writeln!(
+            out,
             "{:<wp$}  {:<wi$}  {:<wf$}  {:<wv$}  {:<8}  SOURCE",
             "PACKAGE", "INSTALLED", "FIXED", "VULNERABILITY", "SEVERITY"
         );
         for f in &r.findings {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<wp$}  {:<wi$}  {:<wf$}  {:<wv$}  {:<8}  {}",
                 f.package,
                 f.installed,
@@ -527,17 +538,19 @@ fn print_report(r: &Report) {
                 f.sources.join(",")
             );
         }
-        println!();
+        let _ = writeln!(out);
     }
     let parts: Vec<String> = Severity::ALL
         .iter()
         .map(|s| format!("{} {}", r.summary.get(s).copied().unwrap_or(0), s.as_str()))
         .collect();
     let packages: BTreeSet<&str> = r.findings.iter().map(|f| f.package.as_str()).collect();
-    println!(
+    let _ = writeln!(
+        out,
         "{} vulnerabilities in {} packages: {}",
         r.findings.len(),
         packages.len(),
         parts.join(", ")
     );
+    out
 }

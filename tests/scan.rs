@@ -1,0 +1,621 @@
+//! The scanner end to end through the real `wharf` binary: `wharf vulndb import` of the shared
+//! advisory data into SQLite and PostgreSQL, then `wharf scan` of images built here from real
+//! package formats (Alpine's apk database, a wheel installed by pip, Cargo.lock, a Go binary),
+//! with the findings checked against the advisories.
+
+mod common;
+
+#[path = "../crates/wharf-scan/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::Backend;
+use serde_json::Value;
+use support::{gzip, oci_layout, tar, Entry};
+
+fn wharf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .output()
+        .expect("run wharf")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A metadata database to import into: a fresh SQLite directory or PostgreSQL database.
+struct Db {
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Db {
+    fn new(backend: Backend) -> Db {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = match backend {
+            Backend::Sqlite => vec!["--data-dir".into(), dir.path().display().to_string()],
+            Backend::Postgres => vec![
+                "--database-url".into(),
+                format!(
+                    "{}/wharf_e2e_{}",
+                    common::postgres_base(),
+                    uuid::Uuid::new_v4().simple()
+                ),
+            ],
+        };
+        Db { args, _dir: dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(self.args.iter().map(String::as_str));
+        wharf(&all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "wharf {args:?} failed: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn scan(&self, image: &Path, extra: &[&str]) -> Value {
+        let mut args = vec!["scan", image.to_str().expect("path"), "--json"];
+        args.extend(extra);
+        let out = self.ok(&args);
+        serde_json::from_str(&out).expect("scan --json prints JSON")
+    }
+}
+
+/// One database per backend with all of shared/data/vulndb imported, shared by the tests.
+fn full_db(backend: Backend) -> &'static Db {
+    static SQLITE: OnceLock<Db> = OnceLock::new();
+    static POSTGRES: OnceLock<Db> = OnceLock::new();
+    let cell = match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    };
+    cell.get_or_init(|| {
+        let db = Db::new(backend);
+        let data = support::vulndb_dir();
+        let out = db.ok(&["vulndb", "import", data.to_str().expect("path")]);
+        assert!(out.contains("debian12: 17549 added"), "{out}");
+        db
+    })
+}
+
+/// (package, id, fixed) of every finding.
+fn findings(report: &Value) -> Vec<(String, String, Option<String>)> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["package"].as_str().unwrap_or_default().to_string(),
+                f["id"].as_str().unwrap_or_default().to_string(),
+                f["fixed"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn finding<'a>(report: &'a Value, package: &str, id: &str) -> Option<&'a Value> {
+    report["findings"]
+        .as_array()?
+        .iter()
+        .find(|f| f["package"] == package && f["id"] == id)
+}
+
+fn layout(dir: &Path, layers: &[Vec<u8>]) -> PathBuf {
+    oci_layout(dir, layers);
+    dir.to_path_buf()
+}
+
+const ALPINE_OS: &[u8] =
+    b"NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID=3.17.1\nPRETTY_NAME=\"Alpine Linux v3.17\"\n";
+
+fn apk_db(with_busybox: bool) -> Vec<u8> {
+    let mut db = String::from(
+        "C:Q1aaaa=\nP:musl\nV:1.2.3-r4\nA:x86_64\nS:383152\nI:622592\nT:the musl c library\no:musl\nm:Timo Teräs\nt:1668104379\n\n\
+         C:Q1bbbb=\nP:libcrypto3\nV:3.0.7-r0\nA:x86_64\nT:Crypto library from openssl\no:openssl\n\n\
+         C:Q1cccc=\nP:libssl3\nV:3.0.7-r0\nA:x86_64\nT:SSL shared libraries\no:openssl\n\n",
+    );
+    if with_busybox {
+        db.push_str("C:Q1dddd=\nP:busybox\nV:1.35.0-r17\nA:x86_64\no:busybox\n\n");
+    }
+    db.into_bytes()
+}
+
+fn alpine_image(dir: &Path, remove_busybox: bool) -> PathBuf {
+    let mut layers = vec![gzip(&tar(&[
+        Entry::File("etc/os-release", ALPINE_OS),
+        Entry::File("lib/apk/db/installed", &apk_db(true)),
+    ]))];
+    if remove_busybox {
+        // `apk del busybox` in a later layer rewrites the database without it.
+        layers.push(gzip(&tar(&[Entry::File(
+            "lib/apk/db/installed",
+            &apk_db(false),
+        )])));
+    }
+    layout(dir, &layers)
+}
+
+fn alpine_findings(backend: Backend) {
+    let db = full_db(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = db.scan(&alpine_image(dir.path(), false), &[]);
+    assert_eq!(report["os"]["id"], "alpine");
+    let f = finding(&report, "libcrypto3", "CVE-2023-0286").expect("CVE-2023-0286 for libcrypto3");
+    assert_eq!(f["fixed"], "3.0.8-r0");
+    assert_eq!(f["fixable"], true);
+    assert_eq!(f["source_package"], "openssl");
+    assert_eq!(f["sources"][0], "alpine-secdb-v3.17-main");
+    // NVD scores it 7.4.
+    assert_eq!(
+        (f["score"].as_f64(), f["severity"].as_str()),
+        (Some(7.4), Some("high"))
+    );
+    let g = finding(&report, "libssl3", "CVE-2022-3996").expect("CVE-2022-3996 for libssl3");
+    assert_eq!(g["fixed"], "3.0.7-r2");
+    // Fixed in the installed release or before it: not reported.
+    for fixed_already in [
+        "CVE-2022-3602",
+        "CVE-2022-3786",
+        "CVE-2022-2097",
+        "CVE-2021-4044",
+    ] {
+        assert!(
+            finding(&report, "libcrypto3", fixed_already).is_none(),
+            "{fixed_already}"
+        );
+    }
+    assert!(finding(&report, "busybox", "CVE-2023-42366").is_some());
+    assert!(
+        finding(&report, "busybox", "CVE-2022-30065").is_none(),
+        "fixed in 1.35.0-r17"
+    );
+
+    // The package removed by a later layer is not reported.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = db.scan(&alpine_image(dir.path(), true), &[]);
+    assert!(finding(&report, "libcrypto3", "CVE-2023-0286").is_some());
+    assert!(
+        findings(&report).iter().all(|(p, _, _)| p != "busybox"),
+        "busybox was removed: {:?}",
+        findings(&report)
+    );
+    assert_eq!(report["packages"], 3);
+}
+
+fn table_filters_and_exit_codes(backend: Backend) {
+    let db = full_db(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = alpine_image(dir.path(), false);
+    let path = image.to_str().expect("path");
+    let table = db.ok(&["scan", path]);
+    assert!(table.contains("PACKAGE"), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains("libcrypto3")
+            && l.contains("CVE-2023-0286")
+            && l.contains("3.0.8-r0")
+            && l.contains("high")),
+        "{table}"
+    );
+    assert!(table.contains("vulnerabilities in"), "{table}");
+
+    let high = db.scan(&image, &["--severity", "high,critical"]);
+    let sev: Vec<&str> = high["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["severity"].as_str().unwrap_or(""))
+        .collect();
+    assert!(!sev.is_empty());
+    assert!(
+        sev.iter().all(|s| *s == "high" || *s == "critical"),
+        "{sev:?}"
+    );
+    let fixable = db.scan(&image, &["--fixable"]);
+    assert!(fixable["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .all(|f| f["fixable"] == true));
+
+    let o = db.run(&["scan", path, "--fail-on", "high"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = db.run(&["scan", path, "--fail-on", "high", "--severity", "low"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "only low findings are shown: {}",
+        text(&o)
+    );
+    let o = db.run(&["scan", path, "--severity", "severe"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown severity"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Re-matching reads the stored inventory, not the layers: it works with the layers gone.
+fn stored_inventory_is_matched_without_layers(backend: Backend) {
+    let db = full_db(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = alpine_image(dir.path(), false);
+    let first = db.scan(&image, &[]);
+    for blob in std::fs::read_dir(dir.path().join("blobs/sha256")).expect("blobs") {
+        let blob = blob.expect("entry").path();
+        let head = std::fs::read(&blob).expect("read");
+        if head.starts_with(&[0x1f, 0x8b]) {
+            std::fs::remove_file(blob).expect("remove layer");
+        }
+    }
+    let again = db.scan(&image, &[]);
+    assert_eq!(findings(&first), findings(&again));
+    assert_eq!(again["partial"], false);
+    let reread = db.scan(&image, &["--reindex"]);
+    assert_eq!(reread["partial"], true);
+    assert!(
+        reread["warnings"]
+            .to_string()
+            .contains("cannot open the layer"),
+        "{reread}"
+    );
+}
+
+fn python_wheel_installed_by_pip(backend: Backend) {
+    let db = full_db(backend);
+    let site = tempfile::tempdir().expect("tempdir");
+    let cache = cache_dir().join("wheels");
+    // Downloaded once (from PyPI) and installed from the cache after that.
+    if !cache.join("urllib3-1.26.4-py2.py3-none-any.whl").exists() {
+        let o = Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "-d"])
+            .arg(&cache)
+            .arg("urllib3==1.26.4")
+            .output()
+            .expect("pip");
+        assert!(o.status.success(), "pip download: {}", text(&o));
+    }
+    let o = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+        ])
+        .arg(&cache)
+        .arg("--target")
+        .arg(site.path())
+        .arg("urllib3==1.26.4")
+        .output()
+        .expect("pip");
+    assert!(o.status.success(), "pip install: {}", text(&o));
+    let files = files_under(site.path());
+    let entries: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(rel, data)| {
+            (
+                format!("usr/local/lib/python3.11/site-packages/{rel}"),
+                data.clone(),
+            )
+        })
+        .collect();
+    let tar_entries: Vec<Entry> = entries.iter().map(|(p, d)| Entry::File(p, d)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(dir.path(), &[gzip(&tar(&tar_entries))]);
+    let report = db.scan(&image, &[]);
+    let f = finding(&report, "urllib3", "CVE-2021-33503").expect("CVE-2021-33503 for urllib3");
+    assert_eq!(f["fixed"], "1.26.5");
+    assert_eq!(f["severity"], "high");
+    // The PyPA advisory and its GHSA twin are one finding.
+    let ids: Vec<_> = findings(&report)
+        .into_iter()
+        .filter(|(_, id, _)| id == "CVE-2021-33503")
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(
+        finding(&report, "urllib3", "CVE-2020-26137").is_none(),
+        "fixed in 1.25.9"
+    );
+}
+
+fn cargo_lock_with_advised_crates(backend: Backend) {
+    let db = full_db(backend);
+    let lock = b"version = 3\n\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\n\n\
+[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n\
+[[package]]\nname = \"crossbeam-deque\"\nversion = \"0.7.3\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n\
+[[package]]\nname = \"regex\"\nversion = \"1.5.4\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n\
+[[package]]\nname = \"time\"\nversion = \"0.1.43\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n\
+[[package]]\nname = \"hyper\"\nversion = \"0.14.28\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(
+        dir.path(),
+        &[gzip(&tar(&[Entry::File("src/app/Cargo.lock", lock)]))],
+    );
+    let report = db.scan(&image, &[]);
+    for (package, id, fixed) in [
+        ("smallvec", "CVE-2021-25900", "1.6.1"),
+        ("crossbeam-deque", "CVE-2021-32810", "0.7.4"),
+        ("regex", "CVE-2022-24713", "1.5.5"),
+        // The first range ends at 0.2.0: the lowest release without the flaw.
+        ("time", "CVE-2020-26235", "0.2.0"),
+    ] {
+        let f =
+            finding(&report, package, id).unwrap_or_else(|| panic!("{id} for {package}: {report}"));
+        assert_eq!(f["fixed"], fixed, "{package}");
+        assert_eq!(f["sources"][0], "crates.io-rustsec");
+        assert!(f["aliases"].to_string().contains("RUSTSEC-"), "{f}");
+    }
+    assert!(
+        findings(&report).iter().all(|(p, _, _)| p != "hyper"),
+        "hyper 0.14.28 has no advisory"
+    );
+}
+
+fn go_binary_build_info(backend: Backend) {
+    let db = full_db(backend);
+    let binary = go_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(
+        dir.path(),
+        &[gzip(&tar(&[Entry::Exec("usr/local/bin/app", &binary)]))],
+    );
+    let report = db.scan(&image, &[]);
+    let f = finding(&report, "golang.org/x/text", "CVE-2021-38561").expect("GO-2021-0113");
+    assert_eq!(f["fixed"], "0.3.7");
+    assert_eq!(f["installed"], "v0.3.5");
+    assert!(f["aliases"].to_string().contains("GO-2021-0113"));
+    assert!(
+        finding(&report, "golang.org/x/text", "CVE-2020-14040").is_none(),
+        "fixed in 0.3.3"
+    );
+    // The toolchain itself is matched as the `stdlib` module.
+    assert!(
+        findings(&report).iter().any(|(p, _, _)| p == "stdlib"),
+        "{report}"
+    );
+}
+
+/// A Go program whose build info names golang.org/x/text v0.3.5. The module proxy is out of
+/// reach, so the dependency is vendored: `go build -mod=vendor` records the version that
+/// vendor/modules.txt gives.
+fn go_binary() -> Vec<u8> {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let write = |rel: &str, body: &str| {
+        let p = w.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, body).expect("write");
+    };
+    write(
+        "go.mod",
+        "module example.com/app\n\ngo 1.19\n\nrequire golang.org/x/text v0.3.5\n",
+    );
+    write(
+        "main.go",
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"golang.org/x/text/language\"\n)\n\nfunc main() { fmt.Println(language.Tag(\"en\")) }\n",
+    );
+    write(
+        "vendor/golang.org/x/text/language/language.go",
+        "package language\n\n// Tag names a language.\ntype Tag string\n",
+    );
+    write(
+        "vendor/modules.txt",
+        "# golang.org/x/text v0.3.5\n## explicit\ngolang.org/x/text/language\n",
+    );
+    let o = Command::new("go")
+        .args(["build", "-mod=vendor", "-o", "app", "."])
+        .current_dir(w)
+        .env("GOFLAGS", "-mod=vendor")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", w.join("cache"))
+        .env("GOPATH", w.join("gopath"))
+        .output()
+        .expect("go build (golang-go is installed by scripts/test)");
+    assert!(o.status.success(), "go build: {}", text(&o));
+    std::fs::read(w.join("app")).expect("binary")
+}
+
+fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).expect("prefix").display().to_string();
+                out.push((rel, std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Downloads and builds kept between runs (a fresh machine fills it once).
+fn cache_dir() -> PathBuf {
+    let dir = std::env::var_os("WHARF_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/wharf-tests"));
+    std::fs::create_dir_all(&dir).expect("cache dir");
+    dir
+}
+
+fn vulndb_import_is_idempotent_and_incremental(backend: Backend) {
+    let db = Db::new(backend);
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("mini.jsonl");
+    let record = |id: &str, details: &str| {
+        format!(
+            r#"{{"id":"{id}","modified":"2026-01-0{}T00:00:00Z","details":"{details}","aliases":["CVE-2099-000{}"],"affected":[{{"package":{{"ecosystem":"PyPI","name":"Demo_Pkg"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"2.0"}}]}}]}}]}}"#,
+            details.len() % 9,
+            id.len() % 9
+        )
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n{{broken\n",
+            record("DEMO-1", "one"),
+            record("DEMO-2", "two")
+        ),
+    )
+    .expect("write");
+    let path = file.to_str().expect("path");
+    let out = db.ok(&["vulndb", "import", path]);
+    assert!(
+        out.contains("mini: 2 added, 0 updated, 0 unchanged, 1 skipped"),
+        "{out}"
+    );
+    let o = db.run(&["vulndb", "import", path]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("mini: 0 added, 0 updated, 2 unchanged"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("mini.jsonl:3: skipped"),
+        "the bad line is named: {}",
+        text(&o)
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n{}\n",
+            record("DEMO-1", "one"),
+            record("DEMO-2", "changed"),
+            record("DEMO-3", "new")
+        ),
+    )
+    .expect("write");
+    let out = db.ok(&["vulndb", "import", path]);
+    assert!(
+        out.contains("mini: 1 added, 1 updated, 1 unchanged, 0 skipped"),
+        "{out}"
+    );
+
+    let status: Value =
+        serde_json::from_str(&db.ok(&["vulndb", "status", "--json"])).expect("json");
+    assert_eq!(status[0]["source"], "mini");
+    assert_eq!(status[0]["records"], 3);
+    assert_eq!(status[0]["kind"], "osv");
+
+    // A file that is not vulnerability data, named explicitly, fails the command.
+    let junk = work.path().join("notes.json");
+    std::fs::write(&junk, "[1, 2, 3]").expect("write");
+    let o = db.run(&["vulndb", "import", junk.to_str().expect("path")]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("not an OSV JSON"),
+        "{}",
+        text(&o)
+    );
+    let o = db.run(&["vulndb", "import", "/nonexistent/advisories.jsonl"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+    assert!(err.contains("/nonexistent/advisories.jsonl"), "{err}");
+}
+
+fn scan_refuses_bad_input(backend: Backend) {
+    let db = Db::new(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = alpine_image(dir.path(), false);
+    // Without a database a scan would claim "no vulnerabilities": it refuses instead.
+    let o = db.run(&["scan", image.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wharf vulndb import"),
+        "{}",
+        text(&o)
+    );
+    let db = full_db(backend);
+    for (bad, expect) in [
+        ("/nonexistent/image", "/nonexistent/image"),
+        ("/etc/hostname", "not a readable tar file"),
+    ] {
+        let o = db.run(&["scan", bad]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expect), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // A corrupt layer is reported, the rest of the image is scanned.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broken = gzip(&tar(&[Entry::File("usr/share/x", &[1u8; 100_000])]));
+    let n = broken.len();
+    broken.truncate(n / 2);
+    let image = layout(
+        dir.path(),
+        &[
+            gzip(&tar(&[
+                Entry::File("etc/os-release", ALPINE_OS),
+                Entry::File("lib/apk/db/installed", &apk_db(true)),
+            ])),
+            broken,
+        ],
+    );
+    let o = db.run(&["scan", image.to_str().expect("path"), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(report["partial"], true);
+    assert!(finding(&report, "libcrypto3", "CVE-2023-0286").is_some());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wharf: warning:"),
+        "{}",
+        text(&o)
+    );
+    // Nothing recognisable: Unknown, with the reason.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(
+        dir.path(),
+        &[gzip(&tar(&[Entry::File("hello.txt", b"hi")]))],
+    );
+    let table = db.ok(&["scan", image.to_str().expect("path")]);
+    assert!(
+        table.contains("status:   unknown: no /etc/os-release"),
+        "{table}"
+    );
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() { super::$name(super::Backend::Postgres) })*
+        }
+    };
+}
+
+on_both!(
+    vulndb_import_is_idempotent_and_incremental,
+    alpine_findings,
+    table_filters_and_exit_codes,
+    stored_inventory_is_matched_without_layers,
+    python_wheel_installed_by_pip,
+    cargo_lock_with_advised_crates,
+    go_binary_build_info,
+    scan_refuses_bad_input,
+);

@@ -596,6 +596,301 @@ fn scan_refuses_bad_input(backend: Backend) {
     );
 }
 
+/// The Debian packages the image is built with: each has bookworm-security fixes newer than the
+/// bookworm point release, and libbrotli1 is a binNMU (`1.0.9-2+b6` from source `brotli 1.0.9-2`).
+const DEBIAN_PACKAGES: &str = "openssl,libexpat1,libssh2-1,python3.11-minimal,libbrotli1";
+
+/// A real Debian 12 root filesystem from Debian's mirror (bookworm and bookworm-updates only, so
+/// installed versions predate the security fixes), built once with mmdebstrap and cached.
+fn debian_rootfs() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = cache_dir().join(format!(
+                "debian12-{}.tar",
+                DEBIAN_PACKAGES.replace(',', "_")
+            ));
+            if out.exists() {
+                return out;
+            }
+            let partial = out.with_extension("partial");
+            let o = Command::new("mmdebstrap")
+                .args(["--variant=minbase", "--quiet"])
+                .arg(format!("--include={DEBIAN_PACKAGES}"))
+                .arg("bookworm")
+                .arg(&partial)
+                .arg("deb http://deb.debian.org/debian bookworm main")
+                .arg("deb http://deb.debian.org/debian bookworm-updates main")
+                .output()
+                .expect("mmdebstrap (installed by scripts/test)");
+            assert!(o.status.success(), "mmdebstrap: {}", text(&o));
+            std::fs::rename(&partial, &out).expect("rename");
+            out
+        })
+        .clone()
+}
+
+/// A file of the root filesystem tar, by `tar -xO` (gunzipped when it ends in .gz).
+fn rootfs_file(rootfs: &Path, path: &str) -> Vec<u8> {
+    let o = Command::new("tar")
+        .arg("-xOf")
+        .arg(rootfs)
+        .arg(format!("./{path}"))
+        .output()
+        .expect("tar");
+    assert!(o.status.success(), "tar {path}: {}", text(&o));
+    if path.ends_with(".gz") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&o.stdout[..]), &mut out)
+            .expect("gunzip");
+        return out;
+    }
+    o.stdout
+}
+
+fn dpkg_lt(a: &str, b: &str) -> bool {
+    Command::new("dpkg")
+        .args(["--compare-versions", a, "lt", b])
+        .status()
+        .expect("dpkg")
+        .success()
+}
+
+/// Changelog entries: (version, CVEs named in the entry).
+fn changelog_entries(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.contains(" (") && line.contains(") ") {
+            let v = line
+                .split_once(" (")
+                .and_then(|(_, r)| r.split_once(')'))
+                .map(|(v, _)| v.to_string());
+            if let Some(v) = v {
+                out.push((v, Vec::new()));
+                continue;
+            }
+        }
+        if let Some((_, cves)) = out.last_mut() {
+            let mut rest = line;
+            while let Some(i) = rest.find("CVE-") {
+                let id: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                rest = &rest[i + 4..];
+                if id.len() >= 13 {
+                    cves.push(id.trim_end_matches('-').to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn debian12_image_from_the_mirror(backend: Backend) {
+    let db = full_db(backend);
+    let rootfs = debian_rootfs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(dir.path(), &[std::fs::read(&rootfs).expect("rootfs")]);
+    let report = db.scan(&image, &[]);
+    assert_eq!(report["os"]["id"], "debian");
+    assert_eq!(report["os"]["version_id"], "12");
+    assert_eq!(report["partial"], false, "{}", report["warnings"]);
+
+    // What is installed, according to dpkg itself.
+    let admin = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        admin.path().join("status"),
+        rootfs_file(&rootfs, "var/lib/dpkg/status"),
+    )
+    .expect("status");
+    let o = Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admin.path().display()))
+        .args([
+            "-W",
+            "-f",
+            "${Package}\t${Version}\t${source:Package}\t${source:Version}\n",
+        ])
+        .output()
+        .expect("dpkg-query");
+    assert!(o.status.success(), "{}", text(&o));
+    let installed: Vec<Vec<String>> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect();
+    let find = |pkg: &str| {
+        installed
+            .iter()
+            .find(|r| r[0] == pkg)
+            .unwrap_or_else(|| panic!("{pkg} not installed"))
+    };
+    assert!(report["packages"].as_u64().expect("count") as usize >= installed.len());
+
+    // A binNMU is matched through its source package and version.
+    let brotli = find("libbrotli1");
+    assert_ne!(
+        brotli[1], brotli[3],
+        "libbrotli1 should be a binNMU: {brotli:?}"
+    );
+    let f = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["package"] == "libbrotli1")
+        .expect("brotli's security fix applies to libbrotli1");
+    assert_eq!(f["source_package"], "brotli");
+    assert!(dpkg_lt(&brotli[3], f["fixed"].as_str().expect("fixed")));
+
+    // Nothing is reported as fixed at or before the installed version (dpkg decides).
+    for f in report["findings"].as_array().expect("findings") {
+        if f["kind"] != "dpkg" {
+            continue;
+        }
+        let row = find(f["package"].as_str().expect("package"));
+        if let Some(fixed) = f["fixed"].as_str() {
+            assert!(
+                dpkg_lt(&row[3], fixed),
+                "{} {} is reported although fixed in {fixed}",
+                row[0],
+                row[3]
+            );
+        }
+    }
+
+    for (package, source) in [("openssl", "openssl"), ("libexpat1", "expat")] {
+        let row = find(package);
+        let version = &row[3];
+        let ids_for = |pkg: &str| -> Vec<(String, Option<String>)> {
+            report["findings"]
+                .as_array()
+                .expect("findings")
+                .iter()
+                .filter(|f| f["package"] == pkg)
+                .map(|f| {
+                    (
+                        f["id"].as_str().unwrap_or("").to_string(),
+                        f["fixed"].as_str().map(str::to_string),
+                    )
+                })
+                .collect()
+        };
+        let reported = ids_for(package);
+        // CVEs the installed package's own changelog names are fixed: never reported.
+        let own = String::from_utf8_lossy(&rootfs_file(
+            &rootfs,
+            &format!("usr/share/doc/{package}/changelog.Debian.gz"),
+        ))
+        .into_owned();
+        let own_cves: std::collections::BTreeSet<String> = changelog_entries(&own)
+            .into_iter()
+            .flat_map(|(_, c)| c)
+            .collect();
+        assert!(!own_cves.is_empty(), "{package}'s changelog names CVEs");
+        for (id, _) in &reported {
+            assert!(
+                !own_cves.contains(id),
+                "{id} is named in {package} {version}'s own changelog"
+            );
+        }
+        // CVEs the newer bookworm-security package's changelog names are reported, fixed in the
+        // first version that names them.
+        let newer = security_changelog(package);
+        let entries = changelog_entries(&newer);
+        let mut expected: std::collections::BTreeMap<String, String> = Default::default();
+        for (v, cves) in entries.iter().rev() {
+            if !dpkg_lt(version, v) {
+                continue;
+            }
+            for c in cves {
+                if !own_cves.contains(c) {
+                    expected.entry(c.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        assert!(
+            !expected.is_empty(),
+            "{package} {version} should have newer security fixes"
+        );
+        let known = debian_osv_ids(source);
+        let mut checked = 0;
+        for (cve, fixed) in &expected {
+            if !known.contains(cve) {
+                continue; // Uploaded after the shared data was gathered.
+            }
+            let got = reported.iter().find(|(id, _)| id == cve);
+            assert_eq!(
+                got.and_then(|(_, f)| f.as_deref()),
+                Some(fixed.as_str()),
+                "{cve} for {package} {version}: reported {reported:?}"
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 0,
+            "no CVE of {source}'s newer changelog is in the data"
+        );
+    }
+}
+
+/// The changelog of the newest bookworm-security build of `package`, downloaded with apt.
+fn security_changelog(package: &str) -> String {
+    let dir = cache_dir().join("security-debs");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let existing = || {
+        std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+            })
+    };
+    let deb = match existing() {
+        Some(d) => d,
+        None => {
+            let o = Command::new("apt-get")
+                .args(["download", "-q", package])
+                .current_dir(&dir)
+                .output()
+                .expect("apt-get");
+            assert!(
+                o.status.success(),
+                "apt-get download {package}: {}",
+                text(&o)
+            );
+            existing().expect("downloaded .deb")
+        }
+    };
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/share/doc/{package}/changelog.Debian.gz | gzip -dc", deb.display()))
+        .output()
+        .expect("dpkg-deb");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The CVE IDs the shared Debian data lists for a source package.
+fn debian_osv_ids(source: &str) -> std::collections::BTreeSet<String> {
+    let file = support::vulndb_dir().join("osv/debian12.jsonl.gz");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(file).expect("open")),
+        &mut text,
+    )
+    .expect("read");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["affected"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["package"]["name"] == source))
+        })
+        .flat_map(|v| v["aliases"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -618,4 +913,5 @@ on_both!(
     cargo_lock_with_advised_crates,
     go_binary_build_info,
     scan_refuses_bad_input,
+    debian12_image_from_the_mirror,
 );

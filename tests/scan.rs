@@ -454,7 +454,8 @@ fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
 fn cache_dir() -> PathBuf {
     let dir = std::env::var_os("WHARF_TEST_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/wharf-tests"));
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf-tests")))
+        .unwrap_or_else(|| std::env::temp_dir().join("wharf-tests"));
     std::fs::create_dir_all(&dir).expect("cache dir");
     dir
 }
@@ -891,6 +892,58 @@ fn debian_osv_ids(source: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// A Rust program built with `cargo auditable` against smallvec 1.6.0 (RUSTSEC-2021-0003):
+/// its `.dep-v0` section lists the crates compiled in. Built once and cached.
+fn auditable_binary() -> Vec<u8> {
+    static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let project = cache_dir().join("auditable-app");
+            std::fs::create_dir_all(project.join("src")).expect("mkdir");
+            std::fs::write(
+                project.join("Cargo.toml"),
+                "[package]\nname = \"auditable-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nsmallvec = \"=1.6.0\"\n\n[workspace]\n",
+            )
+            .expect("write");
+            std::fs::write(
+                project.join("src/main.rs"),
+                "fn main() {\n    let v: smallvec::SmallVec<[u8; 4]> = smallvec::smallvec![1, 2, 3];\n    println!(\"{}\", v.len());\n}\n",
+            )
+            .expect("write");
+            let o = Command::new("cargo")
+                .args(["auditable", "build", "--quiet"])
+                .current_dir(&project)
+                .env("CARGO_TARGET_DIR", project.join("target"))
+                .env_remove("RUSTFLAGS")
+                .output()
+                .expect("cargo auditable (installed by scripts/test)");
+            assert!(o.status.success(), "cargo auditable build: {}", text(&o));
+            std::fs::read(project.join("target/debug/auditable-app")).expect("binary")
+        })
+        .clone()
+}
+
+fn rust_binary_built_with_cargo_auditable(backend: Backend) {
+    let db = full_db(backend);
+    let binary = auditable_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(
+        dir.path(),
+        &[gzip(&tar(&[Entry::Exec("usr/local/bin/app", &binary)]))],
+    );
+    let report = db.scan(&image, &[]);
+    let f = finding(&report, "smallvec", "CVE-2021-25900")
+        .unwrap_or_else(|| panic!("RUSTSEC-2021-0003: {report}"));
+    assert_eq!(f["installed"], "1.6.0");
+    assert_eq!(f["fixed"], "1.6.1");
+    assert_eq!(f["path"], "usr/local/bin/app");
+    assert!(f["aliases"].to_string().contains("RUSTSEC-2021-0003"));
+    // The application itself is a local crate: nothing to match.
+    assert!(findings(&report)
+        .iter()
+        .all(|(p, _, _)| p != "auditable-app"));
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -914,4 +967,5 @@ on_both!(
     go_binary_build_info,
     scan_refuses_bad_input,
     debian12_image_from_the_mirror,
+    rust_binary_built_with_cargo_auditable,
 );

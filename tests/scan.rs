@@ -8,6 +8,7 @@ mod common;
 #[path = "../crates/wharf-scan/tests/support/mod.rs"]
 mod support;
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -944,6 +945,155 @@ fn rust_binary_built_with_cargo_auditable(backend: Backend) {
         .all(|(p, _, _)| p != "auditable-app"));
 }
 
+/// Runs `wharf` and returns its output with its peak resident memory in KiB (from wait4).
+fn wharf_with_peak_rss(args: &[&str]) -> (Output, u64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wharf");
+    let pid = child.id() as libc::pid_t;
+    let out = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut so, mut se) = (Vec::new(), Vec::new());
+        let mut child = child;
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_end(&mut so);
+        }
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_end(&mut se);
+        }
+        (so, se, child)
+    });
+    // SAFETY: an all-zero rusage is a valid value, and wait4 writes into the struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    let (stdout, stderr, child) = out.join().expect("reader");
+    std::mem::forget(child); // already reaped by wait4
+    let status = std::os::unix::process::ExitStatusExt::from_raw(status);
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        usage.ru_maxrss as u64,
+    )
+}
+
+/// A layer of over 1 GiB (a 700 MiB data file and a 330 MiB Go executable whose build info sits
+/// at its end) is scanned as a stream: the packages are found and wharf's memory stays small.
+fn one_gib_layer_in_bounded_memory(backend: Backend) {
+    use std::io::Write;
+    let db = full_db(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer_path = dir.path().join("layer.tar");
+    {
+        let file = std::fs::File::create(&layer_path).expect("create");
+        let mut b = tar::Builder::new(std::io::BufWriter::new(file));
+        let mut add = |path: &str, mode: u32, size: u64, data: &mut dyn std::io::Read| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(mode);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, data).expect("append");
+        };
+        add(
+            "etc/os-release",
+            0o644,
+            ALPINE_OS.len() as u64,
+            &mut &ALPINE_OS[..],
+        );
+        let apk = apk_db(true);
+        add(
+            "lib/apk/db/installed",
+            0o644,
+            apk.len() as u64,
+            &mut &apk[..],
+        );
+        let data = 700u64 << 20;
+        add(
+            "var/data.bin",
+            0o644,
+            data,
+            &mut std::io::repeat(0x5a).take(data),
+        );
+        let go = go_binary();
+        let pad = 330u64 << 20;
+        // An ELF header, then padding, then the real program: its build info lies past 330 MiB.
+        let mut exe = std::io::Read::chain(&go[..64], std::io::repeat(0).take(pad)).chain(&go[..]);
+        add(
+            "usr/local/bin/big",
+            0o755,
+            64 + pad + go.len() as u64,
+            &mut exe,
+        );
+        b.into_inner().expect("tar").flush().expect("flush");
+    }
+    // Into an OCI layout without holding the layer in memory.
+    let digest = {
+        let mut h =
+            wharf_scan::digest::Sha256Reader::new(std::fs::File::open(&layer_path).expect("open"));
+        std::io::copy(&mut h, &mut std::io::sink()).expect("hash");
+        h.digest()
+    };
+    let size = std::fs::metadata(&layer_path).expect("stat").len();
+    assert!(size > 1 << 30, "layer is {size} bytes");
+    let image = dir.path().join("image");
+    oci_layout(&image, &[]);
+    std::fs::rename(&layer_path, image.join("blobs/sha256").join(&digest[7..])).expect("move");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": support::sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size}],
+    });
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    std::fs::write(
+        image
+            .join("blobs/sha256")
+            .join(&support::sha256(&manifest)[7..]),
+        &manifest,
+    )
+    .expect("manifest");
+    std::fs::write(
+        image
+            .join("blobs/sha256")
+            .join(&support::sha256(b"{}")[7..]),
+        b"{}",
+    )
+    .expect("config");
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": support::sha256(&manifest), "size": manifest.len()}]});
+    std::fs::write(
+        image.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index");
+
+    let mut args = vec!["scan", image.to_str().expect("path"), "--json", "--reindex"];
+    args.extend(db.args.iter().map(String::as_str));
+    let (o, peak_kib) = wharf_with_peak_rss(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(report["partial"], false, "{}", report["warnings"]);
+    assert!(
+        finding(&report, "golang.org/x/text", "CVE-2021-38561").is_some(),
+        "Go build info at the end of a 330 MiB binary"
+    );
+    assert!(finding(&report, "libcrypto3", "CVE-2023-0286").is_some());
+    assert!(
+        peak_kib < 200 * 1024,
+        "peak RSS {peak_kib} KiB scanning a 1 GiB layer"
+    );
+    eprintln!(
+        "scan of a {} MiB layer: peak RSS {} MiB",
+        size >> 20,
+        peak_kib / 1024
+    );
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -968,4 +1118,5 @@ on_both!(
     scan_refuses_bad_input,
     debian12_image_from_the_mirror,
     rust_binary_built_with_cargo_auditable,
+    one_gib_layer_in_bounded_memory,
 );

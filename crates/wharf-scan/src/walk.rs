@@ -191,7 +191,8 @@ impl Walk {
                 continue;
             };
             let location = format!("{layer}: /{path}");
-            match read_interesting(&mut entry, interest, &path) {
+            let size = entry.header().size().unwrap_or(u64::MAX);
+            match read_interesting(&mut entry, interest, &path, size) {
                 Ok(Some(found)) => {
                     current.insert(path, Node::Found(found));
                 }
@@ -302,6 +303,7 @@ fn read_interesting(
     entry: &mut dyn Read,
     interest: Interest,
     path: &str,
+    size: u64,
 ) -> Result<Option<Found>, String> {
     let limit = interest.limit();
     let read_err = |e: io::Error| format!("cannot read the file: {e}");
@@ -309,6 +311,8 @@ fn read_interesting(
         // Look at the first bytes before holding a whole file: most executables are scripts or
         // binaries without anything to find, and big ones are streamed.
         let mut scan = BinaryScan::new(path);
+        // Executables too big to hold are only streamed through the Go build-info search.
+        let hold = size < limit;
         let mut whole = Vec::new();
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -320,11 +324,11 @@ fn read_interesting(
             if scan.is_not_elf() {
                 return Ok(None);
             }
-            if (whole.len() as u64) < limit {
+            if hold {
                 whole.extend_from_slice(&buf[..n]);
             }
         }
-        let result = if (whole.len() as u64) < limit {
+        let result = if hold {
             scan.finish_with_sections(&whole)
         } else {
             scan.finish()

@@ -249,3 +249,72 @@ fn docker_save_archives_are_read_in_manifest_order() {
     std::fs::write(&path, b"not a tar").expect("write");
     assert!(image::open(&path, None).is_err());
 }
+
+#[test]
+fn oversized_package_databases_are_skipped_with_a_warning() {
+    // One byte over the 128 MiB read for a dpkg status file.
+    let huge = vec![b'#'; (128 << 20) + 1];
+    let layer = tar(&[
+        Entry::File("var/lib/dpkg/status", &huge),
+        Entry::File("etc/os-release", DEBIAN_OS),
+    ]);
+    let inv = scan(&[layer]);
+    assert!(inv.partial);
+    let text = format!("{:?}", inv.warnings);
+    assert!(
+        text.contains("/var/lib/dpkg/status") && text.contains("larger than the 128 MiB"),
+        "{text}"
+    );
+    assert_eq!(inv.os.as_ref().map(|o| o.id.as_str()), Some("debian"));
+}
+
+#[test]
+fn garbage_never_panics() {
+    use wharf_scan::detect::{parse, Interest};
+    let kinds = [
+        Interest::OsRelease,
+        Interest::DpkgStatus,
+        Interest::DpkgStatusD,
+        Interest::ApkInstalled,
+        Interest::RpmSqlite,
+        Interest::PythonMetadata,
+        Interest::NpmPackage,
+        Interest::NpmLock,
+        Interest::CargoLock,
+        Interest::Executable,
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..2000 {
+        let len = (round * 7) % 700;
+        let mut bytes = Vec::with_capacity(len);
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.push(state as u8);
+        }
+        // Some inputs start like the real thing, to get past the first checks.
+        match round % 4 {
+            1 => bytes
+                .splice(0..0, b"\x7fELF".iter().copied())
+                .for_each(drop),
+            2 => bytes
+                .splice(0..0, b"\xff Go buildinf:\x08\x02".iter().copied())
+                .for_each(drop),
+            3 => bytes
+                .splice(0..0, b"SQLite format 3\0".iter().copied())
+                .for_each(drop),
+            _ => {}
+        }
+        for k in kinds {
+            let _ = parse(k, "fuzz", &bytes);
+        }
+        let _ = wharf_scan::detect::go_buildinfo(&bytes, "fuzz");
+        if round % 10 == 0 {
+            // As a layer: refused as unreadable, never read as packages.
+            let inv = scan(&[bytes.clone()]);
+            assert!(inv.partial || bytes.is_empty(), "{:?}", inv.packages);
+            assert!(inv.packages.is_empty());
+        }
+    }
+}

@@ -57,6 +57,30 @@ pub struct SourceStatus {
     pub imported_at: i64,
 }
 
+/// Counts rows as added, updated or unchanged and returns those to write. `stored` says whether
+/// a row is stored already (`Some`) and, if so, whether unchanged (`Some(true)`).
+fn sort_out<'r, R>(
+    rows: impl Iterator<Item = &'r R>,
+    counts: &mut ImportCounts,
+    stored: impl Fn(&R) -> Option<bool>,
+) -> Vec<&'r R> {
+    let mut changed = Vec::new();
+    for r in rows {
+        match stored(r) {
+            Some(true) => counts.unchanged += 1,
+            Some(false) => {
+                counts.updated += 1;
+                changed.push(r);
+            }
+            None => {
+                counts.added += 1;
+                changed.push(r);
+            }
+        }
+    }
+    changed
+}
+
 /// `($1, $2, ...), (...)` for `rows` rows of `cols` columns.
 fn values(rows: usize, cols: usize) -> String {
     (0..rows)
@@ -112,20 +136,11 @@ impl Meta {
                     .iter()
                     .map(|r| -> Result<_> { Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)) })
                     .collect::<Result<_>>()?;
-            let mut changed = Vec::new();
-            for &r in chunk {
-                match stored.get(&(r.source.clone(), r.id.clone())) {
-                    Some(d) if *d == r.digest => counts.unchanged += 1,
-                    Some(_) => {
-                        counts.updated += 1;
-                        changed.push(r);
-                    }
-                    None => {
-                        counts.added += 1;
-                        changed.push(r);
-                    }
-                }
-            }
+            let changed = sort_out(chunk.iter().copied(), &mut counts, |r| {
+                stored
+                    .get(&(r.source.clone(), r.id.clone()))
+                    .map(|d| *d == r.digest)
+            });
             if changed.is_empty() {
                 continue;
             }
@@ -213,20 +228,11 @@ impl Meta {
                         ))
                     })
                     .collect::<Result<_>>()?;
-            let mut changed = Vec::new();
-            for r in chunk {
-                match stored.get(&(r.cve.clone(), r.source.clone(), r.version.clone())) {
-                    Some(s) if s == r => counts.unchanged += 1,
-                    Some(_) => {
-                        counts.updated += 1;
-                        changed.push(r);
-                    }
-                    None => {
-                        counts.added += 1;
-                        changed.push(r);
-                    }
-                }
-            }
+            let changed = sort_out(chunk.iter(), &mut counts, |r| {
+                stored
+                    .get(&(r.cve.clone(), r.source.clone(), r.version.clone()))
+                    .map(|s| s == r)
+            });
             if changed.is_empty() {
                 continue;
             }

@@ -487,11 +487,14 @@ fn looks_like_id(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
 }
 
+/// Reads a TSV scoring table line by line: `scores` turns the columns of one line into scores,
+/// each handed to `sink`; a line it refuses is reported to `bad`.
 fn tsv_lines(
     reader: Box<dyn BufRead>,
     display: &str,
     columns: usize,
-    mut each: impl FnMut(&[&str], &str) -> Result<(), String>,
+    scores: impl Fn(&[&str]) -> Result<Vec<Score>, String>,
+    sink: &mut dyn FnMut(Record) -> Result<(), String>,
     bad: &mut dyn FnMut(BadRecord),
 ) -> Result<(), ImportError> {
     for (n, line) in reader.lines().enumerate().skip(1) {
@@ -511,8 +514,13 @@ fn tsv_lines(
             });
             continue;
         }
-        if let Err(reason) = each(&f, &location) {
-            bad(BadRecord { location, reason });
+        match scores(&f) {
+            Ok(list) => {
+                for s in list {
+                    sink(Record::Score(s)).map_err(ImportError::Sink)?;
+                }
+            }
+            Err(reason) => bad(BadRecord { location, reason }),
         }
     }
     Ok(())
@@ -542,49 +550,33 @@ fn read_nvd(
     sink: &mut dyn FnMut(Record) -> Result<(), String>,
     bad: &mut dyn FnMut(BadRecord),
 ) -> Result<(), ImportError> {
-    let mut failed = None;
-    tsv_lines(
-        reader,
-        display,
-        7,
-        |f, _| {
-            let modified = Some(f[1].to_string()).filter(|m| !m.is_empty());
-            if let Some(score) = score_value(f[3], f[2])? {
-                let version = f[2]
-                    .strip_prefix("CVSS:")
-                    .and_then(|v| v.split('/').next())
-                    .unwrap_or("3.x");
-                if let Err(e) = sink(Record::Score(Score {
-                    cve: f[0].to_string(),
-                    source: "nvd".to_string(),
-                    version: version.to_string(),
-                    vector: Some(f[2].to_string()).filter(|v| !v.is_empty()),
-                    score,
-                    modified: modified.clone(),
-                })) {
-                    failed = Some(e);
-                }
-            }
-            if !f[6].is_empty() {
-                let score: f64 = f[6]
-                    .parse()
-                    .map_err(|_| format!("invalid score {:?}", f[6]))?;
-                if let Err(e) = sink(Record::Score(Score {
-                    cve: f[0].to_string(),
-                    source: "nvd".to_string(),
-                    version: "2.0".to_string(),
-                    vector: Some(f[5].to_string()).filter(|v| !v.is_empty()),
-                    score,
-                    modified,
-                })) {
-                    failed = Some(e);
-                }
-            }
-            Ok(())
-        },
-        bad,
-    )?;
-    failed.map_or(Ok(()), |e| Err(ImportError::Sink(e)))
+    let scores = |f: &[&str]| {
+        let modified = Some(f[1].to_string()).filter(|m| !m.is_empty());
+        let score = |version: &str, vector: &str, value: f64| Score {
+            cve: f[0].to_string(),
+            source: "nvd".to_string(),
+            version: version.to_string(),
+            vector: Some(vector.to_string()).filter(|v| !v.is_empty()),
+            score: value,
+            modified: modified.clone(),
+        };
+        let mut out = Vec::new();
+        if let Some(value) = score_value(f[3], f[2])? {
+            let version = f[2]
+                .strip_prefix("CVSS:")
+                .and_then(|v| v.split('/').next())
+                .unwrap_or("3.x");
+            out.push(score(version, f[2], value));
+        }
+        if !f[6].is_empty() {
+            let value: f64 = f[6]
+                .parse()
+                .map_err(|_| format!("invalid score {:?}", f[6]))?;
+            out.push(score("2.0", f[5], value));
+        }
+        Ok(out)
+    };
+    tsv_lines(reader, display, 7, scores, sink, bad)
 }
 
 /// vulnrichment: cve, source (CISA-ADP or the CNA), version, vector, base_score, base_severity.
@@ -594,28 +586,18 @@ fn read_vulnrichment(
     sink: &mut dyn FnMut(Record) -> Result<(), String>,
     bad: &mut dyn FnMut(BadRecord),
 ) -> Result<(), ImportError> {
-    let mut failed = None;
-    tsv_lines(
-        reader,
-        display,
-        5,
-        |f, _| {
-            let Some(score) = score_value(f[4], f[3])? else {
-                return Err("neither a score nor a vector".to_string());
-            };
-            if let Err(e) = sink(Record::Score(Score {
-                cve: f[0].to_string(),
-                source: f[1].to_string(),
-                version: f[2].to_string(),
-                vector: Some(f[3].to_string()).filter(|v| !v.is_empty()),
-                score,
-                modified: None,
-            })) {
-                failed = Some(e);
-            }
-            Ok(())
-        },
-        bad,
-    )?;
-    failed.map_or(Ok(()), |e| Err(ImportError::Sink(e)))
+    let scores = |f: &[&str]| {
+        let Some(score) = score_value(f[4], f[3])? else {
+            return Err("neither a score nor a vector".to_string());
+        };
+        Ok(vec![Score {
+            cve: f[0].to_string(),
+            source: f[1].to_string(),
+            version: f[2].to_string(),
+            vector: Some(f[3].to_string()).filter(|v| !v.is_empty()),
+            score,
+            modified: None,
+        }])
+    };
+    tsv_lines(reader, display, 5, scores, sink, bad)
 }

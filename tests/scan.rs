@@ -334,6 +334,20 @@ fn python_wheel_installed_by_pip(backend: Backend) {
         finding(&report, "urllib3", "CVE-2020-26137").is_none(),
         "fixed in 1.25.9"
     );
+
+    // `pip uninstall` in a later layer leaves whiteouts: the package is gone.
+    let removed = gzip(&tar(&[
+        Entry::File(
+            "usr/local/lib/python3.11/site-packages/.wh.urllib3-1.26.4.dist-info",
+            b"",
+        ),
+        Entry::File("usr/local/lib/python3.11/site-packages/.wh.urllib3", b""),
+    ]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(dir.path(), &[gzip(&tar(&tar_entries)), removed]);
+    let report = db.scan(&image, &[]);
+    assert_eq!(report["packages"], 0, "{report}");
+    assert!(findings(&report).is_empty());
 }
 
 fn cargo_lock_with_advised_crates(backend: Backend) {

@@ -139,16 +139,6 @@ async fn kill_during_uploads_leaves_nothing_visible(b: Backend) {
     assert_eq!(sha256(&got), digest);
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// A 2 GiB blob goes through push and pull with the server's resident memory staying small:
 /// bodies are streamed, never collected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +171,7 @@ async fn two_gib_blob_streams_in_flat_memory() {
     );
     let r = s.send(Method::PUT, &format!("{loc}?digest={digest}")).await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let after_push = peak_rss_kib(s.pid());
+    let after_push = common::peak_rss_kib(s.pid()).expect("VmHWM");
     assert!(
         after_push < LIMIT_KIB,
         "peak RSS {after_push} KiB after a 2 GiB push"
@@ -201,7 +191,7 @@ async fn two_gib_blob_streams_in_flat_memory() {
     }
     assert_eq!(n, SIZE);
     assert_eq!(format!("sha256:{}", hex::encode(pulled.finalize())), digest);
-    let after_pull = peak_rss_kib(s.pid());
+    let after_pull = common::peak_rss_kib(s.pid()).expect("VmHWM");
     eprintln!("server peak RSS: {after_push} KiB after push, {after_pull} KiB after pull of 2 GiB");
     assert!(
         after_pull < LIMIT_KIB,

@@ -959,43 +959,46 @@ fn rust_binary_built_with_cargo_auditable(backend: Backend) {
         .all(|(p, _, _)| p != "auditable-app"));
 }
 
-/// Runs `wharf` and returns its output with its peak resident memory in KiB (from wait4).
+/// Runs `wharf` and returns its output with its peak resident memory in KiB, read from /proc
+/// while it runs. (wait4's ru_maxrss would not do: it counts the parent's memory the child
+/// shared before exec.)
 fn wharf_with_peak_rss(args: &[&str]) -> (Output, u64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run wharf");
-    let pid = child.id() as libc::pid_t;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
     let out = std::thread::spawn(move || {
-        use std::io::Read;
-        let (mut so, mut se) = (Vec::new(), Vec::new());
-        let mut child = child;
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_end(&mut so);
-        }
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_end(&mut se);
-        }
-        (so, se, child)
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
     });
-    // SAFETY: an all-zero rusage is a valid value, and wait4 writes into the struct we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status = 0;
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
-    let (stdout, stderr, child) = out.join().expect("reader");
-    std::mem::forget(child); // already reaped by wait4
-    let status = std::os::unix::process::ExitStatusExt::from_raw(status);
-    (
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        usage.ru_maxrss as u64,
-    )
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let mut peak = 0;
+    let status = loop {
+        // VmHWM only grows, so the last reading before exit is the peak.
+        if let Some(kib) = common::peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let output = Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    (output, peak)
 }
 
 /// A layer of over 1 GiB (a 700 MiB data file and a 330 MiB Go executable whose build info sits

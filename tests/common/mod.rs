@@ -440,3 +440,13 @@ pub fn fill_pseudo_random(buf: &mut [u8], mut state: u64) -> u64 {
 pub fn read_file(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Peak resident memory of a running process in KiB (VmHWM, which exec resets, so it is the
+/// program's own and not its parent's); `None` once the process is gone.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -4,66 +4,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::fs::{self, File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 use wharf_oci::{Algorithm, Digest, Hasher};
 
 use crate::{BlobStore, ByteStream, Result, StoreError};
 
-/// Writes reach the disk in blocks of this size.
+/// Writes reach the disk in blocks of this size so that each write is one blocking-pool hop.
 const WRITE_BUFFER: usize = 1 << 20;
-/// Chunks queued between the network and the writer thread.
-const PIPELINE_CHUNKS: usize = 16;
-/// Written data is handed to the kernel's writeback every this many bytes, so the fsync at
-/// commit finds little left to do.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// The writer thread of an append: hashes and writes every chunk it is sent, from `offset`.
-fn write_and_hash(
-    file: std::fs::File,
-    offset: u64,
-    mut hasher: Hasher,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::io::Result<Hasher> {
-    use std::io::Write;
-    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut position = offset;
-    let mut flushed_to = offset;
-    while let Some(chunk) = rx.blocking_recv() {
-        hasher.update(&chunk);
-        out.write_all(&chunk)?;
-        position += chunk.len() as u64;
-        if position - flushed_to >= WRITEBACK_STEP {
-            out.flush()?;
-            start_writeback(out.get_ref(), flushed_to, position - flushed_to);
-            flushed_to = position;
-        }
-    }
-    out.flush()?;
-    Ok(hasher)
-}
-
-/// Asks the kernel to start writing a range to disk now (without waiting for it).
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a file descriptor this thread owns; it reads no memory of ours.
-    // Failure only means the writeback happens later, at fsync.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 const READ_BUFFER: usize = 256 << 10;
 
 /// Blobs on the local filesystem: `blobs/<alg>/<first two hex>/<hex>` and `uploads/<id>`.
@@ -200,15 +150,11 @@ impl BlobStore for FsStore {
         // Bytes past the recorded length are left-overs of an interrupted append.
         file.set_len(offset).await?;
         file.seek(SeekFrom::Start(offset)).await?;
-        let file = file.into_std().await;
 
-        // Hashing and writing run on one blocking thread, fed through a short queue, so that
-        // receiving the next chunk from the network overlaps with them instead of waiting.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_CHUNKS);
-        let hasher = state.hasher.clone();
-        let writer = tokio::task::spawn_blocking(move || write_and_hash(file, offset, hasher, rx));
+        let saved = state.hasher.clone();
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut written: u64 = 0;
-        let received: Result<()> = async {
+        let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(StoreError::Body)?;
                 written += chunk.len() as u64;
@@ -220,10 +166,8 @@ impl BlobStore for FsStore {
                         });
                     }
                 }
-                if tx.send(chunk).await.is_err() {
-                    // The writer stopped on an error, which it reports below.
-                    return Ok(());
-                }
+                state.hasher.update(&chunk);
+                writer.write_all(&chunk).await?;
             }
             if let Some(expected) = expected_len {
                 if written != expected {
@@ -233,31 +177,23 @@ impl BlobStore for FsStore {
                     });
                 }
             }
+            writer.flush().await?;
             Ok(())
         }
         .await;
-        drop(tx);
-        let wrote = writer.await.map_err(std::io::Error::other)?;
-        match (received, wrote) {
-            (Ok(()), Ok(hasher)) => {
-                state.hasher = hasher;
+
+        match outcome {
+            Ok(()) => {
                 state.offset = offset + written;
                 Ok(state.offset)
             }
-            (received, wrote) => {
-                // Leave the upload exactly as it was before this request; the state's hash
-                // was never touched.
+            Err(e) => {
+                // Leave the upload exactly as it was before this request.
+                state.hasher = saved;
                 state.offset = offset;
-                let file = self.open_upload(id).await?;
+                let file = writer.into_inner();
                 file.set_len(offset).await?;
-                Err(match received {
-                    Err(e) => e,
-                    Ok(()) => StoreError::Io(
-                        wrote
-                            .err()
-                            .unwrap_or_else(|| std::io::Error::other("upload writer stopped")),
-                    ),
-                })
+                Err(e)
             }
         }
     }

@@ -507,6 +507,12 @@ async fn main() {
     let out_path = PathBuf::from(required(&args, "--out"));
     let commit = arg(&args, "--commit").unwrap_or_default();
 
+    // Before any request: the servers as they start.
+    let at_start: Vec<f64> = targets
+        .iter()
+        .map(|t| rss_kib(t.pid, "VmRSS:") / 1024.0)
+        .collect();
+
     let blob_path = work.join("blob.bin");
     eprintln!("preparing a {} MiB test file...", sizes.blob >> 20);
     let digest = make_file(&blob_path, sizes.blob);
@@ -522,6 +528,13 @@ async fn main() {
         });
     };
     let mb = sizes.blob >> 20;
+    both(
+        "resident memory idle at start".into(),
+        "MiB",
+        false,
+        at_start[0],
+        at_start[1],
+    );
 
     let mut figures: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     for (i, t) in targets.iter().enumerate() {

@@ -740,7 +740,10 @@ async fn main() {
             r.ratio()
         );
     }
-    let push_share = rows[0].wharf / limit * 100.0;
+    let push_share = rows
+        .iter()
+        .find(|r| r.scenario.starts_with("blob push") && r.scenario.ends_with("monolithic"))
+        .map_or(0.0, |r| r.wharf / limit * 100.0);
     let _ = writeln!(
         md,
         "\nwharf monolithic push reaches {push_share:.0}% of the hashing limit."

@@ -194,10 +194,19 @@ fn bad_package_databases_are_named_in_warnings() {
             "var/lib/rpm/rpmdb.sqlite",
             b"SQLite format 3\x00 but not really",
         ),
+        Entry::File(
+            "var/lib/rpm/Packages",
+            b"\x00\x06\x15\x61 Berkeley DB pages",
+        ),
         Entry::File("lib/apk/db/installed", b"P:musl\nV:1.2.3-r4\n"),
     ]));
     let inv = scan(&[layer]);
     let text = format!("{:?}", inv.warnings);
+    assert!(
+        text.contains("/var/lib/rpm/Packages")
+            && text.contains("Berkeley DB and NDB rpm databases are not read"),
+        "{text}"
+    );
     for file in [
         "/var/lib/dpkg/status",
         "/app/node_modules/bad/package.json",

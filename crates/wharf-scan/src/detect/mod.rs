@@ -43,6 +43,8 @@ impl Interest {
         match self {
             Interest::OsRelease => 64 * 1024,
             Interest::DpkgStatus | Interest::ApkInstalled | Interest::RpmSqlite => 128 * MIB,
+            // Not read at all: the file is named in a warning.
+            // Not read at all: the file is named in a warning.
             Interest::RpmLegacy => 0,
             Interest::DpkgStatusD
             | Interest::PythonMetadata

@@ -36,20 +36,10 @@ impl DbArgs {
             database_url: self.database_url,
             ..ServeArgs::default()
         })?;
-        if let Some(url) = config.database_url {
-            return Ok(url);
+        match &config.database_url {
+            Some(url) => Ok(url.clone()),
+            None => Ok(config.database_url_for(&config.data_dir()?)),
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
-        let dir = config
-            .data_dir
-            .canonicalize()
-            .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
-        Ok(crate::sqlite_url(&dir))
     }
 }
 
@@ -121,6 +111,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// The data directory, created if missing, as an absolute path.
+    pub fn data_dir(&self) -> Result<PathBuf, String> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            format!(
+                "cannot create data directory {}: {e}",
+                self.data_dir.display()
+            )
+        })?;
+        self.data_dir
+            .canonicalize()
+            .map_err(|e| format!("data directory {}: {e}", self.data_dir.display()))
+    }
+
+    /// The metadata database: the configured URL, else SQLite in the (absolute) data directory.
+    pub fn database_url_for(&self, data_dir: &std::path::Path) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", data_dir.join("wharf.db").display()),
+        }
+    }
+
     pub fn load(args: ServeArgs) -> Result<Config, String> {
         let file = match &args.config {
             None => FileConfig::default(),

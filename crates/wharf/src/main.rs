@@ -6,7 +6,6 @@ mod scan;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -186,20 +185,8 @@ fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
-    let data_dir = config
-        .data_dir
-        .canonicalize()
-        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
-    let database_url = config
-        .database_url
-        .clone()
-        .unwrap_or_else(|| sqlite_url(&data_dir));
+    let data_dir = config.data_dir()?;
+    let database_url = config.database_url_for(&data_dir);
 
     let meta = Meta::connect(&database_url)
         .await
@@ -301,10 +288,6 @@ async fn bootstrap_owner_key(meta: &Meta) -> Result<(), String> {
         tracing::info!("bootstrap owner key taken from WHARF_BOOTSTRAP_KEY");
     }
     Ok(())
-}
-
-pub(crate) fn sqlite_url(data_dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", data_dir.join("wharf.db").display())
 }
 
 async fn shutdown_signal() {

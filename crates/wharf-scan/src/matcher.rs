@@ -130,13 +130,14 @@ pub fn affected(a: &Affected, version: &str, scheme: Scheme) -> Option<Option<St
                 events.push((v, 'l'));
             }
         }
-        events.retain(|(v, _)| cmp(v, version).is_some());
+        // Each event with how it stands against the installed version.
+        let mut events: Vec<(&str, char, Ordering)> = events
+            .into_iter()
+            .filter_map(|(v, kind)| Some((v, kind, cmp(v, version)?)))
+            .collect();
         events.sort_by(|x, y| cmp(x.0, y.0).unwrap_or(Ordering::Equal));
         let mut hit = false;
-        for (v, kind) in &events {
-            let Some(order) = cmp(v, version) else {
-                continue;
-            };
+        for &(_, kind, order) in &events {
             match kind {
                 'i' if order != Ordering::Greater => hit = true,
                 'f' if order != Ordering::Greater => hit = false,
@@ -216,6 +217,22 @@ fn is_cve(id: &str) -> bool {
             .next()
             .is_some_and(|n| n.len() >= 4 && n.bytes().all(|c| c.is_ascii_digit()))
         && parts.next().is_none()
+}
+
+fn summarize(findings: &[Finding]) -> BTreeMap<Severity, usize> {
+    let mut summary = BTreeMap::new();
+    for f in findings {
+        *summary.entry(f.severity).or_insert(0) += 1;
+    }
+    summary
+}
+
+impl Report {
+    /// Keeps only the findings `keep` accepts; the summary follows.
+    pub fn retain(&mut self, keep: impl FnMut(&Finding) -> bool) {
+        self.findings.retain(keep);
+        self.summary = summarize(&self.findings);
+    }
 }
 
 /// The ID a group of advisories is reported under: a CVE if any names one.
@@ -325,10 +342,7 @@ pub fn match_inventory(inv: &Inventory, advisories: &[Advisory], scores: &[Score
             .then_with(|| a.package.cmp(&b.package))
             .then_with(|| a.id.cmp(&b.id))
     });
-    let mut summary = BTreeMap::new();
-    for f in &findings {
-        *summary.entry(f.severity).or_insert(0) += 1;
-    }
+    let summary = summarize(&findings);
     Report {
         image: inv.image.clone(),
         os: inv.os.clone(),

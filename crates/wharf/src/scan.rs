@@ -370,14 +370,10 @@ pub fn scan(args: ScanArgs) -> Result<ExitCode, String> {
         let result = scan_image(&meta, &args.image, args.platform.as_deref(), args.reindex).await;
         meta.close().await;
         let mut report = result?;
-        report.findings.retain(|f| {
+        report.retain(|f| {
             (args.severity.is_empty() || args.severity.contains(&f.severity))
                 && (!args.fixable || f.fixable)
         });
-        report.summary = BTreeMap::new();
-        for f in &report.findings {
-            *report.summary.entry(f.severity).or_insert(0) += 1;
-        }
         for w in &report.warnings {
             eprintln!("wharf: warning: {}: {}", w.location, w.reason);
         }

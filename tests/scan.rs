@@ -411,40 +411,46 @@ fn go_binary_build_info(backend: Backend) {
 /// reach, so the dependency is vendored: `go build -mod=vendor` records the version that
 /// vendor/modules.txt gives.
 fn go_binary() -> Vec<u8> {
-    let work = tempfile::tempdir().expect("tempdir");
-    let w = work.path();
-    let write = |rel: &str, body: &str| {
-        let p = w.join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, body).expect("write");
-    };
-    write(
-        "go.mod",
-        "module example.com/app\n\ngo 1.19\n\nrequire golang.org/x/text v0.3.5\n",
-    );
-    write(
-        "main.go",
-        "package main\n\nimport (\n\t\"fmt\"\n\t\"golang.org/x/text/language\"\n)\n\nfunc main() { fmt.Println(language.Tag(\"en\")) }\n",
-    );
-    write(
-        "vendor/golang.org/x/text/language/language.go",
-        "package language\n\n// Tag names a language.\ntype Tag string\n",
-    );
-    write(
-        "vendor/modules.txt",
-        "# golang.org/x/text v0.3.5\n## explicit\ngolang.org/x/text/language\n",
-    );
-    let o = Command::new("go")
-        .args(["build", "-mod=vendor", "-o", "app", "."])
-        .current_dir(w)
-        .env("GOFLAGS", "-mod=vendor")
-        .env("GOPROXY", "off")
-        .env("GOCACHE", w.join("cache"))
-        .env("GOPATH", w.join("gopath"))
-        .output()
-        .expect("go build (golang-go is installed by scripts/test)");
-    assert!(o.status.success(), "go build: {}", text(&o));
-    std::fs::read(w.join("app")).expect("binary")
+    // Built once per run: both backends' tests and the 1 GiB layer use it.
+    static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let work = tempfile::tempdir().expect("tempdir");
+            let w = work.path();
+            let write = |rel: &str, body: &str| {
+                let p = w.join(rel);
+                std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                std::fs::write(p, body).expect("write");
+            };
+            write(
+                "go.mod",
+                "module example.com/app\n\ngo 1.19\n\nrequire golang.org/x/text v0.3.5\n",
+            );
+            write(
+                "main.go",
+                "package main\n\nimport (\n\t\"fmt\"\n\t\"golang.org/x/text/language\"\n)\n\nfunc main() { fmt.Println(language.Tag(\"en\")) }\n",
+            );
+            write(
+                "vendor/golang.org/x/text/language/language.go",
+                "package language\n\n// Tag names a language.\ntype Tag string\n",
+            );
+            write(
+                "vendor/modules.txt",
+                "# golang.org/x/text v0.3.5\n## explicit\ngolang.org/x/text/language\n",
+            );
+            let o = Command::new("go")
+                .args(["build", "-mod=vendor", "-o", "app", "."])
+                .current_dir(w)
+                .env("GOFLAGS", "-mod=vendor")
+                .env("GOPROXY", "off")
+                .env("GOCACHE", w.join("cache"))
+                .env("GOPATH", w.join("gopath"))
+                .output()
+                .expect("go build (golang-go is installed by scripts/test)");
+            assert!(o.status.success(), "go build: {}", text(&o));
+            std::fs::read(w.join("app")).expect("binary")
+        })
+        .clone()
 }
 
 fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {

@@ -132,17 +132,11 @@ fn source_rpm_name(srpm: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// Builds a header blob the way rpm stores one, for tests here and in the walker's.
-    pub fn header(
-        name: &str,
-        epoch: Option<u32>,
-        version: &str,
-        release: &str,
-        srpm: &str,
-    ) -> Vec<u8> {
+    /// Builds a header blob the way rpm stores one.
+    fn header(name: &str, epoch: Option<u32>, version: &str, release: &str, srpm: &str) -> Vec<u8> {
         let mut index = Vec::new();
         let mut data = Vec::new();
         let mut add = |tag: u32, ty: u32, bytes: &[u8], data: &mut Vec<u8>| {
@@ -179,7 +173,7 @@ pub(crate) mod tests {
     }
 
     /// An rpmdb.sqlite file with the given header blobs, as bytes.
-    pub fn rpmdb(blobs: &[Vec<u8>]) -> Vec<u8> {
+    fn rpmdb(blobs: &[Vec<u8>]) -> Vec<u8> {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("rpmdb.sqlite");
         let db = rusqlite::Connection::open(&file).expect("open");

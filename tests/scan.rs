@@ -1117,6 +1117,96 @@ fn one_gib_layer_in_bounded_memory(backend: Backend) {
     );
 }
 
+/// Distroless: a Debian base with one file per package under status.d and no Status field.
+fn distroless_status_d(backend: Backend) {
+    let db = full_db(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(
+        dir.path(),
+        &[gzip(&tar(&[
+            Entry::File(
+                "etc/os-release",
+                b"PRETTY_NAME=\"Distroless\"\nNAME=\"Debian GNU/Linux\"\nID=\"debian\"\nVERSION_ID=\"12\"\n",
+            ),
+            Entry::File(
+                "var/lib/dpkg/status.d/libssl3",
+                b"Package: libssl3\nVersion: 3.0.11-1~deb12u1\nArchitecture: amd64\nSource: openssl\n",
+            ),
+            Entry::File("var/lib/dpkg/status.d/libssl3.md5sums", b"d41d8cd98f00b204e9800998ecf8427e  usr/lib/libssl.so.3\n"),
+        ]))],
+    );
+    let report = db.scan(&image, &[]);
+    assert_eq!(report["os"]["pretty_name"], "Distroless");
+    assert_eq!(report["packages"], 1);
+    let f = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["package"] == "libssl3")
+        .expect("openssl's security fixes apply to libssl3");
+    assert_eq!(f["source_package"], "openssl");
+    assert_eq!(f["sources"][0], "debian12");
+    assert!(dpkg_lt(
+        "3.0.11-1~deb12u1",
+        f["fixed"].as_str().expect("fixed")
+    ));
+}
+
+/// An rpm sqlite database (written here as rpm writes one, through Python's sqlite3) on a
+/// RHEL-family OS, and npm packages from node_modules and a lock file. There are no advisories
+/// for these ecosystems in the shared data, so the inventory is what is checked.
+fn rpm_and_npm_inventories(backend: Backend) {
+    let db = full_db(backend);
+    let work = tempfile::tempdir().expect("tempdir");
+    let rpmdb = work.path().join("rpmdb.sqlite");
+    let script = r#"
+import sqlite3, struct, sys
+def header(name, epoch, version, release, srpm):
+    index, data = b"", b""
+    for tag, value in ((1000, name), (1001, version), (1002, release), (1044, srpm)):
+        index += struct.pack(">IIII", tag, 6, len(data), 1)
+        data += value.encode() + b"\0"
+    if epoch is not None:
+        data += b"\0" * (-len(data) % 4)
+        index += struct.pack(">IIII", 1003, 4, len(data), 1)
+        data += struct.pack(">I", epoch)
+    return struct.pack(">II", len(index) // 16, len(data)) + index + data
+db = sqlite3.connect(sys.argv[1])
+db.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)")
+for h in (header("openssl-libs", 1, "3.0.7", "24.el9", "openssl-3.0.7-24.el9.src.rpm"),
+          header("bash", None, "5.1.8", "6.el9_1", "bash-5.1.8-6.el9_1.src.rpm"),
+          header("gpg-pubkey", None, "8483c65d", "5ccc5b19", "")):
+    db.execute("INSERT INTO Packages (blob) VALUES (?)", (h,))
+db.commit()
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&rpmdb)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    let rpmdb = std::fs::read(&rpmdb).expect("rpmdb");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = layout(
+        dir.path(),
+        &[gzip(&tar(&[
+            Entry::File("etc/os-release", b"NAME=\"Rocky Linux\"\nID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\nVERSION_ID=\"9.3\"\n"),
+            Entry::File("var/lib/rpm/rpmdb.sqlite", &rpmdb),
+            Entry::File("app/node_modules/lodash/package.json", br#"{"name":"lodash","version":"4.17.20"}"#),
+            Entry::File(
+                "app/package-lock.json",
+                br#"{"lockfileVersion":3,"packages":{"":{"name":"app"},"node_modules/lodash":{"version":"4.17.20"},"node_modules/minimist":{"version":"1.2.5"}}}"#,
+            ),
+        ]))],
+    );
+    let report = db.scan(&image, &[]);
+    assert_eq!(report["os"]["id"], "rocky");
+    assert_eq!(report["partial"], false, "{}", report["warnings"]);
+    // openssl-libs and bash (the imported gpg key is not a package), lodash once, minimist.
+    assert_eq!(report["packages"], 4, "{report}");
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1142,4 +1232,6 @@ on_both!(
     debian12_image_from_the_mirror,
     rust_binary_built_with_cargo_auditable,
     one_gib_layer_in_bounded_memory,
+    distroless_status_d,
+    rpm_and_npm_inventories,
 );

@@ -383,15 +383,12 @@ pub fn scan(args: ScanArgs) -> Result<ExitCode, String> {
         } else {
             emit(&render_report(&report));
         }
+        // Unknown is the lowest severity, so any other threshold leaves unscored findings out;
+        // `--fail-on unknown` does not fail on everything.
         let failing = args
             .fail_on
             .filter(|t| *t != Severity::Unknown)
-            .is_some_and(|t| {
-                report
-                    .findings
-                    .iter()
-                    .any(|f| f.severity >= t && f.severity != Severity::Unknown)
-            });
+            .is_some_and(|t| report.findings.iter().any(|f| f.severity >= t));
         Ok(if failing {
             ExitCode::from(FAIL_ON_EXIT)
         } else {

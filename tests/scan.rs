@@ -632,12 +632,15 @@ fn debian_rootfs() -> PathBuf {
                 "debian12-{}.tar",
                 DEBIAN_PACKAGES.replace(',', "_")
             ));
-            if out.exists() {
+            if out.is_file() {
                 return out;
             }
-            let partial = out.with_extension("partial");
+            // An earlier version of this helper could leave a directory here.
+            let _ = std::fs::remove_dir_all(&out);
+            // mmdebstrap picks its output format from the name unless told; say tar.
+            let partial = out.with_extension("partial.tar");
             let o = Command::new("mmdebstrap")
-                .args(["--variant=minbase", "--quiet"])
+                .args(["--variant=minbase", "--quiet", "--format=tar"])
                 .arg(format!("--include={DEBIAN_PACKAGES}"))
                 .arg("bookworm")
                 .arg(&partial)

@@ -1,19 +1,28 @@
 use std::collections::HashMap;
-use std::io::SeekFrom;
+use std::io::{self, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
 use tokio::fs::{self, File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
-use tokio_util::io::ReaderStream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::task::JoinHandle;
 use wharf_oci::{Algorithm, Digest, Hasher};
 
 use crate::{BlobStore, ByteStream, Result, StoreError};
 
-/// Writes reach the disk in blocks of this size so that each write is one blocking-pool hop.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Appended bytes reach the disk in batches of this size, one blocking-pool hop each, written
+/// while the next batch is still arriving and being hashed.
+const WRITE_BATCH: usize = 1 << 20;
+/// Every this many appended bytes the kernel is asked to start writing them back, so that the
+/// disk works while the body is still arriving and the commit's fsync has little left to do.
+const WRITEBACK_STEP: u64 = 8 << 20;
+/// Blob reads hand the socket chunks of this size, each read straight into the buffer that is
+/// sent, with the next chunk read ahead.
+const READ_CHUNK: u64 = 512 << 10;
 const READ_BUFFER: usize = 256 << 10;
 
 /// Blobs on the local filesystem: `blobs/<alg>/<first two hex>/<hex>` and `uploads/<id>`.
@@ -128,6 +137,116 @@ async fn sync_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs blocking file work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// Asks the kernel to start writing a file range back to disk without waiting for it. Only a
+/// hint: the commit's fsync is what makes the data durable, so failures are ignored.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the lifetime of `file`; the call reads no memory.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Writes an upload's body at its end: chunks are gathered into batches (no copy: `Bytes` are
+/// shared), and each batch is written on the blocking pool while the next one is received.
+struct Appender {
+    file: Arc<std::fs::File>,
+    /// Where the next batch goes.
+    pos: u64,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    pending: Option<JoinHandle<io::Result<()>>>,
+    /// Writeback has been started for everything before this offset.
+    kicked: u64,
+}
+
+impl Appender {
+    fn new(file: std::fs::File, pos: u64) -> Self {
+        Appender {
+            file: Arc::new(file),
+            pos,
+            batch: Vec::new(),
+            batch_len: 0,
+            pending: None,
+            kicked: pos,
+        }
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.batch_len += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_len >= WRITE_BATCH {
+            self.submit().await?;
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self) -> io::Result<()> {
+        self.wait().await?;
+        let batch = std::mem::take(&mut self.batch);
+        let start = self.pos;
+        self.pos += std::mem::take(&mut self.batch_len) as u64;
+        let kick = (self.pos - self.kicked >= WRITEBACK_STEP).then(|| {
+            let range = (self.kicked, self.pos - self.kicked);
+            self.kicked = self.pos;
+            range
+        });
+        let file = self.file.clone();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            let mut at = start;
+            for b in &batch {
+                file.write_all_at(b, at)?;
+                at += b.len() as u64;
+            }
+            if let Some((from, len)) = kick {
+                start_writeback(&file, from, len);
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any.
+    async fn wait(&mut self) -> io::Result<()> {
+        match self.pending.take() {
+            Some(h) => h.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        if self.batch_len > 0 {
+            self.submit().await?;
+        }
+        self.wait().await
+    }
+}
+
+/// Reads exactly `len` bytes at `offset` into a buffer of their own; a file shorter than that
+/// is an error, so a damaged blob never reaches a client as a silently short body.
+fn read_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
 #[async_trait]
 impl BlobStore for FsStore {
     async fn create_upload(&self, id: &str) -> Result<()> {
@@ -152,7 +271,7 @@ impl BlobStore for FsStore {
         file.seek(SeekFrom::Start(offset)).await?;
 
         let saved = state.hasher.clone();
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut appender = Appender::new(file.into_std().await, offset);
         let mut written: u64 = 0;
         let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
@@ -167,7 +286,7 @@ impl BlobStore for FsStore {
                     }
                 }
                 state.hasher.update(&chunk);
-                writer.write_all(&chunk).await?;
+                appender.push(chunk).await?;
             }
             if let Some(expected) = expected_len {
                 if written != expected {
@@ -177,7 +296,7 @@ impl BlobStore for FsStore {
                     });
                 }
             }
-            writer.flush().await?;
+            appender.finish().await?;
             Ok(())
         }
         .await;
@@ -191,8 +310,9 @@ impl BlobStore for FsStore {
                 // Leave the upload exactly as it was before this request.
                 state.hasher = saved;
                 state.offset = offset;
-                let file = writer.into_inner();
-                file.set_len(offset).await?;
+                let _ = appender.wait().await;
+                let file = appender.file.clone();
+                blocking(move || file.set_len(offset)).await?;
                 Err(e)
             }
         }
@@ -249,18 +369,35 @@ impl BlobStore for FsStore {
     }
 
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
-        let mut file = match File::open(self.blob_path(digest)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+        let path = self.blob_path(digest);
+        let first = len.min(READ_CHUNK);
+        // Opening and the first read share one blocking-pool hop: most blobs are small.
+        let opened = blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let head = read_at(&file, offset, first as usize)?;
+            Ok((Arc::new(file), head))
+        })
+        .await;
+        let (file, head) = match opened {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
         };
-        if offset > 0 {
-            file.seek(SeekFrom::Start(offset)).await?;
+        let head = stream::once(async move { Ok(head) });
+        if first == len {
+            return Ok(Box::pin(head));
         }
-        Ok(Box::pin(ReaderStream::with_capacity(
-            file.take(len),
-            READ_BUFFER,
-        )))
+        let end = offset + len;
+        let chunks = (offset + first..end).step_by(READ_CHUNK as usize);
+        // `buffered(2)` keeps the next chunk reading while the socket takes this one.
+        let rest = stream::iter(chunks)
+            .map(move |at| {
+                let file = file.clone();
+                let n = (end - at).min(READ_CHUNK) as usize;
+                blocking(move || read_at(&file, at, n))
+            })
+            .buffered(2);
+        Ok(Box::pin(head.chain(rest)))
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<()> {
@@ -378,6 +515,65 @@ mod tests {
             .commit_upload("u3", 4, &Digest::sha256_of(b"abcd"))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn large_appends_and_ranged_reads_cross_batch_and_chunk_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).await.unwrap();
+        // 3.5 write batches and read chunks, in odd-sized body chunks.
+        let data: Vec<u8> = (0..(7 * WRITE_BATCH / 2))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let parts: Vec<std::io::Result<Bytes>> = data
+            .chunks(65_521)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let split = parts.len() / 2;
+        let (a, b): (Vec<_>, Vec<_>) = {
+            let mut it = parts.into_iter();
+            (it.by_ref().take(split).collect(), it.collect())
+        };
+        let first: u64 = a.iter().map(|c| c.as_ref().unwrap().len() as u64).sum();
+        store.create_upload("u4").await.unwrap();
+        let n = store
+            .append_upload("u4", 0, Box::pin(futures_util::stream::iter(a)), None)
+            .await
+            .unwrap();
+        assert_eq!(n, first);
+        let n = store
+            .append_upload("u4", first, Box::pin(futures_util::stream::iter(b)), None)
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let d = Digest::sha256_of(&data);
+        store.commit_upload("u4", n, &d).await.unwrap();
+        let len = data.len() as u64;
+        assert_eq!(read_all(&store, &d, 0, len).await, data);
+        let (off, n) = (READ_CHUNK - 3, 2 * READ_CHUNK + 7);
+        assert_eq!(
+            read_all(&store, &d, off, n).await,
+            &data[off as usize..(off + n) as usize]
+        );
+        // A range past the end of the stored bytes fails instead of returning a short body:
+        // at once when it falls in the first chunk, else in the stream.
+        for (off, n) in [(len - 10, 20), (0, len + 1)] {
+            let failed = match store.read(&d, off, n).await {
+                Err(_) => true,
+                Ok(mut s) => {
+                    let mut failed = false;
+                    while let Some(c) = s.next().await {
+                        failed |= c.is_err();
+                    }
+                    failed
+                }
+            };
+            assert!(failed, "{off}+{n} of {len}");
+        }
+        assert!(matches!(
+            store.read(&Digest::sha256_of(b"none"), 0, 1).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]

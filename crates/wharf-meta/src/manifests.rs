@@ -42,9 +42,34 @@ pub struct ListPage {
 }
 
 impl ListPage {
-    /// Listings ask for one row more than `limit`: its presence tells that another page follows.
-    pub(crate) fn from_rows(rows: Vec<sqlx::any::AnyRow>, limit: i64) -> Result<ListPage> {
-        let (items, more) = crate::page(&rows, limit, |r| Ok(r.try_get::<String, _>("name")?))?;
+    /// One page of names. `select` yields `name` in order for the parameters $1 (the owner's
+    /// id), $2 (the name to start after) and $3 (how many). The page comes back as one row,
+    /// the names joined by commas (which no repository or tag name may hold): decoding
+    /// thousands of rows one by one through sqlx's Any driver took longer than the query.
+    /// One name more than `limit` is asked for: its presence tells that another page follows.
+    pub(crate) async fn fetch(
+        pool: &sqlx::AnyPool,
+        select: &str,
+        owner: i64,
+        last: Option<&str>,
+        limit: i64,
+    ) -> Result<ListPage> {
+        let sql =
+            format!("SELECT string_agg(name, ',' ORDER BY name) AS names FROM ({select}) AS page");
+        let names: Option<String> = sqlx::query(&sql)
+            .bind(owner)
+            .bind(last.unwrap_or(""))
+            .bind(limit.saturating_add(1))
+            .fetch_one(pool)
+            .await?
+            .try_get("names")?;
+        let mut items: Vec<String> = names
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .map(|n| n.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let more = items.len() as i64 > limit;
+        items.truncate(limit.max(0) as usize);
         Ok(ListPage { items, more })
     }
 }
@@ -238,15 +263,15 @@ impl Meta {
         let Some(repo_id) = repository_id(&self.read, registry_id, repository).await? else {
             return Ok(None);
         };
-        let rows = sqlx::query(
+        ListPage::fetch(
+            &self.read,
             "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+            repo_id,
+            last,
+            limit,
         )
-        .bind(repo_id)
-        .bind(last.unwrap_or(""))
-        .bind(limit.saturating_add(1))
-        .fetch_all(&self.read)
-        .await?;
-        ListPage::from_rows(rows, limit).map(Some)
+        .await
+        .map(Some)
     }
 
     /// Manifests in the repository whose subject is `subject`, optionally of one artifact type.

@@ -220,16 +220,15 @@ impl Meta {
         last: Option<&str>,
         limit: i64,
     ) -> Result<ListPage> {
-        let rows = sqlx::query(
+        ListPage::fetch(
+            &self.read,
             "SELECT name FROM repositories WHERE registry_id = $1 AND name > $2 \
              ORDER BY name LIMIT $3",
+            registry_id,
+            last,
+            limit,
         )
-        .bind(registry_id)
-        .bind(last.unwrap_or(""))
-        .bind(limit.saturating_add(1))
-        .fetch_all(&self.read)
-        .await?;
-        ListPage::from_rows(rows, limit)
+        .await
     }
 
     /// Repositories with their usage figures, in name order after `after`.

@@ -87,9 +87,19 @@ async fn blobs_are_visible_per_repository_and_registry() {
         assert!(m.get_upload(a.id, "other", "up1").await.unwrap().is_none());
         assert!(m.get_upload(b.id, "app", "up1").await.unwrap().is_none());
 
-        m.commit_blob(a.id, "app", &digest(1), 10, Some("up1"))
+        // A commit from a stale recorded size changes nothing.
+        assert!(!m
+            .commit_blob(a.id, "app", &digest(1), 10, Some(("up1", 0)))
             .await
-            .unwrap();
+            .unwrap());
+        assert_eq!(
+            m.repository_blob(a.id, "app", &digest(1)).await.unwrap(),
+            None
+        );
+        assert!(m
+            .commit_blob(a.id, "app", &digest(1), 10, Some(("up1", 10)))
+            .await
+            .unwrap());
         assert!(m.get_upload(a.id, "app", "up1").await.unwrap().is_none());
         assert_eq!(
             m.repository_blob(a.id, "app", &digest(1)).await.unwrap(),

@@ -84,17 +84,30 @@ impl Meta {
     }
 
     /// Makes a verified, durable blob visible in a repository, creating the repository on first
-    /// push, and closes the upload session it came from, all in one transaction.
+    /// push, and closes the upload session it came from, all in one transaction. `upload` is the
+    /// session's id and the size recorded for it when the request began: the final request's
+    /// bytes are not recorded separately (one durable write fewer per blob). If the session has
+    /// moved on or is gone, nothing changes and `false` comes back.
     pub async fn commit_blob(
         &self,
         registry_id: i64,
         repository: &str,
         digest: &str,
         size: i64,
-        upload_id: Option<&str>,
-    ) -> Result<()> {
+        upload: Option<(&str, i64)>,
+    ) -> Result<bool> {
         let now = now_millis();
         let mut tx = self.write.begin().await?;
+        if let Some((id, recorded)) = upload {
+            let closed = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
+                .bind(id)
+                .bind(recorded)
+                .execute(&mut *tx)
+                .await?;
+            if closed.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
         sqlx::query(
             "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (digest) DO NOTHING",
@@ -106,14 +119,8 @@ impl Meta {
         .await?;
         let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
         link_blob(&mut tx, repo_id, digest, now).await?;
-        if let Some(id) = upload_id {
-            sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The size of `digest` if the repository links it.

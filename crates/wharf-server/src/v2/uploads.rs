@@ -92,7 +92,16 @@ async fn discard(repo: &Repo<'_>, id: &str) -> Result<()> {
 }
 
 /// Appends a request body to an upload: in order, of the announced length, or not at all.
-async fn append(repo: &Repo<'_>, upload: &Upload, headers: &HeaderMap, body: Body) -> Result<u64> {
+/// Appends the request body to the upload. With `record`, the new size is recorded at once (a
+/// PATCH); without it (a PUT or single-request POST), [`finish`] closes the session in the same
+/// transaction that publishes the blob.
+async fn append(
+    repo: &Repo<'_>,
+    upload: &Upload,
+    headers: &HeaderMap,
+    body: Body,
+    record: bool,
+) -> Result<u64> {
     let offset = upload.size as u64;
     let announced = content_length(headers)?;
     let expected = match header_str(headers, header::CONTENT_RANGE) {
@@ -136,11 +145,12 @@ async fn append(repo: &Repo<'_>, upload: &Upload, headers: &HeaderMap, body: Bod
         .store
         .append_upload(&upload.id, offset, body_stream(body), expected)
         .await?;
-    if !repo
-        .state
-        .meta
-        .advance_upload(&upload.id, offset as i64, size as i64)
-        .await?
+    if record
+        && !repo
+            .state
+            .meta
+            .advance_upload(&upload.id, offset as i64, size as i64)
+            .await?
     {
         return Err(out_of_order(
             repo,
@@ -154,7 +164,8 @@ async fn append(repo: &Repo<'_>, upload: &Upload, headers: &HeaderMap, body: Bod
 
 /// Verifies and publishes the upload's bytes; a digest mismatch ends the session and keeps
 /// nothing.
-async fn finish(repo: &Repo<'_>, id: &str, size: u64, digest: &Digest) -> Result<Response> {
+async fn finish(repo: &Repo<'_>, upload: &Upload, size: u64, digest: &Digest) -> Result<Response> {
+    let id = upload.id.as_str();
     match repo.state.store.commit_upload(id, size, digest).await {
         Ok(()) => {}
         Err(e @ StoreError::DigestMismatch { .. }) => {
@@ -163,16 +174,25 @@ async fn finish(repo: &Repo<'_>, id: &str, size: u64, digest: &Digest) -> Result
         }
         Err(e) => return Err(e.into()),
     }
-    repo.state
+    let closed = repo
+        .state
         .meta
         .commit_blob(
             repo.registry_id,
             repo.name.as_str(),
             digest.as_str(),
             size as i64,
-            Some(id),
+            Some((id, upload.size)),
         )
         .await?;
+    if !closed {
+        return Err(out_of_order(
+            repo,
+            id,
+            upload.size as u64,
+            "the upload changed during this request".to_string(),
+        ));
+    }
     Ok(created_response(repo, digest))
 }
 
@@ -223,8 +243,8 @@ pub(super) async fn start(
             repository: repo.name.to_string(),
             size: 0,
         };
-        let result = match append(repo, &upload, headers, body).await {
-            Ok(size) => finish(repo, &id, size, &digest).await,
+        let result = match append(repo, &upload, headers, body, false).await {
+            Ok(size) => finish(repo, &upload, size, &digest).await,
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -254,7 +274,7 @@ pub(super) async fn patch(
 ) -> Result<Response> {
     let _guard = repo.state.upload_locks.lock(id).await;
     let upload = find_session(repo, id).await?;
-    let size = append(repo, &upload, headers, body).await?;
+    let size = append(repo, &upload, headers, body, true).await?;
     Ok(session_response(repo, StatusCode::ACCEPTED, id, size))
 }
 
@@ -268,8 +288,8 @@ pub(super) async fn put(
     let _guard = repo.state.upload_locks.lock(id).await;
     let upload = find_session(repo, id).await?;
     let digest = digest_param(query)?;
-    let size = append(repo, &upload, headers, body).await?;
-    finish(repo, id, size, &digest).await
+    let size = append(repo, &upload, headers, body, false).await?;
+    finish(repo, &upload, size, &digest).await
 }
 
 pub(super) async fn cancel(repo: &Repo<'_>, id: &str) -> Result<Response> {

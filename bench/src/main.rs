@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -24,11 +24,16 @@ struct Target {
 }
 
 struct Sizes {
-    blob: u64,
+    /// Blob sizes for the push and pull rows (quick: 256 MiB; full: 256 MiB and 1 GiB).
+    blobs: Vec<u64>,
     images: usize,
     tags: usize,
     repos: usize,
     wrk_seconds: u32,
+    /// Registry sizes, in manifests, at which the same operations are timed (cost growth).
+    growth: [usize; 2],
+    /// Each throughput figure is the median of this many runs.
+    runs: usize,
 }
 
 /// One row of the results: a figure for each registry, and which direction is better.
@@ -90,9 +95,13 @@ fn rss_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Resets a process's peak RSS so that the next reading covers one scenario only.
-fn reset_peak(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+/// Resets a registry's peak RSS so that the next reading covers one scenario only. A request
+/// first makes sure that wharf's token is verified: the first use of a token (and the first
+/// after its minute in the cache) hashes the secret with argon2id, which takes 19 MiB for a
+/// moment whatever the scenario, and the reference runs without authentication.
+async fn reset_peak(t: &Target) {
+    let _ = t.client.get(format!("{}/v2/", t.base)).send().await;
+    let _ = std::fs::write(format!("/proc/{}/clear_refs", t.pid), "5");
 }
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {
@@ -219,22 +228,32 @@ async fn push_blob(
     mib_per_s(size, started.elapsed())
 }
 
+/// Pulls the blob with curl into /dev/null; MiB/s. curl, not this process's HTTP client: on two
+/// cores the client shares the CPU with the server, and a heavier client hides the difference
+/// between servers (reqwest here measured 1.2x where curl measured 1.75x).
 async fn pull_blob(t: &Target, repo: &str, digest: &str, size: u64) -> f64 {
-    let started = Instant::now();
-    let r = t
-        .client
-        .get(format!("{}/v2/{repo}/blobs/{digest}", t.base))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status(), StatusCode::OK, "{} GET blob", t.label);
-    let mut n = 0u64;
-    let mut stream = r.bytes_stream();
-    while let Some(c) = stream.next().await {
-        n += c.expect("body").len() as u64;
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sf",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{time_total}",
+    ]);
+    if let Some(a) = &t.auth {
+        cmd.args(["-H", &format!("Authorization: {a}")]);
     }
-    assert_eq!(n, size);
-    mib_per_s(size, started.elapsed())
+    let out = cmd
+        .arg(format!("{}/v2/{repo}/blobs/{digest}", t.base))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{} GET blob", t.label);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let n: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let secs: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::MAX);
+    assert_eq!(n, size, "{} pulled {n} of {size} bytes", t.label);
+    mib_per_s(size, Duration::from_secs_f64(secs))
 }
 
 fn sha(data: &[u8]) -> String {
@@ -285,8 +304,8 @@ async fn put_manifest(t: &Target, repo: &str, reference: &str, m: Bytes) {
     assert_eq!(r.status(), StatusCode::CREATED, "{} manifest", t.label);
 }
 
-/// Runs `count` jobs at concurrency 8; returns jobs per second.
-async fn concurrently<F, Fut>(count: usize, job: F) -> f64
+/// Runs `count` jobs, `width` at a time; returns jobs per second.
+async fn concurrently<F, Fut>(count: usize, width: usize, job: F) -> f64
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -298,7 +317,7 @@ where
             let job = job.clone();
             async move { job(i).await }
         })
-        .buffer_unordered(8)
+        .buffer_unordered(width)
         .collect::<Vec<_>>()
         .await;
     count as f64 / started.elapsed().as_secs_f64()
@@ -306,7 +325,7 @@ where
 
 async fn small_images(t: &Arc<Target>, n: usize) -> (f64, f64) {
     let tp = t.clone();
-    let push = concurrently(n, move |i| {
+    let push = concurrently(n, 8, move |i| {
         let t = tp.clone();
         async move {
             let (c, l, m) = image(i);
@@ -318,7 +337,7 @@ async fn small_images(t: &Arc<Target>, n: usize) -> (f64, f64) {
     })
     .await;
     let tp = t.clone();
-    let pull = concurrently(n, move |i| {
+    let pull = concurrently(n, 8, move |i| {
         let t = tp.clone();
         async move {
             let (c, l, _) = image(i);
@@ -348,23 +367,37 @@ async fn small_images(t: &Arc<Target>, n: usize) -> (f64, f64) {
     (push, pull)
 }
 
-/// Median and 99th percentile of `n` sequential GETs, in milliseconds.
-async fn latency(t: &Target, path: &str, n: usize) -> (f64, f64) {
+/// Median and 99th percentile, in milliseconds, of `n` sequential calls of `op`.
+async fn timed<F, Fut>(n: usize, op: F) -> (f64, f64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let started = Instant::now();
-        let r = t
-            .client
-            .get(format!("{}{path}", t.base))
-            .send()
-            .await
-            .expect("get");
-        assert_eq!(r.status(), StatusCode::OK, "{} {path}", t.label);
-        let _ = r.bytes().await;
+        op(i).await;
         ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     (ms[n / 2], ms[(n * 99 / 100).min(n - 1)])
+}
+
+async fn get_ok(t: &Target, path: &str) {
+    let r = t
+        .client
+        .get(format!("{}{path}", t.base))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK, "{} {path}", t.label);
+    let _ = r.bytes().await;
+}
+
+/// Median and 99th percentile of `n` sequential GETs of `path`, in milliseconds.
+async fn latency(t: &Target, path: &str, n: usize) -> (f64, f64) {
+    timed(n, |_| get_ok(t, path)).await
 }
 
 /// wrk against a URL: requests per second, p50 and p99 latency in ms.
@@ -454,6 +487,26 @@ async fn load(
     )
 }
 
+/// The median of some figures.
+fn middle(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The median of `runs` figures from `f`.
+async fn median<F, Fut>(runs: usize, mut f: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        v.push(f().await);
+    }
+    middle(&mut v)
+}
+
+/// How fast this machine hashes the file: `openssl dgst -sha256` (SHA instructions), MiB/s.
 fn hashing_limit(path: &Path, size: u64) -> f64 {
     let started = Instant::now();
     let out = Command::new("openssl")
@@ -465,25 +518,368 @@ fn hashing_limit(path: &Path, size: u64) -> f64 {
     mib_per_s(size, started.elapsed())
 }
 
+/// How fast this machine writes the file durably to the disk the registries use: a copy with
+/// `dd conv=fdatasync`, MiB/s. A push that must be durable before it is acknowledged cannot be
+/// faster than this.
+fn durable_write_limit(path: &Path, size: u64, work: &Path) -> f64 {
+    let dest = work.join("dd.bin");
+    let started = Instant::now();
+    let out = Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .arg(format!("of={}", dest.display()))
+        .args(["bs=1M", "conv=fdatasync", "status=none"])
+        .output()
+        .expect("dd");
+    assert!(out.status.success());
+    let figure = mib_per_s(size, started.elapsed());
+    let _ = std::fs::remove_file(dest);
+    figure
+}
+
+/// Collects rows: a figure for each registry, in the order of `targets` (wharf, reference).
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn add(&mut self, scenario: impl Into<String>, unit: &'static str, higher: bool, f: [f64; 2]) {
+        self.rows.push(Row {
+            scenario: scenario.into(),
+            unit,
+            wharf: f[0],
+            reference: f[1],
+            higher_is_better: higher,
+        });
+    }
+}
+
+/// Blob push (monolithic and 16 MiB chunks) and pull at every size, with peak memory.
+async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table: &mut Table) {
+    for &size in &sizes.blobs {
+        let mb = size >> 20;
+        let path = work.join(format!("blob-{mb}.bin"));
+        eprintln!("preparing a {mb} MiB test file...");
+        let digest = make_file(&path, size);
+        let hash = median(sizes.runs, || async { hashing_limit(&path, size) }).await;
+        let disk = median(sizes.runs, || async {
+            durable_write_limit(&path, size, work)
+        })
+        .await;
+        // Runs alternate between the registries, so that a slow spell of this shared machine
+        // falls on both rather than on one.
+        let repo = format!("bench/b{mb}");
+        let mut runs = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
+        let mut f = [[0.0f64; 5]; 2];
+        for run in 0..sizes.runs {
+            for (i, t) in targets.iter().enumerate() {
+                eprintln!(
+                    "{}: {mb} MiB blob push and pull, run {}...",
+                    t.label,
+                    run + 1
+                );
+                reset_peak(t).await;
+                runs[i][0].push(push_blob(t, &repo, &path, size, &digest, None).await);
+                f[i][3] = f[i][3].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
+                let chunk = Some(16 << 20);
+                runs[i][1].push(push_blob(t, &repo, &path, size, &digest, chunk).await);
+                reset_peak(t).await;
+                runs[i][2].push(pull_blob(t, &repo, &digest, size).await);
+                f[i][4] = f[i][4].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
+            }
+        }
+        for (i, r) in runs.iter_mut().enumerate() {
+            for (k, v) in r.iter_mut().enumerate() {
+                f[i][k] = middle(v);
+            }
+        }
+        let col = |k: usize| [f[0][k], f[1][k]];
+        table.add(
+            format!("blob push {mb} MiB, monolithic"),
+            "MiB/s",
+            true,
+            col(0),
+        );
+        table.add(
+            format!("blob push {mb} MiB, 16 MiB chunks"),
+            "MiB/s",
+            true,
+            col(1),
+        );
+        table.add(format!("blob pull {mb} MiB"), "MiB/s", true, col(2));
+        table.add(
+            format!("peak RSS during {mb} MiB push"),
+            "MiB",
+            false,
+            col(3),
+        );
+        table.add(
+            format!("peak RSS during {mb} MiB pull"),
+            "MiB",
+            false,
+            col(4),
+        );
+        table.notes.push(format!(
+            "{mb} MiB: hashing limit (openssl dgst -sha256) {hash:.0} MiB/s, durable-write limit \
+             (dd conv=fdatasync on the registries' disk) {disk:.0} MiB/s; wharf's monolithic push \
+             reaches {:.0}% of the hashing limit and {:.0}% of the durable-write limit.",
+            f[0][0] / hash * 100.0,
+            f[0][0] / disk * 100.0
+        ));
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+async fn small_image_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, table: &mut Table) {
+    let mut f = [(0.0, 0.0); 2];
+    for (i, t) in targets.iter().enumerate() {
+        eprintln!("{}: {} small images...", t.label, sizes.images);
+        f[i] = small_images(t, sizes.images).await;
+    }
+    let n = sizes.images;
+    table.add(
+        format!("small-image push, {n} images, concurrency 8"),
+        "images/s",
+        true,
+        [f[0].0, f[1].0],
+    );
+    table.add(
+        format!("small-image pull, {n} images, concurrency 8"),
+        "images/s",
+        true,
+        [f[0].1, f[1].1],
+    );
+}
+
+/// Manifest GET (wrk) and HEAD under 32 connections, medians of `runs`, and peak memory.
+async fn manifest_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, table: &mut Table) {
+    let mut f = [[0.0; 6]; 2];
+    let mut gets = [vec![], vec![]];
+    let mut heads = [vec![], vec![]];
+    for t in targets {
+        let (c, l, m) = image(0);
+        put_blob(t, "load/app", c).await;
+        put_blob(t, "load/app", l).await;
+        put_manifest(t, "load/app", "v0", m).await;
+        reset_peak(t).await;
+    }
+    // Runs alternate between the registries (see blob_rows).
+    for run in 0..sizes.runs {
+        for (i, t) in targets.iter().enumerate() {
+            eprintln!(
+                "{}: manifest GET/HEAD under load, run {}...",
+                t.label,
+                run + 1
+            );
+            let url = format!("{}/v2/load/app/manifests/v0", t.base);
+            gets[i].push(wrk(t, "GET", &url, sizes.wrk_seconds));
+            heads[i].push(load(t, reqwest::Method::HEAD, &url, sizes.wrk_seconds).await);
+        }
+    }
+    for (i, t) in targets.iter().enumerate() {
+        f[i][5] = rss_kib(t.pid, "VmHWM:") / 1024.0;
+        // The run with the median rate gives the latencies, so that they belong together.
+        gets[i].sort_by(|a, b| a.0.total_cmp(&b.0));
+        heads[i].sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (g, h) = (gets[i][gets[i].len() / 2], heads[i][heads[i].len() / 2]);
+        f[i][..5].copy_from_slice(&[g.0, g.1, g.2, h.0, h.2]);
+    }
+    let col = |k: usize| [f[0][k], f[1][k]];
+    table.add("manifest GET, wrk 32 connections", "req/s", true, col(0));
+    table.add("manifest GET p50", "ms", false, col(1));
+    table.add("manifest GET p99", "ms", false, col(2));
+    table.add("manifest HEAD, 32 connections", "req/s", true, col(3));
+    table.add("manifest HEAD p99", "ms", false, col(4));
+    table.add("peak RSS under load", "MiB", false, col(5));
+}
+
+/// Tag list of one repository with many tags, and a catalog page among many repositories.
+async fn listing_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, table: &mut Table) {
+    let mut f = [[0.0; 2]; 2];
+    for (i, t) in targets.iter().enumerate() {
+        eprintln!(
+            "{}: {} tags and {} repositories...",
+            t.label, sizes.tags, sizes.repos
+        );
+        let (c, l, m) = image(0);
+        put_blob(t, "many/tags", c).await;
+        put_blob(t, "many/tags", l).await;
+        let tp = t.clone();
+        concurrently(sizes.tags, 16, move |i| {
+            let (t, m) = (tp.clone(), m.clone());
+            async move { put_manifest(&t, "many/tags", &format!("t{i:06}"), m).await }
+        })
+        .await;
+        let tp = t.clone();
+        concurrently(sizes.repos, 16, move |i| {
+            let t = tp.clone();
+            async move { put_blob(&t, &format!("many/repo{i:06}"), Bytes::from_static(b"r")).await }
+        })
+        .await;
+        f[i][0] = latency(t, "/v2/many/tags/tags/list", 20).await.0;
+        f[i][1] = latency(t, "/v2/_catalog?n=1000", 20).await.0;
+    }
+    table.add(
+        format!("tag list of {} tags, p50", sizes.tags),
+        "ms",
+        false,
+        [f[0][0], f[1][0]],
+    );
+    table.add(
+        format!(
+            "catalog page of 1000 (of {}+ repositories), p50",
+            sizes.repos
+        ),
+        "ms",
+        false,
+        [f[0][1], f[1][1]],
+    );
+}
+
+/// A distinct manifest per `i`, over one config and one layer, in one of 100 repositories.
+fn growth_manifest(i: usize) -> (String, Bytes) {
+    let (c, l, _) = image(0);
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&c), "size": c.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(&l), "size": l.len() }],
+        "annotations": { "n": i.to_string() },
+    }))
+    .expect("manifest");
+    (format!("growth/r{:02}", i % 100), Bytes::from(m))
+}
+
+/// The same operations timed with the registry holding `growth[0]` and then `growth[1]`
+/// manifests: how each registry's cost grows with its size.
+async fn growth_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, table: &mut Table) {
+    let levels = sizes.growth;
+    // [target][level] = (GET p50, PUT p50, load rate)
+    let mut f = [[(0.0, 0.0, 0.0); 2]; 2];
+    for (i, t) in targets.iter().enumerate() {
+        let (c, l, _) = image(0);
+        for r in 0..100 {
+            put_blob(t, &format!("growth/r{r:02}"), c.clone()).await;
+            put_blob(t, &format!("growth/r{r:02}"), l.clone()).await;
+        }
+        let mut have = 0;
+        for (k, &level) in levels.iter().enumerate() {
+            eprintln!("{}: growing to {level} manifests...", t.label);
+            let tp = t.clone();
+            let rate = concurrently(level - have, 32, move |j| {
+                let t = tp.clone();
+                async move {
+                    let n = have + j;
+                    let (repo, m) = growth_manifest(n);
+                    put_manifest(&t, &repo, &format!("t{n}"), m).await
+                }
+            })
+            .await;
+            have = level;
+            // Tags spread over the whole registry, the same ones at both sizes.
+            let get = timed(300, |j| {
+                let n = (j * 7919) % levels[0];
+                let (repo, _) = growth_manifest(n);
+                async move { get_ok(t, &format!("/v2/{repo}/manifests/t{n}")).await }
+            })
+            .await
+            .0;
+            let put = timed(100, |j| {
+                let (repo, m) = growth_manifest(levels[1] + k * 1000 + j);
+                async move { put_manifest(t, &repo, &format!("p{k}-{j}"), m).await }
+            })
+            .await
+            .0;
+            f[i][k] = (get, put, rate);
+        }
+    }
+    let [a, b] = levels;
+    for (k, level) in levels.iter().enumerate() {
+        table.add(
+            format!("manifest GET p50 at {level} manifests"),
+            "ms",
+            false,
+            [f[0][k].0, f[1][k].0],
+        );
+        table.add(
+            format!("manifest PUT p50 at {level} manifests"),
+            "ms",
+            false,
+            [f[0][k].1, f[1][k].1],
+        );
+    }
+    table.add(
+        format!("manifest GET p50 growth, {a} to {b} manifests"),
+        "x",
+        false,
+        [f[0][1].0 / f[0][0].0, f[1][1].0 / f[1][0].0],
+    );
+    table.add(
+        format!("manifest PUT p50 growth, {a} to {b} manifests"),
+        "x",
+        false,
+        [f[0][1].1 / f[0][0].1, f[1][1].1 / f[1][0].1],
+    );
+    table.add(
+        format!("manifest push rate from {a} to {b}, concurrency 32"),
+        "req/s",
+        true,
+        [f[0][1].2, f[1][1].2],
+    );
+}
+
+fn machine() -> (usize, f64) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1048576.0;
+    (cores, mem)
+}
+
+const GROUPS: [&str; 5] = ["blob", "small", "manifest", "listing", "growth"];
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--full");
+    let only: Vec<String> = arg(&args, "--only")
+        .map(|o| o.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| GROUPS.iter().map(|g| g.to_string()).collect());
+    if let Some(bad) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        eprintln!(
+            "wharf-bench: unknown scenario group {bad:?}; the groups are {}",
+            GROUPS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let sizes = if full {
         Sizes {
-            blob: 1 << 30,
+            blobs: vec![256 << 20, 1 << 30],
             images: 1000,
             tags: 10_000,
             repos: 10_000,
-            wrk_seconds: 15,
+            wrk_seconds: 10,
+            growth: [1_000, 100_000],
+            runs: 3,
         }
     } else {
         Sizes {
-            blob: 256 << 20,
+            blobs: vec![256 << 20],
             images: 300,
             tags: 2_000,
             repos: 2_000,
-            wrk_seconds: 5,
+            wrk_seconds: 3,
+            growth: [1_000, 5_000],
+            runs: 3,
         }
     };
     let wharf_auth = arg(&args, "--wharf-auth");
@@ -507,212 +903,39 @@ async fn main() {
     let out_path = PathBuf::from(required(&args, "--out"));
     let commit = arg(&args, "--commit").unwrap_or_default();
 
+    let mut table = Table::default();
     // Before any request: the servers as they start.
-    let at_start: Vec<f64> = targets
-        .iter()
-        .map(|t| rss_kib(t.pid, "VmRSS:") / 1024.0)
-        .collect();
-
-    let blob_path = work.join("blob.bin");
-    eprintln!("preparing a {} MiB test file...", sizes.blob >> 20);
-    let digest = make_file(&blob_path, sizes.blob);
-    let limit = hashing_limit(&blob_path, sizes.blob);
-    let mut rows: Vec<Row> = Vec::new();
-    let mut both = |scenario: String, unit: &'static str, higher: bool, w: f64, r: f64| {
-        rows.push(Row {
-            scenario,
-            unit,
-            wharf: w,
-            reference: r,
-            higher_is_better: higher,
-        });
-    };
-    let mb = sizes.blob >> 20;
-    both(
-        "resident memory idle at start".into(),
+    let rss = |k: usize| rss_kib(targets[k].pid, "VmRSS:") / 1024.0;
+    table.add(
+        "resident memory idle at start",
         "MiB",
         false,
-        at_start[0],
-        at_start[1],
+        [rss(0), rss(1)],
     );
-
-    let mut figures: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
-    for (i, t) in targets.iter().enumerate() {
-        eprintln!("{}: blob push and pull...", t.label);
-        reset_peak(t.pid);
-        let mono = push_blob(t, "bench/mono", &blob_path, sizes.blob, &digest, None).await;
-        let peak_push = rss_kib(t.pid, "VmHWM:") / 1024.0;
-        let chunked = push_blob(
-            t,
-            "bench/chunked",
-            &blob_path,
-            sizes.blob,
-            &digest,
-            Some(16 << 20),
-        )
-        .await;
-        reset_peak(t.pid);
-        let pull = pull_blob(t, "bench/mono", &digest, sizes.blob).await;
-        let peak_pull = rss_kib(t.pid, "VmHWM:") / 1024.0;
-        figures[i].extend([mono, chunked, pull, peak_push, peak_pull]);
+    let wanted = |g: &str| only.iter().any(|o| o == g);
+    if wanted("blob") {
+        blob_rows(&targets, &sizes, &work, &mut table).await;
     }
-    both(
-        format!("blob push {mb} MiB, monolithic"),
-        "MiB/s",
-        true,
-        figures[0][0],
-        figures[1][0],
-    );
-    both(
-        format!("blob push {mb} MiB, 16 MiB chunks"),
-        "MiB/s",
-        true,
-        figures[0][1],
-        figures[1][1],
-    );
-    both(
-        format!("blob pull {mb} MiB"),
-        "MiB/s",
-        true,
-        figures[0][2],
-        figures[1][2],
-    );
-    both(
-        format!("peak RSS during {mb} MiB push"),
+    if wanted("small") {
+        small_image_rows(&targets, &sizes, &mut table).await;
+    }
+    if wanted("manifest") {
+        manifest_rows(&targets, &sizes, &mut table).await;
+    }
+    if wanted("listing") {
+        listing_rows(&targets, &sizes, &mut table).await;
+    }
+    if wanted("growth") {
+        growth_rows(&targets, &sizes, &mut table).await;
+    }
+    table.add(
+        "resident memory after the run",
         "MiB",
         false,
-        figures[0][3],
-        figures[1][3],
-    );
-    both(
-        format!("peak RSS during {mb} MiB pull"),
-        "MiB",
-        false,
-        figures[0][4],
-        figures[1][4],
+        [rss(0), rss(1)],
     );
 
-    let mut small = Vec::new();
-    for t in &targets {
-        eprintln!("{}: {} small images...", t.label, sizes.images);
-        small.push(small_images(t, sizes.images).await);
-    }
-    both(
-        format!("small-image push, {} images, concurrency 8", sizes.images),
-        "images/s",
-        true,
-        small[0].0,
-        small[1].0,
-    );
-    both(
-        format!("small-image pull, {} images, concurrency 8", sizes.images),
-        "images/s",
-        true,
-        small[0].1,
-        small[1].1,
-    );
-
-    let mut manifest_figs = Vec::new();
-    for t in &targets {
-        eprintln!("{}: manifest GET/HEAD under wrk...", t.label);
-        reset_peak(t.pid);
-        let url = format!("{}/v2/small/app0/manifests/v0", t.base);
-        let get = wrk(t, "GET", &url, sizes.wrk_seconds);
-        let head = load(t, reqwest::Method::HEAD, &url, sizes.wrk_seconds).await;
-        let peak = rss_kib(t.pid, "VmHWM:") / 1024.0;
-        manifest_figs.push((get, head, peak));
-    }
-    let (w, r) = (&manifest_figs[0], &manifest_figs[1]);
-    both(
-        "manifest GET, wrk 32 connections".into(),
-        "req/s",
-        true,
-        w.0 .0,
-        r.0 .0,
-    );
-    both("manifest GET p50".into(), "ms", false, w.0 .1, r.0 .1);
-    both("manifest GET p99".into(), "ms", false, w.0 .2, r.0 .2);
-    both(
-        "manifest HEAD, 32 connections".into(),
-        "req/s",
-        true,
-        w.1 .0,
-        r.1 .0,
-    );
-    both("manifest HEAD p99".into(), "ms", false, w.1 .2, r.1 .2);
-    both("peak RSS under wrk".into(), "MiB", false, w.2, r.2);
-
-    let mut listing = Vec::new();
-    for t in &targets {
-        eprintln!(
-            "{}: {} tags and {} repositories...",
-            t.label, sizes.tags, sizes.repos
-        );
-        let (c, l, m) = image(0);
-        put_blob(t, "many/tags", c).await;
-        put_blob(t, "many/tags", l).await;
-        let tp = t.clone();
-        concurrently(sizes.tags, move |i| {
-            let (t, m) = (tp.clone(), m.clone());
-            async move { put_manifest(&t, "many/tags", &format!("t{i:06}"), m).await }
-        })
-        .await;
-        let tp = t.clone();
-        concurrently(sizes.repos, move |i| {
-            let t = tp.clone();
-            async move { put_blob(&t, &format!("many/repo{i:06}"), Bytes::from_static(b"r")).await }
-        })
-        .await;
-        let tags = latency(t, "/v2/many/tags/tags/list", 20).await;
-        let catalog = latency(t, "/v2/_catalog?n=1000", 20).await;
-        listing.push((tags, catalog));
-    }
-    both(
-        format!("tag list of {} tags, p50", sizes.tags),
-        "ms",
-        false,
-        listing[0].0 .0,
-        listing[1].0 .0,
-    );
-    both(
-        format!(
-            "catalog page of 1000 (of {}+ repositories), p50",
-            sizes.repos
-        ),
-        "ms",
-        false,
-        listing[0].1 .0,
-        listing[1].1 .0,
-    );
-    for t in &targets {
-        let idle = rss_kib(t.pid, "VmRSS:") / 1024.0;
-        figures.push(vec![idle]);
-    }
-    both(
-        "resident memory after the run".into(),
-        "MiB",
-        false,
-        figures[2][0],
-        figures[3][0],
-    );
-
-    // The table.
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<f64>()
-                    .unwrap_or(0.0)
-                    / 1048576.0
-            })
-        })
-        .unwrap_or(0.0);
+    let (cores, mem) = machine();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -720,7 +943,19 @@ async fn main() {
         .unwrap_or_default();
     let mut md = String::new();
     let _ = writeln!(md, "# wharf benchmark results\n");
-    let _ = writeln!(md, "- date: {date}\n- machine: {cores} cores, {mem:.0} GiB\n- wharf commit: {commit}\n- mode: {}\n- reference: CNCF distribution (Debian docker-registry 2.8.2), filesystem storage\n- hashing limit on this machine (openssl dgst -sha256, {mb} MiB): {limit:.0} MiB/s\n", if full { "full" } else { "quick" });
+    let _ = writeln!(
+        md,
+        "- date: {date}\n- machine: {cores} cores, {mem:.0} GiB\n- wharf commit: {commit}\n\
+         - mode: {}{}\n- reference: CNCF distribution (Debian docker-registry 2.8.2), filesystem \
+         storage\n- throughput and load rows: median of {} runs\n",
+        if full { "full" } else { "quick" },
+        if only.len() < GROUPS.len() {
+            format!(" (only {})", only.join(", "))
+        } else {
+            String::new()
+        },
+        sizes.runs
+    );
     let _ = writeln!(
         md,
         "Ratio: how many times better wharf is (above 1: wharf ahead).\n"
@@ -729,10 +964,10 @@ async fn main() {
         md,
         "| scenario | unit | wharf | reference | ratio |\n|---|---|---:|---:|---:|"
     );
-    for r in &rows {
+    for r in &table.rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} |",
             r.scenario,
             r.unit,
             r.wharf,
@@ -740,15 +975,9 @@ async fn main() {
             r.ratio()
         );
     }
-    let push_share = rows
-        .iter()
-        .find(|r| r.scenario.starts_with("blob push") && r.scenario.ends_with("monolithic"))
-        .map_or(0.0, |r| r.wharf / limit * 100.0);
-    let _ = writeln!(
-        md,
-        "\nwharf monolithic push reaches {push_share:.0}% of the hashing limit."
-    );
+    for n in &table.notes {
+        let _ = writeln!(md, "\n{n}");
+    }
     println!("{md}");
     std::fs::write(&out_path, md).expect("write results");
-    let _: Option<Value> = None;
 }

@@ -439,3 +439,44 @@ async fn vulnerability_imports_are_idempotent_and_incremental() {
     }
     finish(stores).await;
 }
+
+#[tokio::test]
+async fn audit_batches_keep_every_entry_in_order() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let a = m.ensure_registry("alpha", "eu").await.unwrap();
+        let gone = m.ensure_registry("gone", "eu").await.unwrap();
+        // 250 entries cross the 100-row statements; those of a deleted registry are dropped.
+        let entries: Vec<crate::OwnedAuditEntry> = (0..250)
+            .map(|i| crate::OwnedAuditEntry {
+                actor: format!("token:{i}"),
+                action: "pull".into(),
+                registry_id: if i % 10 == 9 { gone.id } else { a.id },
+                repository: Some(format!("app{i}")),
+                digest: (i % 2 == 0).then(|| format!("sha256:{i:064}")),
+                detail: None,
+            })
+            .collect();
+        m.delete_registry("gone").await.unwrap();
+        m.audit_batch(&entries).await.unwrap();
+        let (records, more) = m.list_audit(Some("alpha"), None, 1000).await.unwrap();
+        assert!(!more);
+        let want: Vec<_> = entries.iter().filter(|e| e.registry_id == a.id).collect();
+        assert_eq!(records.len(), want.len());
+        // Newest first: the last entry queued has the highest id.
+        for (r, e) in records.iter().rev().zip(&want) {
+            assert_eq!(r.actor, e.actor);
+            assert_eq!(r.registry.as_deref(), Some("alpha"));
+            assert_eq!(r.repository, e.repository);
+            assert_eq!(r.digest, e.digest);
+        }
+        assert!(m
+            .list_audit(Some("gone"), None, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty());
+    }
+    finish(stores).await;
+}

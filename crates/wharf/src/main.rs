@@ -132,8 +132,8 @@ fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -128,11 +128,21 @@ pub(crate) async fn check_secret(
         token.id,
         Sha256::digest(format!("{}\0{secret}", token.secret_hash)).into(),
     );
-    let cached = {
+    let cached = || {
         let cache = state.verified.lock().unwrap_or_else(|e| e.into_inner());
         cache.get(&key).is_some_and(|t| t.elapsed() < VERIFIED_TTL)
     };
-    if !cached {
+    if cached() {
+        return Ok(token);
+    }
+    let _one_check = state.secret_checks.lock(&format!("{key:?}")).await;
+    // Another request may have checked the same secret while this one waited.
+    if !cached() {
+        let _permit = state
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal("hashing limiter closed", e))?;
         let (secret, hash) = (secret.to_string(), token.secret_hash.clone());
         let ok = tokio::task::spawn_blocking(move || verify_token_secret(&secret, &hash))
             .await

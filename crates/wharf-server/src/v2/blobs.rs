@@ -122,7 +122,7 @@ pub(super) async fn delete(repo: &Repo<'_>, digest: &str) -> Result<Response> {
             json!({ "digest": digest.as_str() }),
         ));
     }
-    repo.audit("blob.delete", Some(digest.as_str()), None);
+    repo.audit("blob.delete", Some(digest.as_str()), None).await;
     Ok(super::accepted())
 }
 

@@ -115,7 +115,8 @@ pub(super) async fn get(
         ));
     }
     if !head {
-        repo.audit("manifest.pull", Some(&manifest.digest), None);
+        repo.audit("manifest.pull", Some(&manifest.digest), None)
+            .await;
     }
     let len = manifest.content.len();
     let body = if head {
@@ -190,7 +191,8 @@ pub(super) async fn put(
         "manifest.push",
         Some(digest.as_str()),
         tag.map(|t| serde_json::json!({ "tag": t }).to_string()),
-    );
+    )
+    .await;
 
     let mut resp = Response::builder()
         .status(StatusCode::CREATED)
@@ -225,12 +227,15 @@ pub(super) async fn delete(repo: &Repo<'_>, reference: &str) -> Result<Response>
         return Err(unknown(&reference));
     }
     match &reference {
-        Reference::Tag(t) => repo.audit(
-            "tag.delete",
-            None,
-            Some(serde_json::json!({ "tag": t.as_str() }).to_string()),
-        ),
-        Reference::Digest(d) => repo.audit("manifest.delete", Some(d.as_str()), None),
+        Reference::Tag(t) => {
+            repo.audit(
+                "tag.delete",
+                None,
+                Some(serde_json::json!({ "tag": t.as_str() }).to_string()),
+            )
+            .await
+        }
+        Reference::Digest(d) => repo.audit("manifest.delete", Some(d.as_str()), None).await,
     }
     Ok(super::accepted())
 }

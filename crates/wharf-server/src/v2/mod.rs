@@ -34,8 +34,8 @@ pub(crate) struct Repo<'a> {
 }
 
 impl Repo<'_> {
-    /// Queues a push, pull or delete for the audit log without holding up the response.
-    fn audit(&self, action: &'static str, digest: Option<&str>, detail: Option<String>) {
+    /// Queues a push, pull or delete for the audit log; waits only while the queue is full.
+    async fn audit(&self, action: &'static str, digest: Option<&str>, detail: Option<String>) {
         let entry = wharf_meta::OwnedAuditEntry {
             actor: self.caller.actor(),
             action: action.to_string(),
@@ -44,7 +44,7 @@ impl Repo<'_> {
             digest: digest.map(String::from),
             detail,
         };
-        if self.state.audit_queue.send(entry).is_err() {
+        if self.state.audit_queue.send(entry).await.is_err() {
             tracing::error!(action, "audit writer stopped; entry lost");
         }
     }

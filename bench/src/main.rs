@@ -342,24 +342,9 @@ async fn small_images(t: &Arc<Target>, n: usize) -> (f64, f64) {
         async move {
             let (c, l, _) = image(i);
             let repo = format!("small/app{}", i % 50);
-            let r = t
-                .client
-                .get(format!("{}/v2/{repo}/manifests/v{i}", t.base))
-                .header("accept", "application/vnd.oci.image.manifest.v1+json")
-                .send()
-                .await
-                .expect("get");
-            assert_eq!(r.status(), StatusCode::OK);
-            let _ = r.bytes().await;
+            get_ok(&t, &format!("/v2/{repo}/manifests/v{i}")).await;
             for d in [sha(&c), sha(&l)] {
-                let r = t
-                    .client
-                    .get(format!("{}/v2/{repo}/blobs/{d}", t.base))
-                    .send()
-                    .await
-                    .expect("blob");
-                assert_eq!(r.status(), StatusCode::OK);
-                let _ = r.bytes().await;
+                get_ok(&t, &format!("/v2/{repo}/blobs/{d}")).await;
             }
         }
     })
@@ -379,10 +364,10 @@ where
         op(i).await;
         ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    (ms[n / 2], ms[(n * 99 / 100).min(n - 1)])
+    percentiles(&mut ms)
 }
 
+/// A GET that must answer 200 (manifests are asked for as OCI), body read and dropped.
 async fn get_ok(t: &Target, path: &str) {
     let r = t
         .client
@@ -478,19 +463,24 @@ async fn load(
     if all.is_empty() {
         return (0.0, 0.0, 0.0);
     }
-    all.sort_by(|a, b| a.total_cmp(b));
-    let n = all.len();
-    (
-        n as f64 / seconds as f64,
-        all[n / 2],
-        all[(n * 99 / 100).min(n - 1)],
-    )
+    let (p50, p99) = percentiles(&mut all);
+    (all.len() as f64 / seconds as f64, p50, p99)
+}
+
+/// The median and 99th percentile of some figures (0 for none).
+fn percentiles(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |i: usize| {
+        v.get(i.min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    (at(v.len() / 2), at(v.len() * 99 / 100))
 }
 
 /// The median of some figures.
 fn middle(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    percentiles(v).0
 }
 
 /// The median of `runs` figures from `f`.

@@ -2,7 +2,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// One async lock per key (an upload id, a secret being checked), so requests on the same key
-/// run one at a time while different keys proceed in parallel. Entries vanish when no request holds them.
+/// run one at a time while different keys proceed in parallel. Entries vanish when no request
+/// holds them.
 #[derive(Default)]
 pub struct KeyedLocks {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,

@@ -141,9 +141,12 @@ async fn sync_dir(path: &Path) -> Result<()> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))
+    joined(tokio::task::spawn_blocking(f)).await
+}
+
+/// The outcome of blocking file work; a task that panicked counts as an I/O error.
+async fn joined<T>(task: JoinHandle<io::Result<T>>) -> io::Result<T> {
+    task.await.unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// Asks the kernel to start writing a file range back to disk without waiting for it. Only a
@@ -226,7 +229,7 @@ impl Appender {
     /// Waits for the batch in flight, if any.
     async fn wait(&mut self) -> io::Result<()> {
         match self.pending.take() {
-            Some(h) => h.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+            Some(task) => joined(task).await,
             None => Ok(()),
         }
     }

@@ -125,8 +125,8 @@ fn check_reference(reference: &str, json: bool) -> Result<(), String> {
 ///   fixed threshold keeps every block of 4 MiB or more in its own mapping, returned on free.
 /// - Fixing that threshold also fixes the trim threshold at 128 KiB, so every freed blob buffer
 ///   at the top of a heap went back to the kernel and the next one was faulted in afresh, page
-///   by page: blob pulls ran at 60% of their speed. Up to 8 MiB free may stay per heap.
-/// - At most 4 heaps (glibc's default is 8 per core), which bounds what the two above retain.
+///   by page: blob pulls ran at 60% of their speed. Up to 2 MiB free may stay per heap.
+/// - At most 2 heaps (glibc's default is 8 per core), which bounds what the two above retain.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.

@@ -53,6 +53,12 @@ fn out_of_order(repo: &Repo<'_>, id: &str, size: u64, why: String) -> ApiError {
         .header(header::HeaderName::from_static("docker-upload-uuid"), id)
 }
 
+/// Another request (on this node or another) moved the upload on while this one ran.
+fn changed_meanwhile(repo: &Repo<'_>, upload: &Upload) -> ApiError {
+    let why = "the upload changed during this request".to_string();
+    out_of_order(repo, &upload.id, upload.size as u64, why)
+}
+
 /// Parses `Content-Range: <start>-<end>` (also with a `bytes ` or `bytes=` unit).
 fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
@@ -91,10 +97,9 @@ async fn discard(repo: &Repo<'_>, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Appends a request body to an upload: in order, of the announced length, or not at all.
-/// Appends the request body to the upload. With `record`, the new size is recorded at once (a
-/// PATCH); without it (a PUT or single-request POST), [`finish`] closes the session in the same
-/// transaction that publishes the blob.
+/// Appends a request body to an upload: in order, of the announced length, or not at all. With
+/// `record`, the new size is recorded at once (a PATCH); without it (a PUT or single-request
+/// POST), [`finish`] closes the session in the same transaction that publishes the blob.
 async fn append(
     repo: &Repo<'_>,
     upload: &Upload,
@@ -152,12 +157,7 @@ async fn append(
             .advance_upload(&upload.id, offset as i64, size as i64)
             .await?
     {
-        return Err(out_of_order(
-            repo,
-            &upload.id,
-            offset,
-            "the upload changed during this request".to_string(),
-        ));
+        return Err(changed_meanwhile(repo, upload));
     }
     Ok(size)
 }
@@ -186,12 +186,7 @@ async fn finish(repo: &Repo<'_>, upload: &Upload, size: u64, digest: &Digest) ->
         )
         .await?;
     if !closed {
-        return Err(out_of_order(
-            repo,
-            id,
-            upload.size as u64,
-            "the upload changed during this request".to_string(),
-        ));
+        return Err(changed_meanwhile(repo, upload));
     }
     Ok(created_response(repo, digest))
 }

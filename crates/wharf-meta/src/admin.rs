@@ -193,47 +193,51 @@ pub struct OwnedAuditEntry {
 impl Meta {
     /// Writes queued entries in one transaction (one commit, one fsync), naming each entry's
     /// registry as it stands; entries of registries deleted meanwhile are dropped.
-    pub async fn audit_batch(&self, entries: &[OwnedAuditEntry]) -> Result<()> {
-        /// Rows per statement: one multi-row INSERT costs about what one single-row INSERT does
-        /// through sqlx, and a pull-heavy load queues thousands of entries a second.
-        const ROWS: usize = 100;
-        let now = now_millis();
-        let mut tx = self.write.begin().await?;
-        for chunk in entries.chunks(ROWS) {
-            // VALUES columns are named column1.. on both SQLite and PostgreSQL. The eighth is
-            // the entry's place in the batch: SQLite otherwise inserted a chunk in reverse.
-            let mut sql = String::from(
-                "INSERT INTO audit_log (at, actor, action, registry, repository, digest, detail) \
+    pub async fn audit_batch(&self, entries: Vec<OwnedAuditEntry>) -> Result<()> {
+        self.transaction(move |tx| Box::pin(insert_audit(tx, entries)))
+            .await
+    }
+}
+
+/// The body of [`Meta::audit_batch`], inside its transaction.
+async fn insert_audit(tx: &mut sqlx::AnyConnection, entries: Vec<OwnedAuditEntry>) -> Result<()> {
+    /// Rows per statement: one multi-row INSERT costs about what one single-row INSERT does
+    /// through sqlx, and a pull-heavy load queues thousands of entries a second.
+    const ROWS: usize = 100;
+    let now = now_millis();
+    for chunk in entries.chunks(ROWS) {
+        // VALUES columns are named column1.. on both SQLite and PostgreSQL. The eighth is
+        // the entry's place in the batch: SQLite otherwise inserted a chunk in reverse.
+        let mut sql = String::from(
+            "INSERT INTO audit_log (at, actor, action, registry, repository, digest, detail) \
                  SELECT v.column1, v.column2, v.column3, \
                  (SELECT name FROM registries WHERE id = v.column4), v.column5, v.column6, \
                  v.column7 FROM (VALUES ",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let params: Vec<String> = (1..=8).map(|k| format!("${}", i * 8 + k)).collect();
-                sql.push_str(&format!("({})", params.join(", ")));
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
             }
-            sql.push_str(
-                ") AS v WHERE EXISTS (SELECT 1 FROM registries WHERE id = v.column4) \
-                 ORDER BY v.column8",
-            );
-            let mut q = sqlx::query(&sql);
-            for (i, e) in chunk.iter().enumerate() {
-                q = q
-                    .bind(now)
-                    .bind(&e.actor)
-                    .bind(&e.action)
-                    .bind(e.registry_id)
-                    .bind(e.repository.as_deref())
-                    .bind(e.digest.as_deref())
-                    .bind(e.detail.as_deref())
-                    .bind(i as i64);
-            }
-            q.execute(&mut *tx).await?;
+            let params: Vec<String> = (1..=8).map(|k| format!("${}", i * 8 + k)).collect();
+            sql.push_str(&format!("({})", params.join(", ")));
         }
-        tx.commit().await?;
-        Ok(())
+        sql.push_str(
+            ") AS v WHERE EXISTS (SELECT 1 FROM registries WHERE id = v.column4) \
+                 ORDER BY v.column8",
+        );
+        let mut q = sqlx::query(&sql);
+        for (i, e) in chunk.iter().enumerate() {
+            q = q
+                .bind(now)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(e.registry_id)
+                .bind(e.repository.as_deref())
+                .bind(e.digest.as_deref())
+                .bind(e.detail.as_deref())
+                .bind(i as i64);
+        }
+        q.execute(&mut *tx).await?;
     }
+    Ok(())
 }

@@ -1,9 +1,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::{Any, AnyPool, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{MetaError, Result};
 
@@ -24,6 +26,8 @@ pub struct Meta {
     // lock contention into queueing instead of SQLITE_BUSY errors. On PostgreSQL it is the same
     // pool as `read`.
     pub(crate) write: AnyPool,
+    /// SQLite only: the group committer behind [`Meta::transaction`].
+    group: Option<mpsc::Sender<Job>>,
     backend: Backend,
 }
 
@@ -67,6 +71,7 @@ impl Meta {
                 let read = pool(8).connect_with(options).await?;
                 Meta {
                     read,
+                    group: Some(group_committer(write.clone())),
                     write,
                     backend,
                 }
@@ -81,6 +86,7 @@ impl Meta {
                 Meta {
                     read: pool.clone(),
                     write: pool,
+                    group: None,
                     backend,
                 }
             }
@@ -98,8 +104,111 @@ impl Meta {
         Ok(())
     }
 
+    /// Runs `work` in a transaction of its own: its changes land together once they are
+    /// durable, or not at all when it fails. On SQLite, where every commit waits for its own
+    /// fsync and writers queue behind one connection, concurrent transactions are committed in
+    /// groups: each runs in a savepoint of one shared transaction, and one durable commit
+    /// answers them all (nothing is visible before that commit). PostgreSQL groups concurrent
+    /// commits' WAL flushes by itself.
+    pub(crate) async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let Some(group) = &self.group else {
+            let mut tx = self.write.begin().await?;
+            let value = work(&mut tx).await?;
+            tx.commit().await?;
+            return Ok(value);
+        };
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut AnyConnection| {
+            Box::pin(async move {
+                let (clean, outcome) = in_savepoint(conn, work).await;
+                let deliver: Deliver =
+                    Box::new(move |committed: std::result::Result<(), String>| {
+                        let _ = reply.send(committed.map_err(MetaError::Commit).and(outcome));
+                    });
+                (clean, deliver)
+            })
+        });
+        group.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
     }
+}
+
+/// One transaction's work for the group committer. It runs its work in a savepoint and
+/// returns whether the savepoint was closed cleanly, and how to answer its caller once the
+/// group's commit has succeeded or failed.
+type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+/// Transactions waiting beyond this many start the next group.
+const GROUP_LIMIT: usize = 64;
+
+fn stopped() -> MetaError {
+    MetaError::Commit("the database writer is unavailable (see the server log)".into())
+}
+
+/// `work` inside a savepoint of the open transaction: released when it succeeds, rolled back
+/// (leaving the rest of the group untouched) when it fails. The flag is false when the
+/// savepoint itself could not be opened or closed: the work's changes may then still be in the
+/// shared transaction, which must not be committed.
+async fn in_savepoint<T, F>(conn: &mut AnyConnection, work: F) -> (bool, Result<T>)
+where
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>>,
+{
+    let mut savepoint = match conn.begin().await {
+        Ok(s) => s,
+        Err(e) => return (false, Err(e.into())),
+    };
+    match work(&mut savepoint).await {
+        Ok(value) => match savepoint.commit().await {
+            Ok(()) => (true, Ok(value)),
+            Err(e) => (false, Err(e.into())),
+        },
+        Err(e) => (savepoint.rollback().await.is_ok(), Err(e)),
+    }
+}
+
+/// Starts the task that commits SQLite transactions in groups: whatever has queued while the
+/// previous group was committing goes into the next one.
+fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
+    let (sender, mut queue) = mpsc::channel::<Job>(GROUP_LIMIT * 4);
+    tokio::spawn(async move {
+        let mut jobs = Vec::with_capacity(GROUP_LIMIT);
+        while queue.recv_many(&mut jobs, GROUP_LIMIT).await > 0 {
+            let mut delivers = Vec::with_capacity(jobs.len());
+            let committed = async {
+                let mut conn = write.acquire().await.map_err(|e| e.to_string())?;
+                let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+                let mut clean = true;
+                for job in jobs.drain(..) {
+                    let (ok, deliver) = job(&mut tx).await;
+                    clean &= ok;
+                    delivers.push(deliver);
+                }
+                if clean {
+                    tx.commit().await.map_err(|e| e.to_string())
+                } else {
+                    let _ = tx.rollback().await;
+                    Err("a savepoint could not be closed; the group was rolled back".to_string())
+                }
+            }
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "group commit failed"));
+            // Jobs never run (no connection, or BEGIN failed) drop their replies: their callers
+            // get `stopped()`, the cause is in the log line above.
+            jobs.clear();
+            for deliver in delivers {
+                deliver(committed.clone());
+            }
+        }
+    });
+    sender
 }

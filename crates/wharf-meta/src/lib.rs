@@ -29,6 +29,8 @@ pub enum MetaError {
     UnsupportedUrl(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("database commit failed: {0}")]
+    Commit(String),
     #[error("manifest references content missing from the repository: {}", .0.join(", "))]
     MissingReferences(Vec<String>),
 }

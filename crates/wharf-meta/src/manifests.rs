@@ -5,16 +5,16 @@ use crate::{now_millis, Meta, MetaError, Result};
 
 /// A manifest ready to be stored, with what it references already extracted.
 #[derive(Debug, Clone)]
-pub struct NewManifest<'a> {
-    pub digest: &'a str,
-    pub media_type: &'a str,
-    pub artifact_type: Option<&'a str>,
-    pub subject: Option<&'a str>,
+pub struct NewManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject: Option<String>,
     /// The manifest's annotations as a JSON object, for the referrers API.
     pub annotations: Option<String>,
-    pub content: &'a [u8],
-    pub blobs: Vec<&'a str>,
-    pub manifests: Vec<&'a str>,
+    pub content: Vec<u8>,
+    pub blobs: Vec<String>,
+    pub manifests: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,101 +82,15 @@ impl Meta {
         &self,
         registry_id: i64,
         repository: &str,
-        manifest: &NewManifest<'_>,
+        manifest: NewManifest,
         tag: Option<&str>,
     ) -> Result<()> {
-        let now = now_millis();
-        let mut tx = self.write.begin().await?;
-        let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
-
-        let mut missing = Vec::new();
-        for digest in &manifest.blobs {
-            let found = sqlx::query(
-                "SELECT 1 AS found FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
-            )
-            .bind(repo_id)
-            .bind(*digest)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if found.is_none() {
-                missing.push(digest.to_string());
-            }
-        }
-        for digest in &manifest.manifests {
-            let found = sqlx::query(
-                "SELECT 1 AS found FROM manifests WHERE repository_id = $1 AND digest = $2",
-            )
-            .bind(repo_id)
-            .bind(*digest)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if found.is_none() {
-                missing.push(digest.to_string());
-            }
-        }
-        if !missing.is_empty() {
-            missing.dedup();
-            return Err(MetaError::MissingReferences(missing));
-        }
-
-        let inserted = sqlx::query(
-            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, \
-             annotations, size, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (repository_id, digest) DO NOTHING",
-        )
-        .bind(repo_id)
-        .bind(manifest.digest)
-        .bind(manifest.media_type)
-        .bind(manifest.artifact_type)
-        .bind(manifest.subject)
-        .bind(manifest.annotations.as_deref())
-        .bind(manifest.content.len() as i64)
-        .bind(manifest.content)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let manifest_id: i64 =
-            sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
-                .bind(repo_id)
-                .bind(manifest.digest)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("id")?;
-        if inserted {
-            let refs = manifest
-                .blobs
-                .iter()
-                .map(|d| ("blob", *d))
-                .chain(manifest.manifests.iter().map(|d| ("manifest", *d)));
-            for (kind, digest) in refs {
-                sqlx::query(
-                    "INSERT INTO manifest_references (manifest_id, digest, kind) VALUES ($1, $2, $3) \
-                     ON CONFLICT (manifest_id, kind, digest) DO NOTHING",
-                )
-                .bind(manifest_id)
-                .bind(digest)
-                .bind(kind)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if let Some(tag) = tag {
-            sqlx::query(
-                "INSERT INTO tags (repository_id, name, manifest_id, updated_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, name) \
-                 DO UPDATE SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at",
-            )
-            .bind(repo_id)
-            .bind(tag)
-            .bind(manifest_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let repository = repository.to_string();
+        let tag = tag.map(str::to_string);
+        self.transaction(move |conn| {
+            Box::pin(store_manifest(conn, registry_id, repository, manifest, tag))
+        })
+        .await
     }
 
     pub async fn manifest_by_tag(
@@ -319,4 +233,104 @@ fn stored_manifest(r: sqlx::any::AnyRow) -> Result<StoredManifest> {
         media_type: r.try_get("media_type")?,
         content: r.try_get("content")?,
     })
+}
+
+/// The body of [`Meta::put_manifest`], inside its transaction.
+async fn store_manifest(
+    tx: &mut sqlx::AnyConnection,
+    registry_id: i64,
+    repository: String,
+    manifest: NewManifest,
+    tag: Option<String>,
+) -> Result<()> {
+    let now = now_millis();
+    let repo_id = ensure_repository(tx, registry_id, &repository).await?;
+
+    let mut missing = Vec::new();
+    for digest in &manifest.blobs {
+        let found = sqlx::query(
+            "SELECT 1 AS found FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            missing.push(digest.to_string());
+        }
+    }
+    for digest in &manifest.manifests {
+        let found = sqlx::query(
+            "SELECT 1 AS found FROM manifests WHERE repository_id = $1 AND digest = $2",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            missing.push(digest.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        missing.dedup();
+        return Err(MetaError::MissingReferences(missing));
+    }
+
+    let inserted = sqlx::query(
+        "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, \
+             annotations, size, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+    )
+    .bind(repo_id)
+    .bind(&manifest.digest)
+    .bind(&manifest.media_type)
+    .bind(&manifest.artifact_type)
+    .bind(&manifest.subject)
+    .bind(manifest.annotations.as_deref())
+    .bind(manifest.content.len() as i64)
+    .bind(&manifest.content)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let manifest_id: i64 =
+        sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(&manifest.digest)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+    if inserted {
+        let refs = manifest
+            .blobs
+            .iter()
+            .map(|d| ("blob", d.as_str()))
+            .chain(manifest.manifests.iter().map(|d| ("manifest", d.as_str())));
+        for (kind, digest) in refs {
+            sqlx::query(
+                "INSERT INTO manifest_references (manifest_id, digest, kind) VALUES ($1, $2, $3) \
+                     ON CONFLICT (manifest_id, kind, digest) DO NOTHING",
+            )
+            .bind(manifest_id)
+            .bind(digest)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    if let Some(tag) = tag {
+        sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_id, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, name) \
+                 DO UPDATE SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(manifest_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }

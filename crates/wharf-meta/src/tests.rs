@@ -49,15 +49,15 @@ fn digest(n: u8) -> String {
     format!("sha256:{}", format!("{n:02x}").repeat(32))
 }
 
-fn manifest<'a>(d: &'a str, blobs: Vec<&'a str>, subject: Option<&'a str>) -> NewManifest<'a> {
+fn manifest(d: &str, blobs: Vec<&str>, subject: Option<&str>) -> NewManifest {
     NewManifest {
-        digest: d,
-        media_type: "application/vnd.oci.image.manifest.v1+json",
-        artifact_type: Some("application/vnd.example"),
-        subject,
+        digest: d.into(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        artifact_type: Some("application/vnd.example".into()),
+        subject: subject.map(str::to_string),
         annotations: Some(r#"{"k":"v"}"#.into()),
-        content: b"{}",
-        blobs,
+        content: b"{}".to_vec(),
+        blobs: blobs.into_iter().map(str::to_string).collect(),
         manifests: vec![],
     }
 }
@@ -155,7 +155,7 @@ async fn manifests_need_their_references_and_tags_list_in_order() {
         let r = m.ensure_registry("default", "eu").await.unwrap();
         let (layer, d1, d2) = (digest(1), digest(2), digest(3));
         let missing = m
-            .put_manifest(r.id, "app", &manifest(&d1, vec![&layer], None), Some("v1"))
+            .put_manifest(r.id, "app", manifest(&d1, vec![&layer], None), Some("v1"))
             .await;
         match missing {
             Err(MetaError::MissingReferences(d)) => assert_eq!(d, vec![layer.clone()]),
@@ -166,7 +166,7 @@ async fn manifests_need_their_references_and_tags_list_in_order() {
 
         m.commit_blob(r.id, "app", &layer, 5, None).await.unwrap();
         for tag in ["b", "a", "C", "c"] {
-            m.put_manifest(r.id, "app", &manifest(&d1, vec![&layer], None), Some(tag))
+            m.put_manifest(r.id, "app", manifest(&d1, vec![&layer], None), Some(tag))
                 .await
                 .unwrap();
         }
@@ -189,7 +189,7 @@ async fn manifests_need_their_references_and_tags_list_in_order() {
         assert_eq!(got.content, b"{}");
 
         // A referrer, then its listing with and without the artifact type filter.
-        m.put_manifest(r.id, "app", &manifest(&d2, vec![&layer], Some(&d1)), None)
+        m.put_manifest(r.id, "app", manifest(&d2, vec![&layer], Some(&d1)), None)
             .await
             .unwrap();
         let refs = m.referrers(r.id, "app", &d1, None).await.unwrap();
@@ -245,7 +245,7 @@ async fn registries_count_usage_and_delete_frees_unshared_blobs() {
         m.put_manifest(
             a.id,
             "app",
-            &manifest(&digest(3), vec![&shared, &only_a], None),
+            manifest(&digest(3), vec![&shared, &only_a], None),
             Some("v1"),
         )
         .await
@@ -459,7 +459,7 @@ async fn audit_batches_keep_every_entry_in_order() {
             })
             .collect();
         m.delete_registry("gone").await.unwrap();
-        m.audit_batch(&entries).await.unwrap();
+        m.audit_batch(entries.clone()).await.unwrap();
         let (records, more) = m.list_audit(Some("alpha"), None, 1000).await.unwrap();
         assert!(!more);
         let want: Vec<_> = entries.iter().filter(|e| e.registry_id == a.id).collect();
@@ -477,6 +477,74 @@ async fn audit_batches_keep_every_entry_in_order() {
             .unwrap()
             .0
             .is_empty());
+    }
+    finish(stores).await;
+}
+
+/// Many writers at once: on SQLite their transactions are committed in groups, each in a
+/// savepoint. A refused one (missing references) must leave nothing behind, not even the
+/// repository it created, while its neighbours in the same group land whole.
+#[tokio::test]
+async fn concurrent_writes_land_or_fail_each_on_their_own() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("default", "eu").await.unwrap();
+        let writes = (0..48u8).map(|i| {
+            let m = m.clone();
+            async move {
+                let repo = format!("app{i}");
+                let layer = digest(i);
+                // Every third image never gets its layer: its manifest must be refused.
+                if i % 3 != 0 {
+                    let id = format!("up{i}");
+                    m.create_upload(r.id, &repo, &id).await.unwrap();
+                    assert!(m
+                        .commit_blob(r.id, &repo, &layer, 7, Some((&id, 0)))
+                        .await
+                        .unwrap());
+                }
+                let d = digest(i.wrapping_add(100));
+                m.put_manifest(r.id, &repo, manifest(&d, vec![&layer], None), Some("v1"))
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(writes).await;
+        for (i, result) in results.into_iter().enumerate() {
+            match (i % 3, result) {
+                (0, Err(MetaError::MissingReferences(d))) => assert_eq!(d, vec![digest(i as u8)]),
+                (0, other) => panic!("app{i}: expected missing references, got {other:?}"),
+                (_, other) => other.unwrap_or_else(|e| panic!("app{i}: {e}")),
+            }
+        }
+        let mut landed = Vec::new();
+        let mut last = None;
+        loop {
+            let page = m
+                .list_repositories(r.id, last.as_deref(), 100)
+                .await
+                .unwrap();
+            landed.extend(page.items.iter().cloned());
+            if !page.more {
+                break;
+            }
+            last = page.items.last().cloned();
+        }
+        let mut expected: Vec<String> = (0..48)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("app{i}"))
+            .collect();
+        expected.sort();
+        assert_eq!(landed, expected);
+        for i in (0..48u8).filter(|i| i % 3 != 0) {
+            let got = m
+                .manifest_by_tag(r.id, &format!("app{i}"), "v1")
+                .await
+                .unwrap();
+            assert_eq!(got.map(|g| g.digest), Some(digest(i + 100)), "app{i}");
+        }
+        // Upload sessions closed by their blob's commit are gone.
+        assert!(m.get_upload(r.id, "app1", "up1").await.unwrap().is_none());
     }
     finish(stores).await;
 }

@@ -20,18 +20,24 @@ pub struct Upload {
 
 impl Meta {
     pub async fn create_upload(&self, registry_id: i64, repository: &str, id: &str) -> Result<()> {
-        let now = now_millis();
-        sqlx::query(
-            "INSERT INTO uploads (id, registry_id, repository, size, created_at, updated_at) \
-             VALUES ($1, $2, $3, 0, $4, $4)",
-        )
-        .bind(id)
-        .bind(registry_id)
-        .bind(repository)
-        .bind(now)
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        let (repository, id) = (repository.to_string(), id.to_string());
+        self.transaction(move |conn| {
+            Box::pin(async move {
+                let now = now_millis();
+                sqlx::query(
+                    "INSERT INTO uploads (id, registry_id, repository, size, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 0, $4, $4)",
+                )
+                .bind(id)
+                .bind(registry_id)
+                .bind(repository)
+                .bind(now)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// The upload `id` if it belongs to this registry and repository.
@@ -63,16 +69,22 @@ impl Meta {
     /// Records that the upload grew from `from` to `to` bytes. Returns false when another
     /// request moved it first (the caller's view was stale).
     pub async fn advance_upload(&self, id: &str, from: i64, to: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
-        )
-        .bind(to)
-        .bind(now_millis())
-        .bind(id)
-        .bind(from)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let id = id.to_string();
+        self.transaction(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
+                )
+                .bind(to)
+                .bind(now_millis())
+                .bind(id)
+                .bind(from)
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+        })
+        .await
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool> {
@@ -96,31 +108,36 @@ impl Meta {
         size: i64,
         upload: Option<(&str, i64)>,
     ) -> Result<bool> {
-        let now = now_millis();
-        let mut tx = self.write.begin().await?;
-        if let Some((id, recorded)) = upload {
-            let closed = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
-                .bind(id)
-                .bind(recorded)
-                .execute(&mut *tx)
+        let (repository, digest) = (repository.to_string(), digest.to_string());
+        let upload = upload.map(|(id, recorded)| (id.to_string(), recorded));
+        self.transaction(move |conn| {
+            Box::pin(async move {
+                let now = now_millis();
+                if let Some((id, recorded)) = upload {
+                    let closed = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
+                        .bind(id)
+                        .bind(recorded)
+                        .execute(&mut *conn)
+                        .await?;
+                    if closed.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (digest) DO NOTHING",
+                )
+                .bind(&digest)
+                .bind(size)
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-            if closed.rows_affected() != 1 {
-                return Ok(false);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(digest)
-        .bind(size)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
-        link_blob(&mut tx, repo_id, digest, now).await?;
-        tx.commit().await?;
-        Ok(true)
+                let repo_id = ensure_repository(conn, registry_id, &repository).await?;
+                link_blob(conn, repo_id, &digest, now).await?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     /// The size of `digest` if the repository links it.

@@ -236,10 +236,10 @@ async fn write_audit(
 ) {
     let mut batch = Vec::new();
     while queued.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
-        if let Err(e) = meta.audit_batch(&batch).await {
-            tracing::error!(error = %e, entries = batch.len(), "audit log write failed");
+        let entries = batch.len();
+        if let Err(e) = meta.audit_batch(std::mem::take(&mut batch)).await {
+            tracing::error!(error = %e, entries, "audit log write failed");
         }
-        batch.clear();
     }
 }
 

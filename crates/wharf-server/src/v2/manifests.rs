@@ -161,31 +161,31 @@ pub(super) async fn put(
         Reference::Tag(t) => Some(t.as_str()),
         Reference::Digest(_) => None,
     };
-    let subject = manifest.subject.as_ref().map(|s| s.digest.as_str());
+    let subject = manifest.subject.as_ref().map(|s| s.digest.to_string());
     let annotations = manifest
         .annotations
         .as_ref()
         .map(|a| serde_json::to_string(a).unwrap_or_default());
     let new = NewManifest {
-        digest: digest.as_str(),
-        media_type: manifest.media_type,
-        artifact_type: manifest.artifact_type.as_deref(),
-        subject,
+        digest: digest.to_string(),
+        media_type: manifest.media_type.to_string(),
+        artifact_type: manifest.artifact_type.clone(),
+        subject: subject.clone(),
         annotations,
-        content: &content,
+        content: content.to_vec(),
         blobs: manifest
             .required_blobs()
-            .map(|d| d.digest.as_str())
+            .map(|d| d.digest.to_string())
             .collect(),
         manifests: manifest
             .required_manifests()
             .iter()
-            .map(|d| d.digest.as_str())
+            .map(|d| d.digest.to_string())
             .collect(),
     };
     repo.state
         .meta
-        .put_manifest(repo.registry_id, repo.name.as_str(), &new, tag)
+        .put_manifest(repo.registry_id, repo.name.as_str(), new, tag)
         .await?;
     repo.audit(
         "manifest.push",

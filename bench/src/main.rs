@@ -95,6 +95,25 @@ fn rss_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds; 0 if it is gone.
+fn cpu_secs(pid: u32) -> f64 {
+    /// Linux reports times in clock ticks of 1/100 s (USER_HZ) on every architecture it runs
+    /// this bench on.
+    const TICKS_PER_SEC: f64 = 100.0;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces:
+            // utime and stime are the 14th and 15th fields of the line, 12th and 13th here.
+            let rest = s.rsplit_once(')')?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let user: f64 = f.next()?.parse().ok()?;
+            let system: f64 = f.next()?.parse().ok()?;
+            Some((user + system) / TICKS_PER_SEC)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Resets a registry's peak RSS so that the next reading covers one scenario only. A request
 /// first makes sure that wharf's token is verified: the first use of a token (and the first
 /// after its minute in the cache) hashes the secret with argon2id, which takes 19 MiB for a
@@ -562,6 +581,10 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
         let repo = format!("bench/b{mb}");
         let mut runs = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
         let mut f = [[0.0f64; 5]; 2];
+        // CPU seconds each server and this client spent on the monolithic pushes, and each
+        // server on the pulls (the pull's client is curl).
+        let mut cpu = [[0.0f64; 3]; 2];
+        let me = std::process::id();
         for run in 0..sizes.runs {
             for (i, t) in targets.iter().enumerate() {
                 eprintln!(
@@ -570,12 +593,17 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
                     run + 1
                 );
                 reset_peak(t).await;
+                let (server, client) = (cpu_secs(t.pid), cpu_secs(me));
                 runs[i][0].push(push_blob(t, &repo, &path, size, &digest, None).await);
+                cpu[i][0] += cpu_secs(t.pid) - server;
+                cpu[i][1] += cpu_secs(me) - client;
                 f[i][3] = f[i][3].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
                 let chunk = Some(16 << 20);
                 runs[i][1].push(push_blob(t, &repo, &path, size, &digest, chunk).await);
                 reset_peak(t).await;
+                let server = cpu_secs(t.pid);
                 runs[i][2].push(pull_blob(t, &repo, &digest, size).await);
+                cpu[i][2] += cpu_secs(t.pid) - server;
                 f[i][4] = f[i][4].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
             }
         }
@@ -598,6 +626,21 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
             col(1),
         );
         table.add(format!("blob pull {mb} MiB"), "MiB/s", true, col(2));
+        // Per GiB moved, over all runs.
+        let per_gib = (sizes.runs as u64 * size) as f64 / (1u64 << 30) as f64;
+        let cpu_col = |k: usize| [cpu[0][k] / per_gib, cpu[1][k] / per_gib];
+        table.add(
+            format!("server CPU per GiB, {mb} MiB monolithic push"),
+            "s",
+            false,
+            cpu_col(0),
+        );
+        table.add(
+            format!("server CPU per GiB, {mb} MiB pull"),
+            "s",
+            false,
+            cpu_col(2),
+        );
         table.add(
             format!("peak RSS during {mb} MiB push"),
             "MiB",
@@ -610,12 +653,21 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
             false,
             col(4),
         );
+        // Server and client share this machine's cores: together they can move no more than
+        // cores / (CPU seconds per MiB of both).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpu_limit = cores * 1024.0 / ((cpu[0][0] + cpu[0][1]) / per_gib);
         table.notes.push(format!(
             "{mb} MiB: hashing limit (openssl dgst -sha256) {hash:.0} MiB/s, durable-write limit \
              (dd conv=fdatasync on the registries' disk) {disk:.0} MiB/s; wharf's monolithic push \
-             reaches {:.0}% of the hashing limit and {:.0}% of the durable-write limit.",
+             reaches {:.0}% of the hashing limit and {:.0}% of the durable-write limit. A push \
+             cost wharf {:.2} s and this client {:.2} s of CPU per GiB, so {cores:.0} cores could \
+             carry at most {cpu_limit:.0} MiB/s ({:.0}% of the hashing limit) even with no disk.",
             f[0][0] / hash * 100.0,
-            f[0][0] / disk * 100.0
+            f[0][0] / disk * 100.0,
+            cpu[0][0] / per_gib,
+            cpu[0][1] / per_gib,
+            cpu_limit / hash * 100.0
         ));
         let _ = std::fs::remove_file(&path);
     }

@@ -867,6 +867,23 @@ async fn openapi_document_holds_under_schemathesis() {
     );
 }
 
+/// A command whose reader has gone (`wharf ... | head -0`) ends quietly, as other tools do,
+/// instead of panicking on its first print.
+#[test]
+fn commands_end_quietly_when_their_reader_has_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["ref", "check", "alpha.wharf.test:5000/team/app:v1"])
+        .stdout(writer)
+        .output()
+        .expect("run wharf");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{err}");
+}
+
 #[test]
 fn ref_check_names_the_wrong_part() {
     let run = |r: &str| {

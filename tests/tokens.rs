@@ -772,6 +772,24 @@ async fn public_repositories_allow_anonymous_pull(b: Backend) {
             .status(),
         401
     );
+    // The catalog shows a token what it may pull: public repositories included.
+    let (name, secret) = s
+        .create_token(
+            "default",
+            "lister",
+            json!([{ "type": "registry" }, repo_scope("other/*", &["pull"])]),
+        )
+        .await
+        .unwrap();
+    let body: Value = basic_client(&name, &secret)
+        .get(s.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["repositories"], json!(["open/app"]));
     let listed: Value =
         serde_json::from_str(&cli_ok(&s, &["repo", "list", "default", "--json"])).unwrap();
     assert_eq!(

@@ -247,28 +247,26 @@ async fn store_manifest(
     let repo_id = ensure_repository(tx, registry_id, &repository).await?;
 
     let mut missing = Vec::new();
-    for digest in &manifest.blobs {
-        let found = sqlx::query(
+    let present = [
+        (
             "SELECT 1 AS found FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
-        )
-        .bind(repo_id)
-        .bind(digest.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if found.is_none() {
-            missing.push(digest.to_string());
-        }
-    }
-    for digest in &manifest.manifests {
-        let found = sqlx::query(
+            &manifest.blobs,
+        ),
+        (
             "SELECT 1 AS found FROM manifests WHERE repository_id = $1 AND digest = $2",
-        )
-        .bind(repo_id)
-        .bind(digest.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if found.is_none() {
-            missing.push(digest.to_string());
+            &manifest.manifests,
+        ),
+    ];
+    for (sql, digests) in present {
+        for digest in digests {
+            let found = sqlx::query(sql)
+                .bind(repo_id)
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                missing.push(digest.to_string());
+            }
         }
     }
     if !missing.is_empty() {

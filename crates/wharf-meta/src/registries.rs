@@ -213,22 +213,23 @@ impl Meta {
         Ok(Some(freed))
     }
 
-    /// Repository names of a registry in lexical order, after `last`, at most `limit`.
+    /// Repository names of a registry in lexical order, after `last`, at most `limit`; only
+    /// the public ones when `public_only`.
     pub async fn list_repositories(
         &self,
         registry_id: i64,
         last: Option<&str>,
         limit: i64,
+        public_only: bool,
     ) -> Result<ListPage> {
-        ListPage::fetch(
-            &self.read,
+        let sql = if public_only {
             "SELECT name FROM repositories WHERE registry_id = $1 AND name > $2 \
-             ORDER BY name LIMIT $3",
-            registry_id,
-            last,
-            limit,
-        )
-        .await
+             AND public <> 0 ORDER BY name LIMIT $3"
+        } else {
+            "SELECT name FROM repositories WHERE registry_id = $1 AND name > $2 \
+             ORDER BY name LIMIT $3"
+        };
+        ListPage::fetch(&self.read, sql, registry_id, last, limit).await
     }
 
     /// Repositories with their usage figures, in name order after `after`.

@@ -135,10 +135,10 @@ async fn blobs_are_visible_per_repository_and_registry() {
             Some(10)
         );
 
-        let page = m.list_repositories(a.id, None, 10).await.unwrap();
+        let page = m.list_repositories(a.id, None, 10, false).await.unwrap();
         assert_eq!(page.items, vec!["app", "copy"]);
         assert!(m
-            .list_repositories(b.id, None, 10)
+            .list_repositories(b.id, None, 10, false)
             .await
             .unwrap()
             .items
@@ -521,7 +521,7 @@ async fn concurrent_writes_land_or_fail_each_on_their_own() {
         let mut last = None;
         loop {
             let page = m
-                .list_repositories(r.id, last.as_deref(), 100)
+                .list_repositories(r.id, last.as_deref(), 100, false)
                 .await
                 .unwrap();
             landed.extend(page.items.iter().cloned());

@@ -140,9 +140,24 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Rust ignores SIGPIPE, so a command piped into `head` panicked on its next print. The
+/// admin commands take the default action back: they end quietly when the reader goes away,
+/// as other command-line tools do. The server keeps ignoring it (a client that hangs up must
+/// not stop it).
+fn quit_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quit_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Serve(args) => Config::load(args).and_then(serve),
         Command::Registry { conn, command } => admin::registry(conn, command),

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -92,13 +92,23 @@ pub(super) async fn catalog(
     'pages: while (items.len() as i64) < limit {
         let page = state
             .meta
-            .list_repositories(registry_id, cursor.as_deref(), limit)
+            .list_repositories(registry_id, cursor.as_deref(), limit, false)
             .await?;
+        // The public ones among this page, in one query, and only when the caller may not pull
+        // some of them: the page's public names all come after the same cursor, at most as many.
+        let public: HashSet<String> = if page.items.iter().all(|n| caller.can(n, Action::Pull)) {
+            HashSet::new()
+        } else {
+            let public = state
+                .meta
+                .list_repositories(registry_id, cursor.as_deref(), limit, true)
+                .await?;
+            public.items.into_iter().collect()
+        };
         let count = page.items.len();
         for (i, name) in page.items.into_iter().enumerate() {
             cursor = Some(name.clone());
-            let visible = caller.can(&name, Action::Pull)
-                || state.meta.repository_is_public(registry_id, &name).await?;
+            let visible = caller.can(&name, Action::Pull) || public.contains(&name);
             if visible {
                 items.push(name);
                 if items.len() as i64 == limit {

@@ -172,7 +172,6 @@ pub(super) async fn put(
         artifact_type: manifest.artifact_type.clone(),
         subject: subject.clone(),
         annotations,
-        content: content.to_vec(),
         blobs: manifest
             .required_blobs()
             .map(|d| d.digest.to_string())
@@ -182,6 +181,8 @@ pub(super) async fn put(
             .iter()
             .map(|d| d.digest.to_string())
             .collect(),
+        // Last: the parsed manifest borrows the body until the fields above are taken.
+        content,
     };
     repo.state
         .meta

@@ -335,6 +335,9 @@ async fn registry_rules_and_bad_input(b: Backend) {
     )
     .await;
     assert!(detail.contains("eu, us"), "{detail}");
+    // With several locations offered, one must be chosen.
+    let detail = expect_problem(create(json!({ "name": "gamma" })).await, 422).await;
+    assert!(detail.contains("choose one of: eu, us"), "{detail}");
     create(json!({ "name": "gamma", "location": "eu" })).await;
     expect_problem(
         create(json!({ "name": "gamma", "location": "eu" })).await,

@@ -595,23 +595,26 @@ async fn manifests_by_tag_and_digest(b: Backend) {
         "MANIFEST_UNKNOWN",
     )
     .await;
-    expect_error(
-        s.send(Method::GET, "/v2/img/manifests/sha256:totallywrong")
-            .await,
-        400,
-        "DIGEST_INVALID",
-    )
-    .await;
-    expect_error(
-        s.send(
-            Method::GET,
-            &format!("/v2/img/manifests/{}", "t".repeat(129)),
-        )
-        .await,
-        400,
-        "MANIFEST_INVALID",
-    )
-    .await;
+    // A reference that is neither a valid tag nor a valid digest names no manifest: GET and
+    // HEAD answer 404 (as the OCI conformance tests expect), a PUT with it is refused.
+    let long_tag = format!("/v2/img/manifests/{}", "t".repeat(129));
+    for path in [
+        "/v2/img/manifests/sha256:totallywrong",
+        "/v2/img/manifests/.INVALID_MANIFEST_NAME",
+        long_tag.as_str(),
+    ] {
+        expect_error(s.send(Method::GET, path).await, 404, "MANIFEST_UNKNOWN").await;
+        let r = s.send(Method::HEAD, path).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "HEAD {path}");
+    }
+    let r = s
+        .push_manifest("img", ".INVALID_MANIFEST_NAME", OCI_MANIFEST, &manifest)
+        .await;
+    expect_error(r, 400, "MANIFEST_INVALID").await;
+    let r = s
+        .push_manifest("img", "sha256:totallywrong", OCI_MANIFEST, &manifest)
+        .await;
+    expect_error(r, 400, "DIGEST_INVALID").await;
     expect_error(
         s.send(Method::GET, "/v2/unknown/manifests/v1").await,
         404,

@@ -95,7 +95,7 @@ async fn login_with_real_clients(b: Backend) {
     assert!(secret.starts_with("wrt_"));
     assert!(
         out.contains(&format!(
-            "docker login default.localhost:{} -u ci-push --password-stdin",
+            "docker login 127.0.0.1:{} -u ci-push --password-stdin",
             s.port
         )),
         "{out}"
@@ -455,17 +455,48 @@ async fn revocation_and_expiry_apply_at_once(b: Backend) {
     }
     assert_eq!(pull_basic().await.unwrap().status(), 403);
     assert_eq!(pull_jwt().await.unwrap().status(), 403);
+    let add_pull_scope = || {
+        cli_ok(
+            &s,
+            &[
+                "token",
+                "scope",
+                "add",
+                "default",
+                "robot",
+                "repository:app:pull",
+            ],
+        )
+    };
+    add_pull_scope();
+    assert_eq!(pull_basic().await.unwrap().status(), 200);
+    // A scope can be removed as it was written, too; one the token lacks is named.
+    let err = common::cli_err(
+        &s,
+        Some(OWNER_KEY),
+        &[
+            "token",
+            "scope",
+            "remove",
+            "default",
+            "robot",
+            "repository:app:pull,push",
+        ],
+    );
+    assert!(err.contains("has no scope"), "{err}");
     cli_ok(
         &s,
         &[
             "token",
             "scope",
-            "add",
+            "remove",
             "default",
             "robot",
             "repository:app:pull",
         ],
     );
+    assert_eq!(pull_basic().await.unwrap().status(), 403);
+    add_pull_scope();
     assert_eq!(pull_basic().await.unwrap().status(), 200);
 
     cli_ok(&s, &["token", "delete", "default", "robot", "--yes"]);

@@ -13,6 +13,9 @@ pub struct Registry {
     /// The garbage-collection schedule as the API stores it (JSON), if any.
     pub gc_schedule: Option<String>,
     pub created_at: i64,
+    /// Requests per second each of its tokens may make; `None` takes the server's setting,
+    /// 0 is unlimited.
+    pub rate_limit: Option<i64>,
 }
 
 /// Usage figures of a registry.
@@ -43,7 +46,7 @@ pub struct RepositoryInfo {
     pub public: bool,
 }
 
-const REGISTRY_COLUMNS: &str = "id, name, location, scanning, gc_schedule, created_at";
+const REGISTRY_COLUMNS: &str = "id, name, location, scanning, gc_schedule, created_at, rate_limit";
 
 fn registry(r: &AnyRow) -> Result<Registry> {
     Ok(Registry {
@@ -53,6 +56,7 @@ fn registry(r: &AnyRow) -> Result<Registry> {
         scanning: r.try_get::<i64, _>("scanning")? != 0,
         gc_schedule: r.try_get("gc_schedule")?,
         created_at: r.try_get("created_at")?,
+        rate_limit: r.try_get("rate_limit")?,
     })
 }
 
@@ -148,12 +152,14 @@ impl Meta {
         })
     }
 
-    /// Switches scanning on and/or sets the GC schedule (`Some(None)` clears it).
+    /// Switches scanning on, sets the GC schedule and/or the rate limit (`Some(None)` clears
+    /// either).
     pub async fn update_registry(
         &self,
         id: i64,
         scanning: Option<bool>,
         gc_schedule: Option<Option<&str>>,
+        rate_limit: Option<Option<i64>>,
     ) -> Result<()> {
         if let Some(scanning) = scanning {
             sqlx::query("UPDATE registries SET scanning = $1 WHERE id = $2")
@@ -165,6 +171,13 @@ impl Meta {
         if let Some(schedule) = gc_schedule {
             sqlx::query("UPDATE registries SET gc_schedule = $1 WHERE id = $2")
                 .bind(schedule)
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+        }
+        if let Some(limit) = rate_limit {
+            sqlx::query("UPDATE registries SET rate_limit = $1 WHERE id = $2")
+                .bind(limit)
                 .bind(id)
                 .execute(&self.write)
                 .await?;

@@ -63,6 +63,80 @@ fn manifest(d: &str, blobs: Vec<&str>, subject: Option<&str>) -> NewManifest {
 }
 
 #[tokio::test]
+async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("alpha", "eu").await.unwrap();
+        assert!(m.create_upload(r.id, "app", "u1", 2).await.unwrap());
+        assert!(m.create_upload(r.id, "app", "u2", 2).await.unwrap());
+        assert!(
+            !m.create_upload(r.id, "app", "u3", 2).await.unwrap(),
+            "a third session passes a cap of two"
+        );
+        assert!(m.get_upload(r.id, "app", "u3").await.unwrap().is_none());
+        // The cap counts per repository.
+        assert!(m.create_upload(r.id, "other", "u4", 2).await.unwrap());
+
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let cutoff = crate::now_millis();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // A session that moved on after the cutoff is kept.
+        assert!(m.advance_upload("u2", 0, 5).await.unwrap());
+        let mut expired = m.expire_uploads(cutoff).await.unwrap();
+        expired.sort();
+        assert_eq!(expired, vec!["u1".to_string(), "u4".to_string()]);
+        assert!(m.expire_uploads(cutoff).await.unwrap().is_empty());
+        assert_eq!(
+            m.get_upload(r.id, "app", "u2").await.unwrap().unwrap().size,
+            5
+        );
+        assert!(m.create_upload(r.id, "app", "u5", 2).await.unwrap());
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
+async fn token_and_admin_key_ids_are_never_reused() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("alpha", "eu").await.unwrap();
+        let scope = ("repository", "app", "pull".to_string());
+        let first = m
+            .create_token(r.id, "first", "hash", None, std::slice::from_ref(&scope))
+            .await
+            .unwrap();
+        assert!(m.delete_token(first.id).await.unwrap());
+        let second = m
+            .create_token(r.id, "second", "hash", None, &[scope])
+            .await
+            .unwrap();
+        assert!(
+            second.id > first.id,
+            "a deleted token's id was handed out again"
+        );
+        assert!(m.token_by_id(first.id).await.unwrap().is_none());
+
+        let k1 = m
+            .create_admin_key("one", "h1", "wak_1", "registry:read", None)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM admin_keys WHERE id = $1")
+            .bind(k1.id)
+            .execute(&m.write)
+            .await
+            .unwrap();
+        let k2 = m
+            .create_admin_key("two", "h2", "wak_2", "registry:read", None)
+            .await
+            .unwrap();
+        assert!(k2.id > k1.id, "a deleted key's id was handed out again");
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
 async fn blobs_are_visible_per_repository_and_registry() {
     let stores = stores().await;
     for s in &stores {
@@ -70,7 +144,7 @@ async fn blobs_are_visible_per_repository_and_registry() {
         let a = m.ensure_registry("alpha", "eu").await.unwrap();
         let b = m.ensure_registry("beta", "eu").await.unwrap();
         assert_eq!(m.ensure_registry("alpha", "eu").await.unwrap().id, a.id);
-        m.create_upload(a.id, "app", "up1").await.unwrap();
+        assert!(m.create_upload(a.id, "app", "up1", 10).await.unwrap());
         assert!(m.advance_upload("up1", 0, 10).await.unwrap());
         assert!(
             !m.advance_upload("up1", 0, 20).await.unwrap(),
@@ -265,12 +339,13 @@ async fn registries_count_usage_and_delete_frees_unshared_blobs() {
         let (list, more) = m.list_registries(None, 1).await.unwrap();
         assert_eq!((list[0].name.as_str(), more), ("alpha", true));
 
-        m.update_registry(a.id, Some(true), Some(None))
+        m.update_registry(a.id, Some(true), Some(None), Some(Some(5)))
             .await
             .unwrap();
         let a2 = m.registry("alpha").await.unwrap().unwrap();
         assert!(a2.scanning);
         assert_eq!(a2.gc_schedule, None);
+        assert_eq!(a2.rate_limit, Some(5));
 
         let freed = m.delete_registry("alpha").await.unwrap().unwrap();
         assert_eq!(freed, vec![only_a.clone()]);
@@ -498,7 +573,7 @@ async fn concurrent_writes_land_or_fail_each_on_their_own() {
                 // Every third image never gets its layer: its manifest must be refused.
                 if i % 3 != 0 {
                     let id = format!("up{i}");
-                    m.create_upload(r.id, &repo, &id).await.unwrap();
+                    assert!(m.create_upload(r.id, &repo, &id, 10).await.unwrap());
                     assert!(m
                         .commit_blob(r.id, &repo, &layer, 7, Some((&id, 0)))
                         .await

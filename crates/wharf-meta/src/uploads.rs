@@ -19,11 +19,31 @@ pub struct Upload {
 }
 
 impl Meta {
-    pub async fn create_upload(&self, registry_id: i64, repository: &str, id: &str) -> Result<()> {
+    /// Opens an upload session unless the repository already has `max_open` of them; returns
+    /// whether it was opened. Concurrent opens on PostgreSQL may pass the cap by a few (each
+    /// counts before the others commit): it bounds what a client can hold, not an exact quota.
+    pub async fn create_upload(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        id: &str,
+        max_open: i64,
+    ) -> Result<bool> {
         let (repository, id) = (repository.to_string(), id.to_string());
         self.transaction(move |conn| {
             Box::pin(async move {
                 let now = now_millis();
+                let open: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM uploads WHERE registry_id = $1 AND repository = $2",
+                )
+                .bind(registry_id)
+                .bind(&repository)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("n")?;
+                if open >= max_open {
+                    return Ok(false);
+                }
                 sqlx::query(
                     "INSERT INTO uploads (id, registry_id, repository, size, created_at, updated_at) \
                      VALUES ($1, $2, $3, 0, $4, $4)",
@@ -34,10 +54,31 @@ impl Meta {
                 .bind(now)
                 .execute(conn)
                 .await?;
-                Ok(())
+                Ok(true)
             })
         })
         .await
+    }
+
+    /// Upload sessions open across all nodes.
+    pub async fn count_uploads(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM uploads")
+            .fetch_one(&self.read)
+            .await?
+            .try_get("n")?)
+    }
+
+    /// Closes every upload session untouched since `before` (milliseconds) and returns their
+    /// ids, whose bytes the caller removes. Each session is returned to exactly one caller, so
+    /// any number of nodes may run this at once.
+    pub async fn expire_uploads(&self, before: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("DELETE FROM uploads WHERE updated_at < $1 RETURNING id")
+            .bind(before)
+            .fetch_all(&self.write)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("id")?))
+            .collect()
     }
 
     /// The upload `id` if it belongs to this registry and repository.

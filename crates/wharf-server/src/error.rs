@@ -88,7 +88,10 @@ impl From<MetaError> for ApiError {
                     .collect();
                 err
             }
-            other => ApiError::internal("metadata store failed", other),
+            other => {
+                crate::metrics::database_error();
+                ApiError::internal("metadata store failed", other)
+            }
         }
     }
 }
@@ -112,7 +115,10 @@ impl From<StoreError> for ApiError {
                 json!({ "expected": expected, "actual": actual }),
             ),
             StoreError::Body(_) => ApiError::with_message(ErrorCode::BlobUploadInvalid, msg, None),
-            StoreError::Io(err) => ApiError::internal("content store failed", err),
+            StoreError::Io(err) => {
+                crate::metrics::storage_error();
+                ApiError::internal("content store failed", err)
+            }
         }
     }
 }

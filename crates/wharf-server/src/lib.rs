@@ -4,7 +4,10 @@
 mod api;
 mod error;
 mod locks;
+mod metrics;
+mod rate;
 mod route;
+mod serve;
 mod token_endpoint;
 mod v2;
 
@@ -22,6 +25,8 @@ use wharf_store::BlobStore;
 
 pub use api::openapi;
 pub use error::ApiError;
+pub use metrics::install as install_metrics;
+pub use serve::serve;
 
 /// How the server behaves, from its configuration.
 #[derive(Debug, Clone)]
@@ -36,6 +41,18 @@ pub struct Settings {
     pub locations: Vec<String>,
     /// Shortest lifetime a token may be created with, in seconds (an hour; tests lower it).
     pub min_token_lifetime_secs: i64,
+    /// The address clients reach wharf at, when it is not the one it listens on (a proxy).
+    pub public_url: Option<PublicUrl>,
+    /// The address wharf listens on.
+    pub listen: std::net::SocketAddr,
+    /// Longest wait for the next bytes of a request body before the request fails.
+    pub idle_timeout: std::time::Duration,
+    /// Upload sessions a repository may have open at once.
+    pub max_upload_sessions: i64,
+    /// Upload sessions untouched for this long are removed with their bytes.
+    pub upload_max_age: std::time::Duration,
+    /// Requests per second each token may make where its registry sets no limit; 0: no limit.
+    pub rate_limit: u32,
 }
 
 impl Default for Settings {
@@ -46,6 +63,114 @@ impl Default for Settings {
             default_registry: Some("default".to_string()),
             locations: vec!["default".to_string()],
             min_token_lifetime_secs: 3600,
+            public_url: None,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5000)),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_upload_sessions: 1000,
+            upload_max_age: std::time::Duration::from_secs(24 * 3600),
+            rate_limit: 0,
+        }
+    }
+}
+
+/// A `--public-url`: scheme, host and port, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    pub https: bool,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl PublicUrl {
+    /// Parses `http(s)://host[:port]` (a trailing `/` allowed); anything else is refused with
+    /// the reason.
+    pub fn parse(url: &str) -> Result<PublicUrl, String> {
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "public URL {url:?} must start with http:// or https://"
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "public URL {url:?} must be only scheme, host and port (no path or user)"
+            ));
+        }
+        let (host, port) = v2::split_host(rest);
+        let port = match port {
+            None if rest.ends_with(':') => {
+                return Err(format!("public URL {url:?} has an empty port"))
+            }
+            None => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("public URL {url:?}: port {p:?} is not 1-65535"))?,
+            ),
+        };
+        let valid_host = !host.is_empty()
+            && (host.parse::<std::net::IpAddr>().is_ok()
+                || host.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !valid_host {
+            return Err(format!(
+                "public URL {url:?}: {host:?} is not a host name or address"
+            ));
+        }
+        Ok(PublicUrl {
+            https,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl Settings {
+    /// Where clients reach `registry`, as `host[:port]` for `docker login` and image
+    /// references: the public URL where one is set; else the listen address for the default
+    /// registry (a `<name>.localhost` name does not resolve everywhere) and
+    /// `<name>.<base domain>` with the listen port for the others. `request_host` is the Host
+    /// the caller used, taken when wharf listens on every address (no one address to print).
+    pub fn registry_address(&self, registry: &str, request_host: Option<&str>) -> String {
+        let is_default = self.default_registry.as_deref() == Some(registry);
+        let with_port = |host: &str, port: Option<u16>| match port {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let bracketed = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        match &self.public_url {
+            Some(url) if is_default => with_port(&url.host, url.port),
+            Some(url) => with_port(&format!("{registry}.{}", self.base_domain), url.port),
+            None if is_default => match request_host {
+                Some(host) if self.listen.ip().is_unspecified() => host.to_string(),
+                _ => format!("{}:{}", bracketed(self.listen.ip()), self.listen.port()),
+            },
+            None => format!("{registry}.{}:{}", self.base_domain, self.listen.port()),
+        }
+    }
+
+    /// The token endpoint clients are sent to by a 401 from `registry`: on the same host the
+    /// client used (the endpoint tells registries apart by Host), with the public URL's scheme
+    /// and host where one is set.
+    pub(crate) fn realm(&self, registry: &str, request_host: &str) -> String {
+        match &self.public_url {
+            Some(url) => {
+                let scheme = if url.https { "https" } else { "http" };
+                format!(
+                    "{scheme}://{}/auth/token",
+                    self.registry_address(registry, None)
+                )
+            }
+            None => format!("http://{request_host}/auth/token"),
         }
     }
 }
@@ -54,6 +179,13 @@ impl Default for Settings {
 /// not recomputed on every request.
 type VerifiedSecrets =
     std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), std::time::Instant>>;
+
+/// What every `/v2/` request needs of its registry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RegistryRef {
+    pub id: i64,
+    pub rate_limit: Option<i64>,
+}
 
 pub struct AppState {
     pub meta: Meta,
@@ -72,7 +204,9 @@ pub struct AppState {
     pub(crate) upload_locks: locks::KeyedLocks,
     /// Registry name to id, briefly: every /v2/ request resolves its host to a registry.
     pub(crate) registry_ids:
-        std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+        std::sync::Mutex<std::collections::HashMap<String, (RegistryRef, std::time::Instant)>>,
+    /// Per-token request rates.
+    pub(crate) rate: rate::RateLimiter,
     /// Token records (state and scopes) by id, briefly: every authenticated request needs one.
     pub(crate) tokens: std::sync::Mutex<
         std::collections::HashMap<i64, (wharf_meta::TokenRecord, std::time::Instant)>,
@@ -81,6 +215,8 @@ pub struct AppState {
     /// writer falls behind, requests wait for room instead of the queue growing without end
     /// (unbounded, a minute of 12k pulls/s grew it to 650 MiB).
     pub(crate) audit_queue: tokio::sync::mpsc::Sender<wharf_meta::OwnedAuditEntry>,
+    /// Renders `/metrics`; `None` where no recorder was installed (then it answers 404).
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -90,12 +226,15 @@ impl AppState {
         store: Arc<dyn BlobStore>,
         settings: Settings,
         jwt_key: Vec<u8>,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         let (audit_queue, queued) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
         tokio::spawn(write_audit(meta.clone(), queued));
         AppState {
             audit_queue,
+            metrics,
             registry_ids: Default::default(),
+            rate: Default::default(),
             tokens: Default::default(),
             meta,
             store,
@@ -116,38 +255,70 @@ impl AppState {
     /// resolving here within this time (this node forgets it at once).
     const REGISTRY_ID_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-    /// The id of the registry named `name`, if it exists.
-    pub(crate) async fn registry_id(
+    /// The registry named `name`, if it exists: its id and rate limit, as of at most a second
+    /// ago.
+    pub(crate) async fn registry_ref(
         &self,
         name: &str,
-    ) -> Result<Option<i64>, wharf_meta::MetaError> {
+    ) -> Result<Option<RegistryRef>, wharf_meta::MetaError> {
         {
             let cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((id, at)) = cache.get(name) {
+            if let Some((r, at)) = cache.get(name) {
                 if at.elapsed() < Self::REGISTRY_ID_TTL {
-                    return Ok(Some(*id));
+                    return Ok(Some(*r));
                 }
             }
         }
-        let id = self.meta.registry(name).await?.map(|r| r.id);
+        let found = self.meta.registry(name).await?.map(|r| RegistryRef {
+            id: r.id,
+            rate_limit: r.rate_limit,
+        });
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
-        match id {
-            Some(id) => {
+        match found {
+            Some(r) => {
                 if cache.len() > 10_000 {
                     cache.clear();
                 }
-                cache.insert(name.to_string(), (id, std::time::Instant::now()));
+                cache.insert(name.to_string(), (r, std::time::Instant::now()));
             }
             None => {
                 cache.remove(name);
             }
         }
-        Ok(id)
+        Ok(found)
+    }
+
+    /// Admits one more request of a token under its registry's rate limit (the server's where
+    /// the registry sets none), or answers 429 with when to retry.
+    pub(crate) fn admit(&self, token_id: i64, registry: &RegistryRef) -> Result<(), ApiError> {
+        let per_second = match registry.rate_limit {
+            Some(limit) => u32::try_from(limit.max(0)).unwrap_or(u32::MAX),
+            None => self.settings.rate_limit,
+        };
+        self.rate
+            .check(token_id, per_second, Instant::now())
+            .map_err(|wait| {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                ::metrics::counter!("wharf_rate_limited_total").increment(1);
+                tracing::info!(token = token_id, per_second, "request refused: rate limit");
+                ApiError::with_message(
+                    wharf_oci::ErrorCode::TooManyRequests,
+                    format!(
+                        "this token may make {per_second} requests per second; retry in {secs} s"
+                    ),
+                    serde_json::json!({ "limit_per_second": per_second }),
+                )
+                .header(axum::http::header::RETRY_AFTER, &secs.max(1).to_string())
+            })
+    }
+
+    pub(crate) fn forget_registry_ref(&self, name: &str) {
+        let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(name);
     }
 
     pub(crate) fn forget_registry(&self, name: &str) {
-        let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
-        cache.remove(name);
+        self.forget_registry_ref(name);
         // Its tokens went with it.
         self.tokens
             .lock()
@@ -272,6 +443,35 @@ pub async fn expire_tokens(state: Arc<AppState>) {
     }
 }
 
+/// Removes upload sessions untouched for the configured age, with their bytes. Every node runs
+/// it; the database hands each expired session to one of them.
+pub async fn expire_uploads(state: Arc<AppState>) {
+    let age = state.settings.upload_max_age;
+    let every = (age / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let before = wharf_meta::now_millis().saturating_sub(age_ms);
+        match state.meta.expire_uploads(before).await {
+            Ok(ids) => {
+                for id in ids {
+                    match state.store.delete_upload(&id).await {
+                        Ok(()) => tracing::info!(upload = %id, "abandoned upload session removed"),
+                        Err(e) => {
+                            tracing::warn!(upload = %id, error = %e, "removing an abandoned upload's bytes failed")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring upload sessions failed"),
+        }
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let api = api::router(&state);
     Router::new()
@@ -285,10 +485,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(token_endpoint::token).post(token_endpoint::token),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::render))
         .route("/readyz", get(ready))
         // Blob bodies are streamed to storage, never collected, so no body limit applies here;
         // manifests are read with their own limit.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

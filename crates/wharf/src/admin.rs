@@ -29,9 +29,10 @@ pub enum RegistryCommand {
     /// Create a registry.
     Create {
         name: String,
-        /// Location, one of those the server offers (fixed for the registry's life).
+        /// Location, one of those the server offers (fixed for the registry's life); may be
+        /// left out when the server offers only one.
         #[arg(long)]
-        location: String,
+        location: Option<String>,
         /// Scan pushed images for vulnerabilities (cannot be switched off later).
         #[arg(long)]
         scanning: bool,
@@ -53,6 +54,10 @@ pub enum RegistryCommand {
         /// Remove the garbage-collection schedule.
         #[arg(long, conflicts_with_all = ["gc_weekdays", "gc_time", "gc_cron"])]
         gc_off: bool,
+        /// Requests per second each token may make (0: no limit), or `default` for the
+        /// server's setting.
+        #[arg(long, value_parser = rate_limit)]
+        rate_limit: Option<RateLimit>,
     },
     /// Delete a registry with all its repositories, tokens and data (irreversible).
     Delete {
@@ -61,6 +66,21 @@ pub enum RegistryCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RateLimit {
+    PerSecond(u32),
+    ServerDefault,
+}
+
+fn rate_limit(s: &str) -> Result<RateLimit, String> {
+    match s {
+        "default" => Ok(RateLimit::ServerDefault),
+        n => n.parse().map(RateLimit::PerSecond).map_err(|_| {
+            format!("{n:?} is neither a number of requests per second nor \"default\"")
+        }),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +122,9 @@ pub enum TokenCommand {
         /// Expiry from now, e.g. 30d or 12h.
         #[arg(long)]
         expires_in: Option<String>,
+        /// Print only the secret, for scripts: SECRET=$(wharf token create ... --quiet).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// List the tokens of a registry.
     List { registry: String },
@@ -134,12 +157,29 @@ pub enum ScopeCommand {
         name: String,
         scope: String,
     },
-    /// Remove a scope by its id (see `wharf token show`).
+    /// Remove a scope: by its id (see `wharf token show`) or as written when added.
     Remove {
         registry: String,
         name: String,
-        id: i64,
+        /// A scope id, `registry` or `repository:<name or pattern>:<actions>`.
+        scope: String,
     },
+}
+
+/// The id of the token's scope that grants what `wanted` (a scope object) says.
+fn find_scope(token: &Value, wanted: &Value) -> Option<i64> {
+    let actions = |v: &Value| {
+        let mut a: Vec<String> = v.as_array()?.iter().map(text).collect();
+        a.sort();
+        Some(a)
+    };
+    token["scopes"].as_array()?.iter().find_map(|s| {
+        let same = s["type"] == wanted["type"]
+            && (wanted["type"] == "registry"
+                || (s["path"] == wanted["path"]
+                    && actions(&s["actions"]) == actions(&wanted["actions"])));
+        same.then(|| s["id"].as_i64()).flatten()
+    })
 }
 
 /// Parses `registry` or `repository:<path>:<actions>` into the API's scope object.
@@ -205,6 +245,7 @@ pub fn token(conn: Connection, cmd: TokenCommand) -> Result<(), String> {
             scopes,
             expires_at,
             expires_in,
+            quiet,
         } => {
             let scopes = scopes
                 .iter()
@@ -227,6 +268,10 @@ pub fn token(conn: Connection, cmd: TokenCommand) -> Result<(), String> {
                 body["expires_at"] = json!(e);
             }
             let r = client.call(Method::POST, &base(&registry), Some(body))?;
+            if quiet {
+                println!("{}", text(&r["secret"]));
+                return Ok(());
+            }
             client.print(&r, |r| {
                 println!("created token {} in registry {registry}", text(&r["name"]));
                 println!("secret (shown once; store it now): {}", text(&r["secret"]));
@@ -311,8 +356,27 @@ pub fn token(conn: Connection, cmd: TokenCommand) -> Result<(), String> {
             });
         }
         TokenCommand::Scope {
-            command: ScopeCommand::Remove { registry, name, id },
+            command:
+                ScopeCommand::Remove {
+                    registry,
+                    name,
+                    scope,
+                },
         } => {
+            let id = match scope.parse::<i64>() {
+                Ok(id) => id,
+                Err(_) => {
+                    let wanted = scope_json(&scope)?;
+                    let token = client.call(
+                        Method::GET,
+                        &format!("{}/{}", base(&registry), encode(&name)),
+                        None,
+                    )?;
+                    find_scope(&token, &wanted).ok_or_else(|| {
+                        format!("token {name} has no scope {scope:?}; see wharf token show {registry} {name}")
+                    })?
+                }
+            };
             client.call(
                 Method::DELETE,
                 &format!("{}/{}/scopes/{id}", base(&registry), encode(&name)),
@@ -594,13 +658,18 @@ fn registry_rows(items: &[Value]) -> Vec<Vec<String>> {
                 bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
                 if r["scanning"] == true { "on" } else { "off" }.to_string(),
                 schedule_text(&r["gc_schedule"]),
+                match r["rate_limit"].as_i64() {
+                    None => "default".to_string(),
+                    Some(0) => "none".to_string(),
+                    Some(n) => format!("{n}/s"),
+                },
                 text(&r["created_at"]),
             ]
         })
         .collect()
 }
 
-const REGISTRY_HEADERS: [&str; 9] = [
+const REGISTRY_HEADERS: [&str; 10] = [
     "NAME",
     "LOCATION",
     "HOSTNAME",
@@ -609,6 +678,7 @@ const REGISTRY_HEADERS: [&str; 9] = [
     "STORAGE",
     "SCANNING",
     "GC",
+    "RATE LIMIT",
     "CREATED",
 ];
 
@@ -641,7 +711,10 @@ pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
             scanning,
             gc,
         } => {
-            let mut body = json!({ "name": name, "location": location, "scanning": scanning });
+            let mut body = json!({ "name": name, "scanning": scanning });
+            if let Some(location) = location {
+                body["location"] = json!(location);
+            }
             if let Some(s) = gc.schedule() {
                 body["gc_schedule"] = s;
             }
@@ -675,8 +748,14 @@ pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
             scanning,
             gc,
             gc_off,
+            rate_limit,
         } => {
             let mut body = json!({});
+            match rate_limit {
+                Some(RateLimit::PerSecond(n)) => body["rate_limit"] = json!(n),
+                Some(RateLimit::ServerDefault) => body["rate_limit"] = Value::Null,
+                None => {}
+            }
             if scanning {
                 body["scanning"] = json!(true);
             }

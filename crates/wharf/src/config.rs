@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use wharf_server::PublicUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +80,45 @@ pub struct ServeArgs {
     /// Shortest token lifetime in seconds; lowered only by tests [default: 3600].
     #[arg(long, env = "WHARF_MIN_TOKEN_LIFETIME", hide = true)]
     min_token_lifetime: Option<i64>,
+    /// Address clients reach wharf at, e.g. https://registry.example.com (behind a proxy)
+    /// [default: the listen address].
+    #[arg(long, env = "WHARF_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Longest wait for a request's headers, and for the next request on an idle connection
+    /// [default: 30s].
+    #[arg(long, env = "WHARF_HEADER_READ_TIMEOUT", value_parser = duration)]
+    header_read_timeout: Option<Duration>,
+    /// Longest wait for the next bytes of a request body [default: 60s].
+    #[arg(long, env = "WHARF_IDLE_TIMEOUT", value_parser = duration)]
+    idle_timeout: Option<Duration>,
+    /// Upload sessions a repository may have open at once [default: 1000].
+    #[arg(long, env = "WHARF_UPLOAD_MAX_SESSIONS")]
+    upload_max_sessions: Option<i64>,
+    /// Upload sessions untouched this long are removed with their data [default: 24h].
+    #[arg(long, env = "WHARF_UPLOAD_MAX_AGE", value_parser = duration)]
+    upload_max_age: Option<Duration>,
+    /// Requests per second each robot token may make, where its registry sets no limit;
+    /// 0 for none [default: 0].
+    #[arg(long, env = "WHARF_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+}
+
+/// A duration such as `30s`, `10m` or `24h`.
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 24h: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".to_string());
+    }
+    Ok(d)
+}
+
+/// Durations in the configuration file are written as in flags (`"30s"`).
+fn file_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => duration(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// The configuration file. Unknown keys are refused so that a typo is not silently ignored.
@@ -94,6 +135,15 @@ struct FileConfig {
     default_registry: Option<String>,
     locations: Option<Vec<String>>,
     min_token_lifetime: Option<i64>,
+    public_url: Option<String>,
+    #[serde(default, deserialize_with = "file_duration")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "file_duration")]
+    idle_timeout: Option<Duration>,
+    upload_max_sessions: Option<i64>,
+    #[serde(default, deserialize_with = "file_duration")]
+    upload_max_age: Option<Duration>,
+    rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +158,12 @@ pub struct Config {
     pub default_registry: Option<String>,
     pub locations: Vec<String>,
     pub min_token_lifetime_secs: i64,
+    pub public_url: Option<PublicUrl>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub upload_max_sessions: i64,
+    pub upload_max_age: Duration,
+    pub rate_limit: u32,
 }
 
 impl Config {
@@ -196,6 +252,29 @@ impl Config {
                 .or(file.min_token_lifetime)
                 .unwrap_or(3600)
                 .max(1),
+            public_url: match args.public_url.or(file.public_url) {
+                None => None,
+                Some(u) if u.is_empty() => None,
+                Some(u) => Some(PublicUrl::parse(&u)?),
+            },
+            header_read_timeout: args
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            idle_timeout: args
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+            upload_max_sessions: match args.upload_max_sessions.or(file.upload_max_sessions) {
+                None => 1000,
+                Some(n) if n >= 1 => n,
+                Some(n) => return Err(format!("upload_max_sessions must be at least 1, not {n}")),
+            },
+            upload_max_age: args
+                .upload_max_age
+                .or(file.upload_max_age)
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+            rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(0),
         })
     }
 }
@@ -232,6 +311,47 @@ mod tests {
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 5000)));
         assert_eq!(c.data_dir, PathBuf::from("./wharf-data"));
         assert!(c.delete_enabled);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.upload_max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(c.rate_limit, 0);
+        assert!(c.public_url.is_none());
+    }
+
+    #[test]
+    fn limits_and_public_url_from_a_file() {
+        let f = write(
+            "public_url = \"https://registry.example.com\"\nidle_timeout = \"2m\"\nupload_max_age = \"1h\"\nrate_limit = 20\n",
+        );
+        let c = Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.upload_max_age, Duration::from_secs(3600));
+        assert_eq!(c.rate_limit, 20);
+        let url = c.public_url.unwrap();
+        assert!(url.https);
+        assert_eq!(
+            (url.host.as_str(), url.port),
+            ("registry.example.com", None)
+        );
+
+        for (bad, says) in [
+            ("public_url = \"registry.example.com\"", "http://"),
+            ("public_url = \"https://r.example.com/v2\"", "no path"),
+            ("public_url = \"http://r.example.com:99999\"", "port"),
+            ("idle_timeout = \"soon\"", "duration"),
+            ("upload_max_sessions = 0", "at least 1"),
+        ] {
+            let f = write(bad);
+            let err = Config::load(ServeArgs {
+                config: Some(f.path().into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

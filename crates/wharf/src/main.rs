@@ -207,6 +207,7 @@ fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    let metrics = wharf_server::install_metrics()?;
     let data_dir = config.data_dir()?;
     let database_url = config.database_url_for(&data_dir);
 
@@ -243,10 +244,18 @@ async fn run(config: Config) -> Result<(), String> {
             default_registry: config.default_registry.clone(),
             locations: config.locations.clone(),
             min_token_lifetime_secs: config.min_token_lifetime_secs,
+            public_url: config.public_url.clone(),
+            listen: config.listen,
+            idle_timeout: config.idle_timeout,
+            max_upload_sessions: config.upload_max_sessions,
+            upload_max_age: config.upload_max_age,
+            rate_limit: config.rate_limit,
         },
         jwt_key,
+        Some(metrics),
     ));
     tokio::spawn(wharf_server::expire_tokens(state.clone()));
+    tokio::spawn(wharf_server::expire_uploads(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -260,15 +269,13 @@ async fn run(config: Config) -> Result<(), String> {
         database = ?meta.backend(),
         "wharf listening"
     );
-    // Streamed bodies go out in several writes; without TCP_NODELAY each small response waits
-    // on Nagle and the peer's delayed ACK (tens of milliseconds).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, wharf_server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    wharf_server::serve(
+        listener,
+        wharf_server::router(state),
+        config.header_read_timeout,
+        shutdown_signal(),
+    )
+    .await;
     meta.close().await;
     tracing::info!("wharf stopped");
     Ok(())

@@ -80,7 +80,10 @@ impl From<MetaError> for Problem {
     fn from(e: MetaError) -> Self {
         match e {
             MetaError::Conflict(msg) => Problem::conflict(msg),
-            other => Problem::internal("metadata store failed", other),
+            other => {
+                crate::metrics::database_error();
+                Problem::internal("metadata store failed", other)
+            }
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct RegistryView {
     pub storage_bytes: i64,
     pub repository_count: i64,
     pub artifact_count: i64,
+    /// Requests per second each of its tokens may make (0: no limit); `null` takes the
+    /// server's setting.
+    pub rate_limit: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -116,8 +119,10 @@ pub struct CreateRegistry {
     /// digit. Fixed for the registry's life.
     #[schema(pattern = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$")]
     pub name: String,
-    /// One of the locations the server offers; fixed at creation.
-    pub location: String,
+    /// One of the locations the server offers; fixed at creation. May be left out when the
+    /// server offers only one.
+    #[serde(default)]
+    pub location: Option<String>,
     /// Scan every pushed image for vulnerabilities. Once on, it cannot be switched off.
     #[serde(default)]
     pub scanning: bool,
@@ -134,6 +139,11 @@ pub struct UpdateRegistry {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<GcSchedule>)]
     pub gc_schedule: Option<Option<GcSchedule>>,
+    /// Requests per second each of the registry's tokens may make, answered with 429 beyond
+    /// it; 0 for no limit, `null` for the server's setting.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000)]
+    pub rate_limit: Option<Option<i64>>,
 }
 
 /// Tells a field sent as `null` (Some(None)) from one left out (None).
@@ -238,6 +248,7 @@ async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
         storage_bytes: stats.storage_bytes,
         repository_count: stats.repositories,
         artifact_count: stats.artifacts,
+        rate_limit: r.rate_limit,
     })
 }
 
@@ -293,16 +304,29 @@ pub async fn create(
 ) -> Result<Response, Problem> {
     admin.require(Permission::RegistryWrite)?;
     let name = parse_name(&body.name)?;
-    if !state.settings.locations.contains(&body.location) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "location {:?} is not offered; choose one of: {}",
-                body.location,
-                state.settings.locations.join(", ")
-            ),
-        ));
-    }
+    let offered = &state.settings.locations;
+    let location = match (&body.location, offered.as_slice()) {
+        (Some(l), _) if offered.contains(l) => l.clone(),
+        (None, [only]) => only.clone(),
+        (Some(l), _) => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "location {l:?} is not offered; choose one of: {}",
+                    offered.join(", ")
+                ),
+            ))
+        }
+        (None, _) => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "this server offers several locations; choose one of: {}",
+                    offered.join(", ")
+                ),
+            ))
+        }
+    };
     let schedule = match &body.gc_schedule {
         Some(s) => {
             s.validate()?;
@@ -314,7 +338,7 @@ pub async fn create(
         .meta
         .create_registry(&NewRegistry {
             name: name.as_str(),
-            location: &body.location,
+            location: &location,
             scanning: body.scanning,
             gc_schedule: schedule.as_deref(),
         })
@@ -391,14 +415,27 @@ pub async fn update(
         Some(None) => Some(None),
         None => None,
     };
+    if let Some(Some(limit)) = body.rate_limit {
+        if !(0..=1_000_000).contains(&limit) {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "rate_limit must be 0 (no limit) to 1000000 requests per second, not {limit}"
+                ),
+            ));
+        }
+    }
     state
         .meta
         .update_registry(
             registry.id,
             body.scanning,
             schedule.as_ref().map(|s| s.as_deref()),
+            body.rate_limit,
         )
         .await?;
+    // This node applies the new limit at once; the others within their cache's second.
+    state.forget_registry_ref(&name);
     super::audit_change(&state, &admin, "registry.update", Some(&name), None, None).await;
     let registry = find(&state, &name).await?;
     Ok(Json(view(&state, registry).await?))

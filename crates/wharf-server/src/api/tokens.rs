@@ -164,18 +164,10 @@ async fn find_token(
     })
 }
 
-/// The host clients log in to: the registry's host name, with the port the API was reached on.
+/// The host clients log in to (see [`crate::Settings::registry_address`]).
 fn login_host(state: &AppState, registry: &str, headers: &HeaderMap) -> String {
-    let port = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| crate::v2::split_host(h).1)
-        .filter(|p| !p.is_empty() && *p != "80" && *p != "443");
-    let host = format!("{registry}.{}", state.settings.base_domain);
-    match port {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
-    }
+    let request_host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    state.settings.registry_address(registry, request_host)
 }
 
 #[utoipa::path(

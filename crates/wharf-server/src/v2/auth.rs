@@ -16,6 +16,9 @@ use crate::{ApiError, AppState};
 /// The registry a request addresses.
 pub(crate) struct Target {
     pub id: i64,
+    /// The registry's name.
+    pub name: String,
+    pub registry: crate::RegistryRef,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.
@@ -202,10 +205,16 @@ pub(crate) async fn identify(
             // Issued to an anonymous client: good for public repositories only.
             return Ok(Caller::Anonymous);
         };
+        // Ids are never reused, and a token created after the JWT was issued cannot be the
+        // one it was issued to, whatever its id.
         let token = state
             .token_by_id(tid)
             .await?
-            .filter(|t| t.registry_id == target.id && t.usable(now_millis()))
+            .filter(|t| {
+                t.registry_id == target.id
+                    && t.usable(now_millis())
+                    && t.created_at / 1000 <= claims.iat
+            })
             .ok_or_else(|| {
                 unauthorized("the token behind this bearer token is gone or disabled")
             })?;
@@ -221,6 +230,20 @@ pub(crate) async fn identify(
     ))
 }
 
+/// Whether the caller may read `repo`: its rights allow it, or the repository is public.
+/// Every parameter naming another repository (a mount's `from`) is checked with this too.
+pub(crate) async fn may_pull(
+    state: &AppState,
+    registry_id: i64,
+    caller: &Caller,
+    repo: &str,
+) -> Result<bool, ApiError> {
+    Ok(
+        caller.can(repo, Action::Pull)
+            || state.meta.repository_is_public(registry_id, repo).await?,
+    )
+}
+
 /// What an endpoint needs.
 pub(crate) enum Need<'a> {
     /// Any valid credentials (the `/v2/` version check).
@@ -230,10 +253,16 @@ pub(crate) enum Need<'a> {
 }
 
 /// 401 with the challenge that starts the token flow.
-pub(crate) fn challenge(target: &Target, scope: Option<String>, detail: &str) -> ApiError {
+pub(crate) fn challenge(
+    settings: &crate::Settings,
+    target: &Target,
+    scope: Option<String>,
+    detail: &str,
+) -> ApiError {
     let mut value = format!(
-        "Bearer realm=\"http://{}/auth/token\",service=\"{}\"",
-        target.host, target.service
+        "Bearer realm=\"{}\",service=\"{}\"",
+        settings.realm(&target.name, &target.host),
+        target.service
     );
     if let Some(scope) = scope {
         value.push_str(&format!(",scope=\"{scope}\""));
@@ -254,7 +283,12 @@ pub(crate) async fn authorize(
     match need {
         Need::Login => match caller {
             Caller::Token { .. } => Ok(()),
-            Caller::Anonymous => Err(challenge(target, None, "authentication required")),
+            Caller::Anonymous => Err(challenge(
+                &state.settings,
+                target,
+                None,
+                "authentication required",
+            )),
         },
         Need::Catalog => match caller {
             _ if caller.can_list_catalog() => Ok(()),
@@ -262,16 +296,18 @@ pub(crate) async fn authorize(
                 "listing the catalog needs a token with the registry scope".to_string(),
             )),
             Caller::Anonymous => Err(challenge(
+                &state.settings,
                 target,
                 Some("registry:catalog:*".to_string()),
                 "authentication required",
             )),
         },
         Need::Repository(repo, action) => {
-            if caller.can(repo, action) {
-                return Ok(());
-            }
-            if action == Action::Pull && state.meta.repository_is_public(target.id, repo).await? {
+            let allowed = match action {
+                Action::Pull => may_pull(state, target.id, caller, repo).await?,
+                _ => caller.can(repo, action),
+            };
+            if allowed {
                 return Ok(());
             }
             match caller {
@@ -285,6 +321,7 @@ pub(crate) async fn authorize(
                         Action::Delete => "delete",
                     };
                     Err(challenge(
+                        &state.settings,
                         target,
                         Some(format!("repository:{repo}:{actions}")),
                         "authentication required",

@@ -99,7 +99,15 @@ pub(super) async fn get(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response> {
-    let reference = Reference::parse(reference)?;
+    // What is not a valid tag or digest names no manifest: 404, as the conformance tests and
+    // the reference registry answer (a PUT with it stays a 400).
+    let reference = Reference::parse(reference).map_err(|e| {
+        ApiError::with_message(
+            ErrorCode::ManifestUnknown,
+            e.to_string(),
+            json!({ "reference": reference }),
+        )
+    })?;
     let manifest = lookup(repo, &reference)
         .await?
         .ok_or_else(|| unknown(&reference))?;

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use wharf_oci::{ErrorCode, RepositoryName};
 use wharf_store::ByteStream;
 
@@ -88,6 +88,9 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
     let query = Query::parse(parts.uri.query());
     let target = resolve_target(state, &parts).await?;
     let caller = auth::identify(state, &target, headers).await?;
+    if let Caller::Token { id, .. } = &caller {
+        state.admit(*id, &target.registry)?;
+    }
     let head = method == Method::HEAD;
 
     // What the endpoint needs, checked before anything else happens.
@@ -101,6 +104,9 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         | Endpoint::Referrers { name, .. } => Some(RepositoryName::parse(name)?),
     };
     let action = match (&endpoint, &method) {
+        // An upload's status only reads, as in the reference registry: a client that fetched a
+        // pull-only bearer token for a GET must not be refused.
+        (Endpoint::Upload { .. }, &Method::GET) => Some(Action::Pull),
         (Endpoint::Uploads { .. } | Endpoint::Upload { .. }, _) => Some(Action::Push),
         (Endpoint::Manifest { .. }, &Method::PUT) => Some(Action::Push),
         (Endpoint::Manifest { .. } | Endpoint::Blob { .. }, &Method::DELETE) => {
@@ -197,7 +203,7 @@ pub(crate) async fn resolve_target(
             )
         })?,
     };
-    let id = state.registry_id(&name).await?.ok_or_else(|| {
+    let registry = state.registry_ref(&name).await?.ok_or_else(|| {
         ApiError::with_message(
             ErrorCode::NameUnknown,
             format!("there is no registry named {name:?} on this server"),
@@ -205,8 +211,10 @@ pub(crate) async fn resolve_target(
         )
     })?;
     Ok(Target {
-        id,
+        id: registry.id,
+        registry,
         service: format!("{name}.{}", state.settings.base_domain),
+        name,
         host,
     })
 }
@@ -229,9 +237,29 @@ pub(crate) fn split_host(host: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// A request body as a byte stream for the content store.
-pub(crate) fn body_stream(body: Body) -> ByteStream {
-    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+/// A request body as a byte stream for the content store. A client that stops sending for
+/// `idle` fails the request (the store keeps nothing of it) instead of holding it open.
+pub(crate) fn body_stream(body: Body, idle: std::time::Duration) -> ByteStream {
+    let chunks = body.into_data_stream().map_err(std::io::Error::other);
+    Box::pin(futures_util::stream::unfold(
+        Some(chunks),
+        move |chunks| async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout(idle, chunks.next()).await {
+                Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::info!(
+                        seconds = idle.as_secs(),
+                        "request body stalled; request failed"
+                    );
+                    let why = format!("the client sent nothing for {} s", idle.as_secs());
+                    let err = std::io::Error::new(std::io::ErrorKind::TimedOut, why);
+                    Some((Err(err), None))
+                }
+            }
+        },
+    ))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {

@@ -6,6 +6,7 @@ use wharf_meta::Upload;
 use wharf_oci::{Digest, ErrorCode, RepositoryName};
 use wharf_store::StoreError;
 
+use super::auth::may_pull;
 use super::{body_stream, content_length, header_str, Query, Repo, Result};
 use crate::ApiError;
 
@@ -74,11 +75,28 @@ fn parse_content_range(value: &str) -> Option<(u64, u64)> {
 
 async fn open_session(repo: &Repo<'_>) -> Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
+    let cap = repo.state.settings.max_upload_sessions;
     repo.state.store.create_upload(&id).await?;
-    repo.state
+    let opened = repo
+        .state
         .meta
-        .create_upload(repo.registry_id, repo.name.as_str(), &id)
-        .await?;
+        .create_upload(repo.registry_id, repo.name.as_str(), &id, cap)
+        .await;
+    if !matches!(opened, Ok(true)) {
+        repo.state.store.delete_upload(&id).await?;
+    }
+    if !opened? {
+        tracing::warn!(repository = %repo.name, cap, "upload session refused: too many open");
+        return Err(ApiError::with_message(
+            ErrorCode::TooManyRequests,
+            format!(
+                "repository {} has {cap} upload sessions open, the most allowed; finish or cancel some (DELETE their Location), or wait for abandoned ones to expire",
+                repo.name
+            ),
+            json!({ "limit": cap }),
+        )
+        .header(header::RETRY_AFTER, "60"));
+    }
     Ok(id)
 }
 
@@ -128,7 +146,21 @@ async fn append(
                     format!("chunk starts at byte {start} but the upload holds {offset} bytes; send the chunk starting at {offset}"),
                 ));
             }
-            let len = end - start + 1;
+            // Client-supplied: the chunk's length and the upload's new end must both fit in
+            // what the store records (i64), never wrap.
+            let len = (end - start).checked_add(1).filter(|len| {
+                offset
+                    .checked_add(*len)
+                    .is_some_and(|e| e <= i64::MAX as u64)
+            });
+            let Some(len) = len else {
+                return Err(out_of_order(
+                    repo,
+                    &upload.id,
+                    offset,
+                    format!("Content-Range {value:?} reaches past the largest blob size"),
+                ));
+            };
             if announced.is_some_and(|n| n != len) {
                 return Err(ApiError::with_message(
                     ErrorCode::SizeInvalid,
@@ -148,7 +180,12 @@ async fn append(
     let size = repo
         .state
         .store
-        .append_upload(&upload.id, offset, body_stream(body), expected)
+        .append_upload(
+            &upload.id,
+            offset,
+            body_stream(body, repo.state.settings.idle_timeout),
+            expected,
+        )
         .await?;
     if record
         && !repo
@@ -211,21 +248,28 @@ pub(super) async fn start(
     body: Body,
 ) -> Result<Response> {
     if let Some(mount) = query.get("mount") {
-        // A mount that cannot be done falls back to a plain session, as the spec asks.
+        // A mount that cannot be done falls back to a plain session, as the spec asks. So does
+        // one from a repository the caller may not pull: the same answer as for an absent blob,
+        // so that it does not tell whether the digest is there.
         let source = query
             .get("from")
             .and_then(|f| RepositoryName::parse(f).ok());
         if let (Ok(digest), Some(from)) = (Digest::parse(mount), source) {
-            let mounted = repo
-                .state
-                .meta
-                .mount_blob(
-                    repo.registry_id,
-                    from.as_str(),
-                    repo.name.as_str(),
-                    digest.as_str(),
-                )
-                .await?;
+            let readable = may_pull(repo.state, repo.registry_id, repo.caller, from.as_str());
+            let mounted = match readable.await? {
+                false => None,
+                true => {
+                    repo.state
+                        .meta
+                        .mount_blob(
+                            repo.registry_id,
+                            from.as_str(),
+                            repo.name.as_str(),
+                            digest.as_str(),
+                        )
+                        .await?
+                }
+            };
             if mounted.is_some() {
                 return Ok(created_response(repo, &digest));
             }

@@ -211,7 +211,7 @@ async fn closed_by_server(tcp: &mut TcpStream, trickle: Option<&str>, deadline: 
 }
 
 async fn limits(b: Backend) {
-    let s = Server::start_with(
+    let mut s = Server::start_with(
         b,
         &[
             "--header-read-timeout",
@@ -226,6 +226,8 @@ async fn limits(b: Backend) {
     )
     .await;
     let auth = s.tester.clone().expect("tester");
+    // Connections idle for 2 s are closed here; a pooled one could close under a request.
+    s.client = common::basic_client_without_reuse(&auth.0, &auth.1);
 
     // Slow loris: 200 connections trickle header lines; a normal client is served meanwhile,
     // and every slow connection is dropped once its headers take longer than allowed.

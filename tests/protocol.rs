@@ -1095,7 +1095,7 @@ async fn open_connections_cost_little_memory() {
     );
 }
 
-on_both_backends!(
+on_every_configuration!(
     base_and_health,
     monolithic_upload,
     single_request_upload,

@@ -44,7 +44,7 @@ impl Db {
         let dir = tempfile::tempdir().expect("tempdir");
         let args = match backend {
             Backend::Sqlite => vec!["--data-dir".into(), dir.path().display().to_string()],
-            Backend::Postgres => vec![
+            Backend::Postgres | Backend::PostgresS3 => vec![
                 "--database-url".into(),
                 format!(
                     "{}/wharf_e2e_{}",
@@ -82,7 +82,7 @@ fn full_db(backend: Backend) -> &'static Db {
     static POSTGRES: OnceLock<Db> = OnceLock::new();
     let cell = match backend {
         Backend::Sqlite => &SQLITE,
-        Backend::Postgres => &POSTGRES,
+        Backend::Postgres | Backend::PostgresS3 => &POSTGRES,
     };
     cell.get_or_init(|| {
         let db = Db::new(backend);

@@ -16,6 +16,9 @@ use sha2::{Digest as _, Sha256};
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL for metadata and an S3 server (moto, on loopback) for content: the scale-out
+    /// configuration.
+    PostgresS3,
 }
 
 /// Generates one test per backend for each named `async fn name(Backend)` in the module.
@@ -33,6 +36,123 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Generates one test per configuration (SQLite + disk, PostgreSQL + disk, PostgreSQL + S3)
+/// for each named `async fn name(Backend)` in the module.
+#[macro_export]
+macro_rules! on_every_configuration {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_both_backends!($($name),*);
+        mod postgres_s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::Backend::PostgresS3).await })*
+        }
+    };
+}
+
+/// An S3 server on loopback (moto), one per test process, ended with it.
+pub struct S3Server {
+    pub endpoint: String,
+    port: u16,
+    child: Child,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_moto(port: u16) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("moto_server");
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl only sets this child's parent-death signal; it runs after fork, before
+    // exec, and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .expect("moto_server is installed (scripts/test installs it)")
+}
+
+impl S3Server {
+    /// The process's S3 server, started on first use.
+    pub fn shared() -> &'static S3Server {
+        static SERVER: std::sync::OnceLock<S3Server> = std::sync::OnceLock::new();
+        SERVER.get_or_init(S3Server::start)
+    }
+
+    fn start() -> S3Server {
+        // The parent-death signal follows the thread that spawned the child, so a thread that
+        // lives as long as the test process spawns it (a test's thread ends with its test).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let port = free_port();
+            let _ = tx.send((port, spawn_moto(port)));
+            loop {
+                std::thread::park();
+            }
+        });
+        let (port, child) = rx.recv().expect("moto_server started");
+        S3Server::ready(port, child)
+    }
+
+    /// An S3 server of the calling test's own, ended with it (or by [`S3Server::stop`]).
+    pub fn private() -> S3Server {
+        let port = free_port();
+        S3Server::ready(port, spawn_moto(port))
+    }
+
+    fn ready(port: u16, child: Child) -> S3Server {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            child,
+        }
+    }
+
+    /// Stops the server as if it crashed (its buckets are in memory and gone with it).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn start_again(&mut self) {
+        let fresh = S3Server::ready(self.port, spawn_moto(self.port));
+        *self = fresh;
+    }
+
+    /// Creates an empty bucket and returns its name.
+    pub async fn bucket(&self) -> String {
+        let name = format!("wharf-{}", uuid::Uuid::new_v4().simple());
+        // The server accepts connections a moment before it answers them.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Client::new()
+                .put(format!("{}/{name}", self.endpoint))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => return name,
+                other => assert!(Instant::now() < deadline, "create bucket: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// The owner key every test server is bootstrapped with (through WHARF_BOOTSTRAP_KEY).
 pub const OWNER_KEY: &str = "wak_test0owner0key0000000000000000000000000000";
 
@@ -48,6 +168,10 @@ pub struct Server {
     pub base: String,
     pub dir: tempfile::TempDir,
     database_url: Option<String>,
+    /// Another node's data directory, shared with it (as on shared storage).
+    shared_data: Option<PathBuf>,
+    /// The first node drops the test database when it goes; a second node leaves it.
+    owns_database: bool,
     extra_args: Vec<String>,
     bootstrap_key: Option<String>,
     /// Sends the default registry's full-access token (`tester`) with every request.
@@ -68,6 +192,19 @@ pub const ALL_SCOPES: fn() -> serde_json::Value = || {
 
 /// An HTTP client that sends `name:secret` as Basic credentials with every request.
 pub fn basic_client(name: &str, secret: &str) -> Client {
+    basic_client_builder(name, secret).build().expect("client")
+}
+
+/// The same, opening a new connection for every request: for servers whose idle timeout is so
+/// short that a pooled connection may be closed just as a request is sent on it.
+pub fn basic_client_without_reuse(name: &str, secret: &str) -> Client {
+    basic_client_builder(name, secret)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+fn basic_client_builder(name: &str, secret: &str) -> reqwest::ClientBuilder {
     use base64::Engine;
     let value = format!(
         "Basic {}",
@@ -78,10 +215,7 @@ pub fn basic_client(name: &str, secret: &str) -> Client {
         reqwest::header::AUTHORIZATION,
         reqwest::header::HeaderValue::from_str(&value).expect("header"),
     );
-    Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("client")
+    Client::builder().default_headers(headers)
 }
 
 fn free_port() -> u16 {
@@ -109,12 +243,23 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let database_url = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(format!(
+            Backend::Postgres | Backend::PostgresS3 => Some(format!(
                 "{}/wharf_e2e_{}",
                 postgres_base(),
                 uuid::Uuid::new_v4().simple()
             )),
         };
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        if backend == Backend::PostgresS3 {
+            let s3 = S3Server::shared();
+            let bucket = s3.bucket().await;
+            extra_args.extend([
+                "--storage".to_string(),
+                format!("s3://{bucket}/wharf"),
+                "--s3-endpoint".to_string(),
+                s3.endpoint.clone(),
+            ]);
+        }
         let port = free_port();
         let mut server = Server {
             child: None,
@@ -122,7 +267,9 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             dir,
             database_url,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            shared_data: None,
+            owns_database: true,
+            extra_args,
             bootstrap_key: bootstrap_key.map(String::from),
             client: Client::new(),
             anon: Client::new(),
@@ -172,7 +319,32 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        match &self.shared_data {
+            Some(d) => d.clone(),
+            None => self.dir.path().join("data"),
+        }
+    }
+
+    /// A second node sharing this one's database and content, on a port of its own, using the
+    /// same `tester` token.
+    pub async fn second_node(&self) -> Server {
+        let port = free_port();
+        let mut node = Server {
+            child: None,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().expect("temp dir"),
+            database_url: self.database_url.clone(),
+            shared_data: Some(self.data_dir()),
+            owns_database: false,
+            extra_args: self.extra_args.clone(),
+            bootstrap_key: self.bootstrap_key.clone(),
+            client: self.client.clone(),
+            anon: Client::new(),
+            tester: self.tester.clone(),
+        };
+        node.spawn().await;
+        node
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -201,6 +373,10 @@ impl Server {
             .arg(self.data_dir())
             .args(&self.extra_args)
             .env("WHARF_LOG", "info,wharf_server=debug")
+            // The test S3 server takes any credentials.
+            .env("AWS_ACCESS_KEY_ID", "wharf-test")
+            .env("AWS_SECRET_ACCESS_KEY", "wharf-test")
+            .env("AWS_REGION", "us-east-1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -330,7 +506,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
-        if let Some(url) = &self.database_url {
+        if let Some(url) = self.database_url.as_ref().filter(|_| self.owns_database) {
             // Best effort: the database is created per test and useless afterwards.
             let (base, name) = url.rsplit_once('/').unwrap_or((url, ""));
             let _ = Command::new("psql")

@@ -35,6 +35,23 @@ pub enum MetaError {
     MissingReferences(Vec<String>),
 }
 
+impl MetaError {
+    /// Whether the database could not be reached (down, restarting, out of connections), as
+    /// opposed to refusing a request: callers answer 503 and retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        ) || matches!(self, MetaError::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
+}
+
 pub type Result<T> = std::result::Result<T, MetaError>;
 
 /// Listings fetch one row more than `limit`: its presence tells that another page follows.

@@ -82,7 +82,7 @@ async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
         let cutoff = crate::now_millis();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         // A session that moved on after the cutoff is kept.
-        assert!(m.advance_upload("u2", 0, 5).await.unwrap());
+        assert!(m.advance_upload("u2", 0, 5, vec![1], None).await.unwrap());
         let mut expired = m.expire_uploads(cutoff).await.unwrap();
         expired.sort();
         assert_eq!(expired, vec!["u1".to_string(), "u4".to_string()]);
@@ -145,11 +145,21 @@ async fn blobs_are_visible_per_repository_and_registry() {
         let b = m.ensure_registry("beta", "eu").await.unwrap();
         assert_eq!(m.ensure_registry("alpha", "eu").await.unwrap().id, a.id);
         assert!(m.create_upload(a.id, "app", "up1", 10).await.unwrap());
-        assert!(m.advance_upload("up1", 0, 10).await.unwrap());
+        let fresh = m.get_upload(a.id, "app", "up1").await.unwrap().unwrap();
+        assert_eq!((fresh.hash_state, fresh.parts.len()), (None, 0));
+        assert!(m
+            .advance_upload("up1", 0, 10, vec![7, 7], Some("p-0"))
+            .await
+            .unwrap());
         assert!(
-            !m.advance_upload("up1", 0, 20).await.unwrap(),
+            !m.advance_upload("up1", 0, 20, vec![9], Some("p-lost"))
+                .await
+                .unwrap(),
             "stale offset must not win"
         );
+        let moved = m.get_upload(a.id, "app", "up1").await.unwrap().unwrap();
+        assert_eq!(moved.hash_state, Some(vec![7, 7]));
+        assert_eq!(moved.parts, vec!["p-0".to_string()]);
         assert_eq!(
             m.get_upload(a.id, "app", "up1")
                 .await

@@ -16,6 +16,15 @@ pub struct Upload {
     pub repository: String,
     /// Bytes received and durable so far.
     pub size: i64,
+    /// The running hash of those bytes, as the server saved it; `None` for an empty upload.
+    pub hash_state: Option<Vec<u8>>,
+    /// The content store's parts holding those bytes, in order.
+    pub parts: Vec<String>,
+}
+
+/// Parts are kept as one text column, one name per line (names hold no newline).
+fn parts_of(text: &str) -> Vec<String> {
+    text.lines().map(String::from).collect()
 }
 
 impl Meta {
@@ -89,7 +98,7 @@ impl Meta {
         id: &str,
     ) -> Result<Option<Upload>> {
         let row = sqlx::query(
-            "SELECT id, repository, size FROM uploads \
+            "SELECT id, repository, size, hash_state, parts FROM uploads \
              WHERE id = $1 AND registry_id = $2 AND repository = $3",
         )
         .bind(id)
@@ -102,22 +111,36 @@ impl Meta {
                 id: r.try_get("id")?,
                 repository: r.try_get("repository")?,
                 size: r.try_get("size")?,
+                hash_state: r.try_get("hash_state")?,
+                parts: parts_of(&r.try_get::<String, _>("parts")?),
             })
         })
         .transpose()
     }
 
-    /// Records that the upload grew from `from` to `to` bytes. Returns false when another
-    /// request moved it first (the caller's view was stale).
-    pub async fn advance_upload(&self, id: &str, from: i64, to: i64) -> Result<bool> {
+    /// Records that the upload grew from `from` to `to` bytes, with the running hash of all of
+    /// them and the part that holds the new ones. Returns false when another request moved it
+    /// first (the caller's view was stale): then nothing changes.
+    pub async fn advance_upload(
+        &self,
+        id: &str,
+        from: i64,
+        to: i64,
+        hash_state: Vec<u8>,
+        part: Option<&str>,
+    ) -> Result<bool> {
         let id = id.to_string();
+        let part = part.map(|p| format!("{p}\n")).unwrap_or_default();
         self.transaction(move |conn| {
             Box::pin(async move {
                 let done = sqlx::query(
-                    "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
+                    "UPDATE uploads SET size = $1, updated_at = $2, hash_state = $3, \
+                     parts = parts || $4 WHERE id = $5 AND size = $6",
                 )
                 .bind(to)
                 .bind(now_millis())
+                .bind(hash_state)
+                .bind(part)
                 .bind(id)
                 .bind(from)
                 .execute(conn)

@@ -166,10 +166,16 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Digest {
-        let (algorithm, hex) = match self {
-            Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
-            Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
-        };
+        match self {
+            Hasher::Sha256(h) => Digest::from_parts(Algorithm::Sha256, hex::encode(h.finalize())),
+            Hasher::Sha512(h) => Digest::from_parts(Algorithm::Sha512, hex::encode(h.finalize())),
+        }
+    }
+}
+
+impl Digest {
+    /// A digest from a hash this crate computed (so known to be well-formed).
+    pub(crate) fn from_parts(algorithm: Algorithm, hex: String) -> Digest {
         Digest {
             algorithm,
             text: format!("{}:{}", algorithm.as_str(), hex),

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     PaginationNumberInvalid,
     /// Not in the spec's table; for failures of wharf itself (storage, database).
     Internal,
+    /// Not in the spec's table; the reference registry's code when a backing service is down.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::Internal => "INTERNAL_ERROR",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::Internal => "internal server error",
+            ErrorCode::Unavailable => "service unavailable; retry later",
         }
     }
 
@@ -79,6 +83,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Unsupported => 405,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
             _ => 400,
         }
     }

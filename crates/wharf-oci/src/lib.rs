@@ -8,6 +8,7 @@ pub mod media;
 pub mod name;
 pub mod reference;
 pub mod registry;
+pub mod resumable;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
@@ -15,3 +16,4 @@ pub use manifest::{Descriptor, Manifest, ManifestError};
 pub use name::{NameError, Reference, RepositoryName, Tag};
 pub use reference::{ImageReference, ReferenceError};
 pub use registry::{RegistryName, RegistryNameError};
+pub use resumable::ResumableSha256;

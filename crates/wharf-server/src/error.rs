@@ -7,6 +7,8 @@ use wharf_meta::MetaError;
 use wharf_oci::{DigestError, ErrorCode, ManifestError, NameError};
 use wharf_store::StoreError;
 
+use crate::service::ServiceError;
+
 /// An error answered on `/v2/` as `{"errors":[{"code","message","detail"}]}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -88,6 +90,15 @@ impl From<MetaError> for ApiError {
                     .collect();
                 err
             }
+            other if other.is_unavailable() => {
+                crate::metrics::database_error();
+                tracing::warn!(error = %other, "metadata store unavailable");
+                ApiError::with_message(
+                    ErrorCode::Unavailable,
+                    "the metadata database is unavailable; retry later",
+                    None,
+                )
+            }
             other => {
                 crate::metrics::database_error();
                 ApiError::internal("metadata store failed", other)
@@ -119,6 +130,41 @@ impl From<StoreError> for ApiError {
                 crate::metrics::storage_error();
                 ApiError::internal("content store failed", err)
             }
+            StoreError::Unavailable(why) => {
+                crate::metrics::storage_error();
+                tracing::warn!(error = %why, "content store unavailable");
+                ApiError::with_message(
+                    ErrorCode::Unavailable,
+                    "the content store is unavailable; retry later",
+                    None,
+                )
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Meta(e) => e.into(),
+            ServiceError::Store(e) => e.into(),
+            ServiceError::UploadUnknown(id) => {
+                ApiError::new(ErrorCode::BlobUploadUnknown, json!({ "id": id }))
+            }
+            ServiceError::TooManyUploads { open } => ApiError::with_message(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "the repository has {open} upload sessions open, the most allowed; finish or cancel some (DELETE their Location), or wait for abandoned ones to expire"
+                ),
+                json!({ "limit": open }),
+            )
+            .header(header::RETRY_AFTER, "60"),
+            ServiceError::UploadMoved { size } => ApiError::with_message(
+                ErrorCode::BlobUploadInvalid,
+                "the upload changed during this request",
+                json!({ "size": size }),
+            )
+            .status(StatusCode::RANGE_NOT_SATISFIABLE),
         }
     }
 }

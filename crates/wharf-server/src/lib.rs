@@ -8,6 +8,7 @@ mod metrics;
 mod rate;
 mod route;
 mod serve;
+mod service;
 mod token_endpoint;
 mod v2;
 

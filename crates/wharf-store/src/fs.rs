@@ -1,21 +1,22 @@
-use std::collections::HashMap;
-use std::io::{self, SeekFrom};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
-use tokio::fs::{self, File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::fs::{self, File};
 use tokio::task::JoinHandle;
-use wharf_oci::{Algorithm, Digest, Hasher};
+use wharf_oci::Digest;
 
-use crate::{BlobStore, ByteStream, Result, StoreError};
+use crate::{
+    check_parts, check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result,
+    StoreError,
+};
 
 /// Appended bytes reach the disk in batches of this size, one blocking-pool hop each, written
-/// while the next batch is still arriving and being hashed.
+/// while the next batch is still arriving.
 const WRITE_BATCH: usize = 1 << 20;
 /// Every this many appended bytes the kernel is asked to start writing them back, so that the
 /// disk works while the body is still arriving and the commit's fsync has little left to do.
@@ -23,28 +24,12 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// Blob reads hand the socket chunks of this size, each read straight into the buffer that is
 /// sent, with the next chunk read ahead.
 const READ_CHUNK: u64 = 512 << 10;
-const READ_BUFFER: usize = 256 << 10;
 
-/// Blobs on the local filesystem: `blobs/<alg>/<first two hex>/<hex>` and `uploads/<id>`.
+/// Blobs on the local filesystem: `blobs/<alg>/<first two hex>/<hex>`, and each upload's parts
+/// in `uploads/<id>/`. Nodes sharing the directory (NFS) share the store: it keeps nothing in
+/// memory between requests.
 pub struct FsStore {
     root: PathBuf,
-    // Running sha256 state per open upload, so finishing an upload does not re-read it. After a
-    // restart (or on another node) the state is rebuilt from the upload's bytes on disk.
-    uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadHash>>>>,
-}
-
-struct UploadHash {
-    offset: u64,
-    hasher: Hasher,
-}
-
-impl UploadHash {
-    fn new() -> Self {
-        UploadHash {
-            offset: 0,
-            hasher: Algorithm::Sha256.hasher(),
-        }
-    }
 }
 
 impl FsStore {
@@ -52,10 +37,7 @@ impl FsStore {
         let root = root.into();
         fs::create_dir_all(root.join("blobs")).await?;
         fs::create_dir_all(root.join("uploads")).await?;
-        Ok(FsStore {
-            root,
-            uploads: Mutex::new(HashMap::new()),
-        })
+        Ok(FsStore { root })
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -67,69 +49,32 @@ impl FsStore {
             .join(hex)
     }
 
-    fn upload_path(&self, id: &str) -> Result<PathBuf> {
-        // Ids come from URLs; only plain tokens may become file names.
-        if id.is_empty()
-            || id.len() > 64
-            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(StoreError::UploadUnknown);
-        }
+    fn upload_dir(&self, id: &str) -> Result<PathBuf> {
+        check_upload_id(id)?;
         Ok(self.root.join("uploads").join(id))
     }
 
-    fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<UploadHash>> {
-        let mut map = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(id.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(UploadHash::new())))
-            .clone()
-    }
-
-    fn forget_upload(&self, id: &str) {
-        let mut map = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(id);
-    }
-
-    async fn open_upload(&self, id: &str) -> Result<File> {
-        let path = self.upload_path(id)?;
-        match OpenOptions::new().read(true).write(true).open(&path).await {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::UploadUnknown),
-            Err(e) => Err(e.into()),
+    /// The upload's parts with their lengths, checked to make `size` bytes in order.
+    async fn parts(&self, id: &str, parts: &[String], size: u64) -> Result<Vec<(PathBuf, u64)>> {
+        let dir = self.upload_dir(id)?;
+        let mut found = Vec::with_capacity(parts.len());
+        for name in parts {
+            if part_offset(name).is_none() {
+                return Err(StoreError::UploadTruncated { expected: size });
+            }
+            let path = dir.join(name);
+            match fs::metadata(&path).await {
+                Ok(m) => found.push((name.clone(), m.len(), path)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::UploadTruncated { expected: size })
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        let lengths: Vec<(String, u64)> = found.iter().map(|(n, l, _)| (n.clone(), *l)).collect();
+        check_parts(&lengths, size)?;
+        Ok(found.into_iter().map(|(_, l, p)| (p, l)).collect())
     }
-}
-
-/// Hashes the first `len` bytes of `file` with `algorithm`.
-async fn hash_prefix(file: &mut File, len: u64, algorithm: Algorithm) -> Result<Hasher> {
-    file.seek(SeekFrom::Start(0)).await?;
-    let mut hasher = algorithm.hasher();
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut left = len;
-    while left > 0 {
-        let want = buf.len().min(left as usize);
-        let n = file.read(&mut buf[..want]).await?;
-        if n == 0 {
-            return Err(StoreError::UploadTruncated { expected: len });
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(hasher)
-}
-
-/// Brings the running hash to `offset`, rebuilding it from disk when it is not there already
-/// (after a restart, or when the last append failed half-way).
-async fn sync_hash(state: &mut UploadHash, file: &mut File, offset: u64) -> Result<()> {
-    if state.offset != offset {
-        let len = file.metadata().await?.len();
-        if len < offset {
-            return Err(StoreError::UploadTruncated { expected: offset });
-        }
-        state.hasher = hash_prefix(file, offset, Algorithm::Sha256).await?;
-        state.offset = offset;
-    }
-    Ok(())
 }
 
 async fn sync_dir(path: &Path) -> Result<()> {
@@ -253,8 +198,7 @@ fn read_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
 #[async_trait]
 impl BlobStore for FsStore {
     async fn create_upload(&self, id: &str) -> Result<()> {
-        let path = self.upload_path(id)?;
-        File::create(&path).await?;
+        fs::create_dir(self.upload_dir(id)?).await?;
         Ok(())
     }
 
@@ -264,17 +208,20 @@ impl BlobStore for FsStore {
         offset: u64,
         mut body: ByteStream,
         expected_len: Option<u64>,
-    ) -> Result<u64> {
-        let lock = self.upload_lock(id);
-        let mut state = lock.lock().await;
-        let mut file = self.open_upload(id).await?;
-        sync_hash(&mut state, &mut file, offset).await?;
-        // Bytes past the recorded length are left-overs of an interrupted append.
-        file.set_len(offset).await?;
-        file.seek(SeekFrom::Start(offset)).await?;
-
-        let saved = state.hasher.clone();
-        let mut appender = Appender::new(file.into_std().await, offset);
+    ) -> Result<Appended> {
+        let dir = self.upload_dir(id)?;
+        let part = part_name(offset);
+        let path = dir.join(&part);
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::UploadUnknown),
+            Err(e) => return Err(e.into()),
+        };
+        let mut appender = Appender::new(file, 0);
         let mut written: u64 = 0;
         let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
@@ -288,7 +235,6 @@ impl BlobStore for FsStore {
                         });
                     }
                 }
-                state.hasher.update(&chunk);
                 appender.push(chunk).await?;
             }
             if let Some(expected) = expected_len {
@@ -303,104 +249,81 @@ impl BlobStore for FsStore {
             Ok(())
         }
         .await;
-
-        match outcome {
-            Ok(()) => {
-                state.offset = offset + written;
-                Ok(state.offset)
-            }
-            Err(e) => {
-                // Leave the upload exactly as it was before this request.
-                state.hasher = saved;
-                state.offset = offset;
-                let _ = appender.wait().await;
-                let file = appender.file.clone();
-                blocking(move || file.set_len(offset)).await?;
-                Err(e)
-            }
+        if outcome.is_err() || written == 0 {
+            let _ = appender.wait().await;
+            let _ = fs::remove_file(&path).await;
         }
+        outcome?;
+        Ok(Appended {
+            size: offset + written,
+            part: (written > 0).then_some(part),
+        })
     }
 
-    async fn commit_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<()> {
-        let lock = self.upload_lock(id);
-        let mut state = lock.lock().await;
-        let mut file = self.open_upload(id).await?;
-        let actual = match digest.algorithm() {
-            Algorithm::Sha256 => {
-                sync_hash(&mut state, &mut file, size).await?;
-                state.hasher.clone().finish()
+    async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
+        let parts = self.parts(id, parts, size).await?;
+        let streams = stream::iter(parts).then(|(path, len)| async move {
+            match read_file(path, 0, len).await {
+                Ok(s) => s,
+                Err(e) => Box::pin(stream::once(
+                    async move { Err(io::Error::other(e.to_string())) },
+                )),
             }
-            // sha256 is computed while streaming; other algorithms need one more read.
-            other => hash_prefix(&mut file, size, other).await?.finish(),
-        };
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        file.set_len(size).await?;
-        file.sync_all().await?;
-        drop(file);
+        });
+        Ok(Box::pin(streams.flatten()))
+    }
 
+    async fn commit_upload(
+        &self,
+        id: &str,
+        parts: &[String],
+        size: u64,
+        digest: &Digest,
+    ) -> Result<()> {
+        let dir = self.upload_dir(id)?;
+        let parts = self.parts(id, parts, size).await?;
         let dest = self.blob_path(digest);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).await?;
-        let src = self.upload_path(id)?;
-        if fs::try_exists(&dest).await? {
-            // Same digest, same bytes: the stored copy stays.
-            fs::remove_file(&src).await?;
-        } else {
-            fs::rename(&src, &dest).await?;
+        if !fs::try_exists(&dest).await? {
+            // Same digest, same bytes: a stored copy stays. A single part (the usual case) is
+            // moved into place; several are copied into a new file (io::copy uses
+            // copy_file_range), never into one of the parts, so that two requests finishing the
+            // same upload at once each build a whole, correct file.
+            let parts: Vec<PathBuf> = parts.into_iter().map(|(p, _)| p).collect();
+            let built = dir.join(format!("{}.blob", uuid::Uuid::new_v4().simple()));
+            let into = dest.clone();
+            blocking(move || {
+                let source = match parts.as_slice() {
+                    [only] => only.clone(),
+                    parts => {
+                        let mut out = std::fs::File::create(&built)?;
+                        for path in parts {
+                            io::copy(&mut std::fs::File::open(path)?, &mut out)?;
+                        }
+                        built
+                    }
+                };
+                std::fs::File::open(&source)?.sync_all()?;
+                std::fs::rename(&source, &into)
+            })
+            .await?;
             sync_dir(&parent).await?;
         }
-        drop(state);
-        self.forget_upload(id);
+        fs::remove_dir_all(&dir).await?;
         Ok(())
     }
 
     async fn delete_upload(&self, id: &str) -> Result<()> {
-        let lock = self.upload_lock(id);
-        let _state = lock.lock().await;
-        match fs::remove_file(self.upload_path(id)?).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        match fs::remove_dir_all(self.upload_dir(id)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        self.forget_upload(id);
-        Ok(())
     }
 
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
-        let path = self.blob_path(digest);
-        let first = len.min(READ_CHUNK);
-        // Opening and the first read share one blocking-pool hop: most blobs are small.
-        let opened = blocking(move || {
-            let file = std::fs::File::open(&path)?;
-            let head = read_at(&file, offset, first as usize)?;
-            Ok((Arc::new(file), head))
-        })
-        .await;
-        let (file, head) = match opened {
-            Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-            Err(e) => return Err(e.into()),
-        };
-        let head = stream::once(async move { Ok(head) });
-        if first == len {
-            return Ok(Box::pin(head));
-        }
-        let end = offset + len;
-        let chunks = (offset + first..end).step_by(READ_CHUNK as usize);
-        // `buffered(2)` keeps the next chunk reading while the socket takes this one.
-        let rest = stream::iter(chunks)
-            .map(move |at| {
-                let file = file.clone();
-                let n = (end - at).min(READ_CHUNK) as usize;
-                blocking(move || read_at(&file, at, n))
-            })
-            .buffered(2);
-        Ok(Box::pin(head.chain(rest)))
+        read_file(self.blob_path(digest), offset, len).await
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<()> {
@@ -419,6 +342,37 @@ impl BlobStore for FsStore {
     }
 }
 
+/// Streams `len` bytes of a file from `offset`: the first chunk read with the open (most blobs
+/// are small), the next chunk read ahead while the socket takes this one.
+async fn read_file(path: PathBuf, offset: u64, len: u64) -> Result<ByteStream> {
+    let first = len.min(READ_CHUNK);
+    let opened = blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let head = read_at(&file, offset, first as usize)?;
+        Ok((Arc::new(file), head))
+    })
+    .await;
+    let (file, head) = match opened {
+        Ok(v) => v,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    let head = stream::once(async move { Ok(head) });
+    if first == len {
+        return Ok(Box::pin(head));
+    }
+    let end = offset + len;
+    let chunks = (offset + first..end).step_by(READ_CHUNK as usize);
+    let rest = stream::iter(chunks)
+        .map(move |at| {
+            let file = file.clone();
+            let n = (end - at).min(READ_CHUNK) as usize;
+            blocking(move || read_at(&file, at, n))
+        })
+        .buffered(2);
+    Ok(Box::pin(head.chain(rest)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,13 +384,31 @@ mod tests {
         Box::pin(futures_util::stream::iter(items))
     }
 
-    async fn read_all(store: &FsStore, d: &Digest, off: u64, len: u64) -> Vec<u8> {
-        let mut s = store.read(d, off, len).await.unwrap();
+    async fn collect(mut s: ByteStream) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(c) = s.next().await {
-            out.extend_from_slice(&c.unwrap());
+            out.extend_from_slice(&c?);
         }
-        out
+        Ok(out)
+    }
+
+    async fn read_all(store: &FsStore, d: &Digest, off: u64, len: u64) -> Vec<u8> {
+        collect(store.read(d, off, len).await.unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Appends and records the part, as the server does.
+    async fn append(
+        store: &FsStore,
+        id: &str,
+        parts: &mut Vec<String>,
+        at: u64,
+        b: ByteStream,
+    ) -> u64 {
+        let done = store.append_upload(id, at, b, None).await.unwrap();
+        parts.extend(done.part);
+        done.size
     }
 
     #[tokio::test]
@@ -444,60 +416,66 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).await.unwrap();
         store.create_upload("u1").await.unwrap();
-        let n = store
-            .append_upload("u1", 0, body(&[b"hello ", b"wor"]), None)
-            .await
-            .unwrap();
+        let mut parts = Vec::new();
+        let n = append(&store, "u1", &mut parts, 0, body(&[b"hello ", b"wor"])).await;
         assert_eq!(n, 9);
-        let n = store
-            .append_upload("u1", 9, body(&[b"ld"]), Some(2))
+        let n = append(&store, "u1", &mut parts, 9, body(&[b"ld"])).await;
+        assert_eq!(n, 11);
+        // A part nobody recorded (a request that lost a race) is not part of the upload.
+        store
+            .append_upload("u1", 9, body(&[b"XX"]), None)
             .await
             .unwrap();
-        assert_eq!(n, 11);
+        let all = collect(store.read_upload("u1", &parts, 11).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(all, b"hello world");
         let d = Digest::sha256_of(b"hello world");
-        store.commit_upload("u1", 11, &d).await.unwrap();
+        store.commit_upload("u1", &parts, 11, &d).await.unwrap();
         assert_eq!(read_all(&store, &d, 0, 11).await, b"hello world");
         assert_eq!(read_all(&store, &d, 6, 5).await, b"world");
         assert!(matches!(
             store.append_upload("u1", 11, body(&[b"x"]), None).await,
             Err(StoreError::UploadUnknown)
         ));
+        // The upload's directory is gone, left-over part included.
+        assert!(!dir.path().join("uploads/u1").exists());
     }
 
     #[tokio::test]
-    async fn digest_mismatch_is_refused_and_hash_survives_a_new_store() {
+    async fn parts_must_make_the_recorded_size() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).await.unwrap();
         store.create_upload("u2").await.unwrap();
-        store
-            .append_upload("u2", 0, body(&[b"abc"]), None)
-            .await
-            .unwrap();
-        let wrong = Digest::sha256_of(b"abd");
-        assert!(matches!(
-            store.commit_upload("u2", 3, &wrong).await,
-            Err(StoreError::DigestMismatch { .. })
-        ));
-        // A fresh store (as after a restart) rebuilds the running hash from disk.
+        let mut parts = Vec::new();
+        append(&store, "u2", &mut parts, 0, body(&[b"abc"])).await;
+        let d = Digest::sha256_of(b"abc");
+        for (parts, size) in [
+            (parts.clone(), 4),
+            (vec![], 3),
+            (vec!["../../x".to_string()], 3),
+            (vec![part_name(0)], 3),
+        ] {
+            assert!(matches!(
+                store.commit_upload("u2", &parts, size, &d).await,
+                Err(StoreError::UploadTruncated { .. })
+            ));
+        }
+        // A fresh store (as after a restart, or another node) takes the upload on.
         let store = FsStore::open(dir.path()).await.unwrap();
-        store
-            .append_upload("u2", 3, body(&[b"def"]), None)
-            .await
-            .unwrap();
-        let sha512 = Digest::of(Algorithm::Sha512, b"abcdef");
-        store.commit_upload("u2", 6, &sha512).await.unwrap();
-        assert_eq!(read_all(&store, &sha512, 0, 6).await, b"abcdef");
+        append(&store, "u2", &mut parts, 3, body(&[b"def"])).await;
+        let d = Digest::sha256_of(b"abcdef");
+        store.commit_upload("u2", &parts, 6, &d).await.unwrap();
+        assert_eq!(read_all(&store, &d, 0, 6).await, b"abcdef");
     }
 
     #[tokio::test]
-    async fn failed_append_leaves_upload_unchanged() {
+    async fn failed_append_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).await.unwrap();
         store.create_upload("u3").await.unwrap();
-        store
-            .append_upload("u3", 0, body(&[b"abc"]), None)
-            .await
-            .unwrap();
+        let mut parts = Vec::new();
+        append(&store, "u3", &mut parts, 0, body(&[b"abc"])).await;
         let err = store
             .append_upload("u3", 3, body(&[b"toolong"]), Some(2))
             .await;
@@ -510,12 +488,24 @@ mod tests {
             store.append_upload("u3", 3, broken, None).await,
             Err(StoreError::Body(_))
         ));
+        // An empty body makes no part.
+        let empty = store.append_upload("u3", 3, body(&[]), None).await.unwrap();
+        assert_eq!(
+            empty,
+            Appended {
+                size: 3,
+                part: None
+            }
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("uploads/u3"))
+                .unwrap()
+                .count(),
+            1
+        );
+        append(&store, "u3", &mut parts, 3, body(&[b"d"])).await;
         store
-            .append_upload("u3", 3, body(&[b"d"]), None)
-            .await
-            .unwrap();
-        store
-            .commit_upload("u3", 4, &Digest::sha256_of(b"abcd"))
+            .commit_upload("u3", &parts, 4, &Digest::sha256_of(b"abcd"))
             .await
             .unwrap();
     }
@@ -528,29 +518,38 @@ mod tests {
         let data: Vec<u8> = (0..(7 * WRITE_BATCH / 2))
             .map(|i| (i % 251) as u8)
             .collect();
-        let parts: Vec<std::io::Result<Bytes>> = data
+        let chunks: Vec<std::io::Result<Bytes>> = data
             .chunks(65_521)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let split = parts.len() / 2;
+        let split = chunks.len() / 2;
         let (a, b): (Vec<_>, Vec<_>) = {
-            let mut it = parts.into_iter();
+            let mut it = chunks.into_iter();
             (it.by_ref().take(split).collect(), it.collect())
         };
         let first: u64 = a.iter().map(|c| c.as_ref().unwrap().len() as u64).sum();
         store.create_upload("u4").await.unwrap();
-        let n = store
-            .append_upload("u4", 0, Box::pin(futures_util::stream::iter(a)), None)
-            .await
-            .unwrap();
+        let mut parts = Vec::new();
+        let n = append(
+            &store,
+            "u4",
+            &mut parts,
+            0,
+            Box::pin(futures_util::stream::iter(a)),
+        )
+        .await;
         assert_eq!(n, first);
-        let n = store
-            .append_upload("u4", first, Box::pin(futures_util::stream::iter(b)), None)
-            .await
-            .unwrap();
+        let n = append(
+            &store,
+            "u4",
+            &mut parts,
+            first,
+            Box::pin(futures_util::stream::iter(b)),
+        )
+        .await;
         assert_eq!(n, data.len() as u64);
         let d = Digest::sha256_of(&data);
-        store.commit_upload("u4", n, &d).await.unwrap();
+        store.commit_upload("u4", &parts, n, &d).await.unwrap();
         let len = data.len() as u64;
         assert_eq!(read_all(&store, &d, 0, len).await, data);
         let (off, n) = (READ_CHUNK - 3, 2 * READ_CHUNK + 7);
@@ -563,13 +562,7 @@ mod tests {
         for (off, n) in [(len - 10, 20), (0, len + 1)] {
             let failed = match store.read(&d, off, n).await {
                 Err(_) => true,
-                Ok(mut s) => {
-                    let mut failed = false;
-                    while let Some(c) = s.next().await {
-                        failed |= c.is_err();
-                    }
-                    failed
-                }
+                Ok(s) => collect(s).await.is_err(),
             };
             assert!(failed, "{off}+{n} of {len}");
         }
@@ -577,6 +570,28 @@ mod tests {
             store.read(&Digest::sha256_of(b"none"), 0, 1).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn empty_blobs_and_existing_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).await.unwrap();
+        store.create_upload("u5").await.unwrap();
+        let empty = Digest::sha256_of(b"");
+        store.commit_upload("u5", &[], 0, &empty).await.unwrap();
+        assert_eq!(read_all(&store, &empty, 0, 0).await, b"");
+        // A second upload of stored content leaves the stored copy and removes its own.
+        store.create_upload("u6").await.unwrap();
+        let mut parts = Vec::new();
+        append(&store, "u6", &mut parts, 0, body(&[b"abc"])).await;
+        store.create_upload("u7").await.unwrap();
+        let mut again = Vec::new();
+        append(&store, "u7", &mut again, 0, body(&[b"abc"])).await;
+        let d = Digest::sha256_of(b"abc");
+        store.commit_upload("u6", &parts, 3, &d).await.unwrap();
+        store.commit_upload("u7", &again, 3, &d).await.unwrap();
+        assert_eq!(read_all(&store, &d, 0, 3).await, b"abc");
+        assert!(!dir.path().join("uploads/u7").exists());
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! their digest and made durable before the caller makes them visible; reads stream byte ranges.
 
 mod fs;
+mod object;
 
 use std::io;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use futures_util::Stream;
 use wharf_oci::Digest;
 
 pub use fs::FsStore;
+pub use object::{ObjectBlobStore, S3Config};
 
 /// A stream of body bytes, as it comes off the socket or goes back to it.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, io::Error>> + Send>>;
@@ -32,33 +34,57 @@ pub enum StoreError {
     Body(io::Error),
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The backend cannot be reached or refuses the request (a service that is down, wrong
+    /// credentials, a missing bucket): said in one line.
+    #[error("content store unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Where an append left an upload: its new length, and the part that holds the appended bytes.
+/// The caller records both with the upload (compare-and-swap on the old length); a part that is
+/// never recorded is the left-over of a request that lost a race, removed with the upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub size: u64,
+    pub part: Option<String>,
+}
+
 /// A content-addressed blob store with resumable uploads.
 ///
-/// Upload data lives under the upload's id until `commit_upload` verifies its digest, makes it
-/// durable and moves it to its content address. The metadata store, not this one, decides
-/// whether a blob is visible in a repository.
+/// An upload's bytes live in parts under the upload's id, one part per append, until
+/// `commit_upload` makes them durable at their content address. The store keeps no state of
+/// its own between requests (hashes, offsets): the metadata store records them, so any node may
+/// take any request. Verifying the digest is the caller's, before it commits; the metadata
+/// store, not this one, decides whether a blob is visible in a repository.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     async fn create_upload(&self, id: &str) -> Result<()>;
 
-    /// Appends `body` to the upload whose durable length is `offset`, returning the new length.
-    /// With `expected_len`, a body of any other length is refused and nothing is kept. On any
-    /// error the upload is left at `offset`.
+    /// Stores `body` as a new part of the upload, whose recorded length is `offset`. With
+    /// `expected_len`, a body of any other length is refused. On any error nothing is kept.
     async fn append_upload(
         &self,
         id: &str,
         offset: u64,
         body: ByteStream,
         expected_len: Option<u64>,
-    ) -> Result<u64>;
+    ) -> Result<Appended>;
 
-    /// Verifies that the first `size` bytes of the upload hash to `digest`, makes them durable
-    /// and stores them at the digest's address. The upload's data is gone afterwards.
-    async fn commit_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<()>;
+    /// Streams the upload's bytes: `parts` in order, `size` bytes in all.
+    async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream>;
+
+    /// Makes the upload's `size` bytes (its `parts`, in order), which the caller verified to
+    /// hash to `digest`, durable at the digest's address. A blob already there is kept as it is.
+    /// The upload is gone afterwards.
+    async fn commit_upload(
+        &self,
+        id: &str,
+        parts: &[String],
+        size: u64,
+        digest: &Digest,
+    ) -> Result<()>;
 
     async fn delete_upload(&self, id: &str) -> Result<()>;
 
@@ -70,4 +96,52 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Checks that the backend is usable (readiness probe).
     async fn check(&self) -> Result<()>;
+}
+
+/// Refuses an upload id that is not a plain token: ids come from URLs and become file and
+/// object names.
+pub(crate) fn check_upload_id(id: &str) -> Result<()> {
+    let plain = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if plain {
+        Ok(())
+    } else {
+        Err(StoreError::UploadUnknown)
+    }
+}
+
+/// A new part's name: where it starts in the upload (so that a listing sorts in order), and a
+/// nonce (so that racing requests never write the same part).
+pub(crate) fn part_name(offset: u64) -> String {
+    format!("{offset:020}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Where a part starts, from its name; `None` for a name this store did not make (ids and part
+/// names become file and object names, so only plain tokens pass).
+pub(crate) fn part_offset(name: &str) -> Option<u64> {
+    let (offset, nonce) = name.split_once('-')?;
+    let plain =
+        |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !plain(nonce) || offset.len() != 20 {
+        return None;
+    }
+    offset.parse().ok()
+}
+
+/// Checks that parts of the given lengths, named with their offsets, make exactly `size` bytes
+/// in order.
+pub(crate) fn check_parts(parts: &[(String, u64)], size: u64) -> Result<()> {
+    let mut at = 0u64;
+    for (name, len) in parts {
+        if part_offset(name) != Some(at) {
+            return Err(StoreError::UploadTruncated { expected: size });
+        }
+        at = at.saturating_add(*len);
+    }
+    if at == size {
+        Ok(())
+    } else {
+        Err(StoreError::UploadTruncated { expected: size })
+    }
 }

@@ -101,6 +101,83 @@ pub struct ServeArgs {
     /// 0 for none [default: 0].
     #[arg(long, env = "WHARF_RATE_LIMIT")]
     rate_limit: Option<u32>,
+    /// Where content is stored: `file` (the data directory) or s3://bucket[/prefix]
+    /// [default: file].
+    #[arg(long, env = "WHARF_STORAGE")]
+    storage: Option<String>,
+    /// S3 endpoint of a self-hosted server, e.g. http://10.0.0.5:9000 [default: AWS].
+    #[arg(long, env = "WHARF_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "WHARF_S3_REGION")]
+    s3_region: Option<String>,
+}
+
+/// `storage` in the configuration file: a URL, or a table with the S3 settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileStorage {
+    Url(String),
+    Table(StorageTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageTable {
+    /// `file` or s3://bucket[/prefix].
+    url: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    virtual_hosted: bool,
+}
+
+/// Where content is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The data directory.
+    File,
+    S3(wharf_store::S3Config),
+}
+
+impl Storage {
+    fn from_settings(table: StorageTable) -> Result<Storage, String> {
+        if table.url == "file" {
+            return Ok(Storage::File);
+        }
+        let mut s3 = wharf_store::S3Config::from_url(&table.url)?;
+        if let Some(e) = &table.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!(
+                    "S3 endpoint {e:?} must start with http:// or https://"
+                ));
+            }
+        }
+        s3.endpoint = table.endpoint;
+        s3.region = table.region;
+        if table.access_key_id.is_some() != table.secret_access_key.is_some() {
+            return Err("storage: give access_key_id and secret_access_key together".to_string());
+        }
+        s3.access_key_id = table.access_key_id;
+        s3.secret_access_key = table.secret_access_key;
+        s3.virtual_hosted = table.virtual_hosted;
+        Ok(Storage::S3(s3))
+    }
+}
+
+impl StorageTable {
+    fn file() -> StorageTable {
+        StorageTable {
+            url: "file".to_string(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            virtual_hosted: false,
+        }
+    }
 }
 
 /// A duration such as `30s`, `10m` or `24h`.
@@ -144,6 +221,7 @@ struct FileConfig {
     #[serde(default, deserialize_with = "file_duration")]
     upload_max_age: Option<Duration>,
     rate_limit: Option<u32>,
+    storage: Option<FileStorage>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +242,7 @@ pub struct Config {
     pub upload_max_sessions: i64,
     pub upload_max_age: Duration,
     pub rate_limit: u32,
+    pub storage: Storage,
 }
 
 impl Config {
@@ -275,6 +354,24 @@ impl Config {
                 .or(file.upload_max_age)
                 .unwrap_or(Duration::from_secs(24 * 3600)),
             rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(0),
+            storage: {
+                // Flags and variables override the file's URL, endpoint and region; its
+                // credentials stay.
+                let mut table = match file.storage {
+                    None => StorageTable::file(),
+                    Some(FileStorage::Url(url)) => StorageTable {
+                        url,
+                        ..StorageTable::file()
+                    },
+                    Some(FileStorage::Table(t)) => t,
+                };
+                if let Some(url) = args.storage {
+                    table.url = url;
+                }
+                table.endpoint = args.s3_endpoint.or(table.endpoint);
+                table.region = args.s3_region.or(table.region);
+                Storage::from_settings(table)?
+            },
         })
     }
 }
@@ -343,6 +440,57 @@ mod tests {
             ("public_url = \"http://r.example.com:99999\"", "port"),
             ("idle_timeout = \"soon\"", "duration"),
             ("upload_max_sessions = 0", "at least 1"),
+        ] {
+            let f = write(bad);
+            let err = Config::load(ServeArgs {
+                config: Some(f.path().into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn storage_as_url_or_table() {
+        let c = Config::load(ServeArgs::default()).unwrap();
+        assert_eq!(c.storage, Storage::File);
+        let f = write("storage = \"s3://wharf/prod\"\n");
+        let c = Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let Storage::S3(s3) = c.storage else {
+            panic!("s3 expected")
+        };
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("wharf", "prod"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        let f = write(
+            "[storage]\nurl = \"s3://b\"\nregion = \"eu-west-1\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+        );
+        let c = Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let Storage::S3(s3) = c.storage else {
+            panic!("s3 expected")
+        };
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s3.secret_access_key.as_deref(), Some("s"));
+        for (bad, says) in [
+            ("storage = \"gs://x\"", "s3://"),
+            (
+                "[storage]\nurl = \"s3://b\"\nendpoint = \"minio:9000\"",
+                "http://",
+            ),
+            (
+                "[storage]\nurl = \"s3://b\"\naccess_key_id = \"k\"",
+                "together",
+            ),
+            ("[storage]\nurl = \"s3://b\"\ncolour = 1", "storage"),
         ] {
             let f = write(bad);
             let err = Config::load(ServeArgs {

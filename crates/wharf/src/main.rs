@@ -13,9 +13,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wharf_meta::Meta;
 use wharf_server::{AppState, Settings};
-use wharf_store::FsStore;
+use wharf_store::{BlobStore, FsStore, ObjectBlobStore};
 
-use config::{Config, LogFormat, ServeArgs};
+use config::{Config, LogFormat, ServeArgs, Storage};
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage registries (tenants).
     Registry {
         #[command(flatten)]
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         quit_on_closed_pipe();
     }
     let result = match cli.command {
-        Command::Serve(args) => Config::load(args).and_then(serve),
+        Command::Serve(args) => Config::load(*args).and_then(serve),
         Command::Registry { conn, command } => admin::registry(conn, command),
         Command::Repo { conn, command } => admin::repo(conn, command),
         Command::AdminKey { conn, command } => admin::admin_key(conn, command),
@@ -214,9 +214,19 @@ async fn run(config: Config) -> Result<(), String> {
     let meta = Meta::connect(&database_url)
         .await
         .map_err(|e| format!("metadata database: {e}"))?;
-    let store = FsStore::open(&data_dir)
-        .await
-        .map_err(|e| format!("content store in {}: {e}", data_dir.display()))?;
+    let store: Arc<dyn BlobStore> = match &config.storage {
+        Storage::File => Arc::new(
+            FsStore::open(&data_dir)
+                .await
+                .map_err(|e| format!("content store in {}: {e}", data_dir.display()))?,
+        ),
+        Storage::S3(s3) => {
+            // A wrong bucket or credentials stop the start, named, rather than every request.
+            let store = ObjectBlobStore::s3(s3).map_err(|e| e.to_string())?;
+            store.check().await.map_err(|e| e.to_string())?;
+            Arc::new(store)
+        }
+    };
     if let Some(name) = &config.default_registry {
         let location = config
             .locations
@@ -237,7 +247,7 @@ async fn run(config: Config) -> Result<(), String> {
     }
     let state = Arc::new(AppState::new(
         meta.clone(),
-        Arc::new(store),
+        store,
         Settings {
             delete_enabled: config.delete_enabled,
             base_domain: config.base_domain.clone(),

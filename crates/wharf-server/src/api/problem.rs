@@ -80,10 +80,27 @@ impl From<MetaError> for Problem {
     fn from(e: MetaError) -> Self {
         match e {
             MetaError::Conflict(msg) => Problem::conflict(msg),
+            other if other.is_unavailable() => {
+                crate::metrics::database_error();
+                tracing::warn!(error = %other, "metadata store unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the metadata database is unavailable; retry later",
+                )
+            }
             other => {
                 crate::metrics::database_error();
                 Problem::internal("metadata store failed", other)
             }
+        }
+    }
+}
+
+impl From<crate::service::ServiceError> for Problem {
+    fn from(e: crate::service::ServiceError) -> Self {
+        match e {
+            crate::service::ServiceError::Meta(e) => e.into(),
+            other => Problem::internal("content service failed", other),
         }
     }
 }

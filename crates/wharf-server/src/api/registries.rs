@@ -458,21 +458,8 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
     admin.require(Permission::RegistryDelete)?;
-    let freed = state
-        .meta
-        .delete_registry(&name)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no registry named {name:?}")))?;
-    state.forget_registry(&name);
-    // The database no longer names these blobs; their bytes can go.
-    for digest in &freed {
-        let removed = match wharf_oci::Digest::parse(digest) {
-            Ok(d) => state.store.delete_blob(&d).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = removed {
-            tracing::warn!(%digest, error = %e, "blob content not removed; garbage collection will retry");
-        }
+    if !state.service().delete_registry(&name).await? {
+        return Err(Problem::not_found(format!("no registry named {name:?}")));
     }
     super::audit_change(&state, &admin, "registry.delete", Some(&name), None, None).await;
     Ok(StatusCode::NO_CONTENT)
@@ -542,7 +529,7 @@ pub async fn delete_repository(
     admin.require(Permission::RegistryDelete)?;
     let (registry, repository) = repository_path(&state, &name, &repository).await?;
     if !state
-        .meta
+        .service()
         .delete_repository(registry.id, repository.as_str())
         .await?
     {

@@ -61,14 +61,13 @@ pub(super) async fn get(
     head: bool,
 ) -> Result<Response> {
     let digest = Digest::parse(digest)?;
-    let size = repo
-        .state
-        .meta
-        .repository_blob(repo.registry_id, repo.name.as_str(), digest.as_str())
+    let service = repo.state.service();
+    let size = service
+        .blob_size(&repo.scope(), &digest)
         .await?
         .ok_or_else(|| {
             ApiError::new(ErrorCode::BlobUnknown, json!({ "digest": digest.as_str() }))
-        })? as u64;
+        })?;
 
     let (status, start, len) = match parse_range(header_str(headers, header::RANGE), size) {
         RangeRequest::Full => (StatusCode::OK, 0, size),
@@ -87,7 +86,7 @@ pub(super) async fn get(
     let body = if head {
         Body::empty()
     } else {
-        Body::from_stream(repo.state.store.read(&digest, start, len).await?)
+        Body::from_stream(service.read_blob(&digest, start, len).await?)
     };
     let mut resp = Response::builder()
         .status(status)
@@ -113,8 +112,8 @@ pub(super) async fn delete(repo: &Repo<'_>, digest: &str) -> Result<Response> {
     let digest = Digest::parse(digest)?;
     let removed = repo
         .state
-        .meta
-        .unlink_blob(repo.registry_id, repo.name.as_str(), digest.as_str())
+        .service()
+        .unlink_blob(&repo.scope(), &digest)
         .await?;
     if !removed {
         return Err(ApiError::new(
@@ -122,7 +121,6 @@ pub(super) async fn delete(repo: &Repo<'_>, digest: &str) -> Result<Response> {
             json!({ "digest": digest.as_str() }),
         ));
     }
-    repo.audit("blob.delete", Some(digest.as_str()), None).await;
     Ok(super::accepted())
 }
 

@@ -3,7 +3,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::json;
-use wharf_meta::{NewManifest, StoredManifest};
+use wharf_meta::NewManifest;
 use wharf_oci::manifest::MAX_MANIFEST_SIZE;
 use wharf_oci::{media, Digest, ErrorCode, Manifest, Reference};
 
@@ -72,20 +72,6 @@ fn acceptable(accept: &[&str], media_type: &str) -> bool {
             .any(|a| *a == media_type || *a == "*/*" || *a == "application/*")
 }
 
-async fn lookup(repo: &Repo<'_>, reference: &Reference) -> Result<Option<StoredManifest>> {
-    let meta = &repo.state.meta;
-    Ok(match reference {
-        Reference::Tag(tag) => {
-            meta.manifest_by_tag(repo.registry_id, repo.name.as_str(), tag.as_str())
-                .await?
-        }
-        Reference::Digest(d) => {
-            meta.manifest_by_digest(repo.registry_id, repo.name.as_str(), d.as_str())
-                .await?
-        }
-    })
-}
-
 fn unknown(reference: &Reference) -> ApiError {
     ApiError::new(
         ErrorCode::ManifestUnknown,
@@ -108,7 +94,10 @@ pub(super) async fn get(
             json!({ "reference": reference }),
         )
     })?;
-    let manifest = lookup(repo, &reference)
+    let service = repo.state.service();
+    let scope = repo.scope();
+    let manifest = service
+        .manifest(&scope, &reference)
         .await?
         .ok_or_else(|| unknown(&reference))?;
     let accept = accepted(headers);
@@ -123,8 +112,7 @@ pub(super) async fn get(
         ));
     }
     if !head {
-        repo.audit("manifest.pull", Some(&manifest.digest), None)
-            .await;
+        service.pulled(&scope, &manifest).await;
     }
     let len = manifest.content.len();
     let body = if head {
@@ -193,15 +181,9 @@ pub(super) async fn put(
         content,
     };
     repo.state
-        .meta
-        .put_manifest(repo.registry_id, repo.name.as_str(), new, tag)
+        .service()
+        .put_manifest(&repo.scope(), new, tag)
         .await?;
-    repo.audit(
-        "manifest.push",
-        Some(digest.as_str()),
-        tag.map(|t| serde_json::json!({ "tag": t }).to_string()),
-    )
-    .await;
 
     let mut resp = Response::builder()
         .status(StatusCode::CREATED)
@@ -221,30 +203,13 @@ pub(super) async fn put(
 pub(super) async fn delete(repo: &Repo<'_>, reference: &str) -> Result<Response> {
     ensure_delete_enabled(repo.state)?;
     let reference = Reference::parse(reference)?;
-    let meta = &repo.state.meta;
-    let deleted = match &reference {
-        Reference::Tag(tag) => {
-            meta.delete_tag(repo.registry_id, repo.name.as_str(), tag.as_str())
-                .await?
-        }
-        Reference::Digest(d) => {
-            meta.delete_manifest(repo.registry_id, repo.name.as_str(), d.as_str())
-                .await?
-        }
-    };
+    let deleted = repo
+        .state
+        .service()
+        .delete_manifest(&repo.scope(), &reference)
+        .await?;
     if !deleted {
         return Err(unknown(&reference));
-    }
-    match &reference {
-        Reference::Tag(t) => {
-            repo.audit(
-                "tag.delete",
-                None,
-                Some(serde_json::json!({ "tag": t.as_str() }).to_string()),
-            )
-            .await
-        }
-        Reference::Digest(d) => repo.audit("manifest.delete", Some(d.as_str()), None).await,
     }
     Ok(super::accepted())
 }

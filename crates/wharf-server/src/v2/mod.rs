@@ -34,18 +34,12 @@ pub(crate) struct Repo<'a> {
 }
 
 impl Repo<'_> {
-    /// Queues a push, pull or delete for the audit log; waits only while the queue is full.
-    async fn audit(&self, action: &'static str, digest: Option<&str>, detail: Option<String>) {
-        let entry = wharf_meta::OwnedAuditEntry {
-            actor: self.caller.actor(),
-            action: action.to_string(),
+    /// The repository and caller, as the content service takes them.
+    fn scope(&self) -> crate::service::Scope<'_> {
+        crate::service::Scope {
             registry_id: self.registry_id,
-            repository: Some(self.name.to_string()),
-            digest: digest.map(String::from),
-            detail,
-        };
-        if self.state.audit_queue.send(entry).await.is_err() {
-            tracing::error!(action, "audit writer stopped; entry lost");
+            repository: self.name.as_str(),
+            actor: self.caller.actor(),
         }
     }
 }

@@ -4,10 +4,10 @@ use axum::response::Response;
 use serde_json::json;
 use wharf_meta::Upload;
 use wharf_oci::{Digest, ErrorCode, RepositoryName};
-use wharf_store::StoreError;
 
 use super::auth::may_pull;
 use super::{body_stream, content_length, header_str, Query, Repo, Result};
+use crate::service::{Grown, ServiceError};
 use crate::ApiError;
 
 fn location(repo: &Repo<'_>, id: &str) -> String {
@@ -54,10 +54,16 @@ fn out_of_order(repo: &Repo<'_>, id: &str, size: u64, why: String) -> ApiError {
         .header(header::HeaderName::from_static("docker-upload-uuid"), id)
 }
 
-/// Another request (on this node or another) moved the upload on while this one ran.
-fn changed_meanwhile(repo: &Repo<'_>, upload: &Upload) -> ApiError {
-    let why = "the upload changed during this request".to_string();
-    out_of_order(repo, &upload.id, upload.size as u64, why)
+/// A service error of a request on upload `id`: when another request (on this node or another)
+/// moved the upload on meanwhile, a 416 that tells the client where it stands.
+fn on_upload<'a>(repo: &'a Repo<'a>, id: &'a str) -> impl Fn(ServiceError) -> ApiError + 'a {
+    move |e| match e {
+        ServiceError::UploadMoved { size } => {
+            let why = "the upload changed during this request".to_string();
+            out_of_order(repo, id, size, why)
+        }
+        other => other.into(),
+    }
 }
 
 /// Parses `Content-Range: <start>-<end>` (also with a `bytes ` or `bytes=` unit).
@@ -74,45 +80,11 @@ fn parse_content_range(value: &str) -> Option<(u64, u64)> {
 }
 
 async fn open_session(repo: &Repo<'_>) -> Result<String> {
-    let id = uuid::Uuid::new_v4().to_string();
-    let cap = repo.state.settings.max_upload_sessions;
-    repo.state.store.create_upload(&id).await?;
-    let opened = repo
-        .state
-        .meta
-        .create_upload(repo.registry_id, repo.name.as_str(), &id, cap)
-        .await;
-    if !matches!(opened, Ok(true)) {
-        repo.state.store.delete_upload(&id).await?;
-    }
-    if !opened? {
-        tracing::warn!(repository = %repo.name, cap, "upload session refused: too many open");
-        return Err(ApiError::with_message(
-            ErrorCode::TooManyRequests,
-            format!(
-                "repository {} has {cap} upload sessions open, the most allowed; finish or cancel some (DELETE their Location), or wait for abandoned ones to expire",
-                repo.name
-            ),
-            json!({ "limit": cap }),
-        )
-        .header(header::RETRY_AFTER, "60"));
-    }
-    Ok(id)
+    Ok(repo.state.service().open_upload(&repo.scope()).await?)
 }
 
 async fn find_session(repo: &Repo<'_>, id: &str) -> Result<Upload> {
-    repo.state
-        .meta
-        .get_upload(repo.registry_id, repo.name.as_str(), id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::BlobUploadUnknown, json!({ "id": id })))
-}
-
-/// Drops a session and its bytes.
-async fn discard(repo: &Repo<'_>, id: &str) -> Result<()> {
-    repo.state.meta.delete_upload(id).await?;
-    repo.state.store.delete_upload(id).await?;
-    Ok(())
+    Ok(repo.state.service().upload(&repo.scope(), id).await?)
 }
 
 /// Appends a request body to an upload: in order, of the announced length, or not at all. With
@@ -124,7 +96,7 @@ async fn append(
     headers: &HeaderMap,
     body: Body,
     record: bool,
-) -> Result<u64> {
+) -> Result<Grown> {
     let offset = upload.size as u64;
     let announced = content_length(headers)?;
     let expected = match header_str(headers, header::CONTENT_RANGE) {
@@ -174,57 +146,27 @@ async fn append(
             Some(len)
         }
     };
-    if expected == Some(0) {
-        return Ok(offset);
-    }
-    let size = repo
-        .state
-        .store
-        .append_upload(
-            &upload.id,
-            offset,
-            body_stream(body, repo.state.settings.idle_timeout),
-            expected,
-        )
-        .await?;
-    if record
-        && !repo
-            .state
-            .meta
-            .advance_upload(&upload.id, offset as i64, size as i64)
-            .await?
-    {
-        return Err(changed_meanwhile(repo, upload));
-    }
-    Ok(size)
+    let body = body_stream(body, repo.state.settings.idle_timeout);
+    repo.state
+        .service()
+        .append(upload, body, expected, record)
+        .await
+        .map_err(on_upload(repo, &upload.id))
 }
 
 /// Verifies and publishes the upload's bytes; a digest mismatch ends the session and keeps
 /// nothing.
-async fn finish(repo: &Repo<'_>, upload: &Upload, size: u64, digest: &Digest) -> Result<Response> {
-    let id = upload.id.as_str();
-    match repo.state.store.commit_upload(id, size, digest).await {
-        Ok(()) => {}
-        Err(e @ StoreError::DigestMismatch { .. }) => {
-            discard(repo, id).await?;
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let closed = repo
-        .state
-        .meta
-        .commit_blob(
-            repo.registry_id,
-            repo.name.as_str(),
-            digest.as_str(),
-            size as i64,
-            Some((id, upload.size)),
-        )
-        .await?;
-    if !closed {
-        return Err(changed_meanwhile(repo, upload));
-    }
+async fn finish(
+    repo: &Repo<'_>,
+    upload: &Upload,
+    grown: Grown,
+    digest: &Digest,
+) -> Result<Response> {
+    repo.state
+        .service()
+        .finish(&repo.scope(), upload, grown, digest)
+        .await
+        .map_err(on_upload(repo, &upload.id))?;
     Ok(created_response(repo, digest))
 }
 
@@ -256,21 +198,8 @@ pub(super) async fn start(
             .and_then(|f| RepositoryName::parse(f).ok());
         if let (Ok(digest), Some(from)) = (Digest::parse(mount), source) {
             let readable = may_pull(repo.state, repo.registry_id, repo.caller, from.as_str());
-            let mounted = match readable.await? {
-                false => None,
-                true => {
-                    repo.state
-                        .meta
-                        .mount_blob(
-                            repo.registry_id,
-                            from.as_str(),
-                            repo.name.as_str(),
-                            digest.as_str(),
-                        )
-                        .await?
-                }
-            };
-            if mounted.is_some() {
+            let service = repo.state.service();
+            if readable.await? && service.mount(&repo.scope(), from.as_str(), &digest).await? {
                 return Ok(created_response(repo, &digest));
             }
         }
@@ -281,13 +210,15 @@ pub(super) async fn start(
             id: id.clone(),
             repository: repo.name.to_string(),
             size: 0,
+            hash_state: None,
+            parts: Vec::new(),
         };
         let result = match append(repo, &upload, headers, body, false).await {
-            Ok(size) => finish(repo, &upload, size, &digest).await,
+            Ok(grown) => finish(repo, &upload, grown, &digest).await,
             Err(e) => Err(e),
         };
         if result.is_err() {
-            discard(repo, &id).await?;
+            repo.state.service().discard_upload(&id).await?;
         }
         return result;
     }
@@ -313,7 +244,7 @@ pub(super) async fn patch(
 ) -> Result<Response> {
     let _guard = repo.state.upload_locks.lock(id).await;
     let upload = find_session(repo, id).await?;
-    let size = append(repo, &upload, headers, body, true).await?;
+    let size = append(repo, &upload, headers, body, true).await?.size;
     Ok(session_response(repo, StatusCode::ACCEPTED, id, size))
 }
 
@@ -327,14 +258,14 @@ pub(super) async fn put(
     let _guard = repo.state.upload_locks.lock(id).await;
     let upload = find_session(repo, id).await?;
     let digest = digest_param(query)?;
-    let size = append(repo, &upload, headers, body, false).await?;
-    finish(repo, &upload, size, &digest).await
+    let grown = append(repo, &upload, headers, body, false).await?;
+    finish(repo, &upload, grown, &digest).await
 }
 
 pub(super) async fn cancel(repo: &Repo<'_>, id: &str) -> Result<Response> {
     let _guard = repo.state.upload_locks.lock(id).await;
     find_session(repo, id).await?;
-    discard(repo, id).await?;
+    repo.state.service().discard_upload(id).await?;
     Ok(Response::builder()
         .status(StatusCode::NO_CONTENT)
         .body(Body::empty())

@@ -1,0 +1,448 @@
+//! The content service: the one place between the HTTP handlers and the two stores where
+//! content changes hands. Handlers parse and authorize; the service does the work, and it is
+//! where "a blob was committed", "a manifest was pushed or pulled" and "a reference was
+//! dropped" happen, so that what must follow them (the audit log today; garbage collection,
+//! scanning and replication as they come) is added once, in [`Service::emit`].
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt};
+use wharf_meta::{MetaError, NewManifest, StoredManifest, Upload};
+use wharf_oci::{Algorithm, Digest, Reference, ResumableSha256};
+use wharf_store::{ByteStream, StoreError};
+
+use crate::AppState;
+
+/// What can go wrong below the handlers; each handler family maps it to its wire format in one
+/// place (`error.rs` for `/v2/`, `api/problem.rs` for `/api/`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServiceError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("upload session {0} is unknown")]
+    UploadUnknown(String),
+    #[error("the repository has {open} upload sessions open, the most allowed")]
+    TooManyUploads { open: i64 },
+    /// Another request moved the upload on while this one ran; it now holds `size` bytes.
+    #[error("the upload changed during this request")]
+    UploadMoved { size: u64 },
+}
+
+pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Who acts, where: the registry and repository an operation is about, and how the audit log
+/// names the actor.
+pub(crate) struct Scope<'a> {
+    pub registry_id: i64,
+    pub repository: &'a str,
+    pub actor: String,
+}
+
+/// What just happened to content.
+pub(crate) enum Event<'a> {
+    BlobCommitted {
+        digest: &'a Digest,
+    },
+    BlobUnlinked {
+        digest: &'a Digest,
+    },
+    ManifestPushed {
+        digest: &'a str,
+        tag: Option<&'a str>,
+    },
+    ManifestPulled {
+        digest: &'a str,
+    },
+    ManifestDeleted {
+        digest: &'a str,
+    },
+    TagDeleted {
+        tag: &'a str,
+    },
+}
+
+/// An upload as a request left it: its length, the running hash of its bytes, and the store's
+/// parts that hold them.
+pub(crate) struct Grown {
+    pub size: u64,
+    pub hash: ResumableSha256,
+    pub parts: Vec<String>,
+}
+
+/// Borrowed from the server's state: the service keeps nothing of its own.
+pub(crate) struct Service<'a> {
+    state: &'a AppState,
+}
+
+impl AppState {
+    pub(crate) fn service(&self) -> Service<'_> {
+        Service { state: self }
+    }
+}
+
+impl Service<'_> {
+    /// Runs what follows an event. Never fails the operation, which has already happened.
+    pub async fn emit(&self, scope: &Scope<'_>, event: Event<'_>) {
+        let (action, digest, detail) = match &event {
+            // Blobs are not audited one by one (a push would log every layer); the manifest
+            // push that uses them is.
+            Event::BlobCommitted { digest } => {
+                tracing::debug!(%digest, repository = scope.repository, "blob committed");
+                return;
+            }
+            Event::BlobUnlinked { digest } => ("blob.delete", Some(digest.to_string()), None),
+            Event::ManifestPushed { digest, tag } => (
+                "manifest.push",
+                Some(digest.to_string()),
+                tag.map(|t| serde_json::json!({ "tag": t }).to_string()),
+            ),
+            Event::ManifestPulled { digest } => ("manifest.pull", Some(digest.to_string()), None),
+            Event::ManifestDeleted { digest } => {
+                ("manifest.delete", Some(digest.to_string()), None)
+            }
+            Event::TagDeleted { tag } => (
+                "tag.delete",
+                None,
+                Some(serde_json::json!({ "tag": tag }).to_string()),
+            ),
+        };
+        let entry = wharf_meta::OwnedAuditEntry {
+            actor: scope.actor.clone(),
+            action: action.to_string(),
+            registry_id: scope.registry_id,
+            repository: Some(scope.repository.to_string()),
+            digest,
+            detail,
+        };
+        if self.state.audit_queue.send(entry).await.is_err() {
+            tracing::error!(action, "audit writer stopped; entry lost");
+        }
+    }
+
+    // --- Uploads ---
+
+    /// Opens an upload session unless the repository has as many as allowed open.
+    pub async fn open_upload(&self, scope: &Scope<'_>) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let cap = self.state.settings.max_upload_sessions;
+        let store = &self.state.store;
+        store.create_upload(&id).await?;
+        let opened = self
+            .state
+            .meta
+            .create_upload(scope.registry_id, scope.repository, &id, cap)
+            .await;
+        if !matches!(opened, Ok(true)) {
+            store.delete_upload(&id).await?;
+        }
+        if !opened? {
+            tracing::warn!(
+                repository = scope.repository,
+                cap,
+                "upload session refused: too many open"
+            );
+            return Err(ServiceError::TooManyUploads { open: cap });
+        }
+        Ok(id)
+    }
+
+    /// The session `id` of this repository.
+    pub async fn upload(&self, scope: &Scope<'_>, id: &str) -> Result<Upload> {
+        self.state
+            .meta
+            .get_upload(scope.registry_id, scope.repository, id)
+            .await?
+            .ok_or_else(|| ServiceError::UploadUnknown(id.to_string()))
+    }
+
+    /// Drops a session and its bytes.
+    pub async fn discard_upload(&self, id: &str) -> Result<()> {
+        self.state.meta.delete_upload(id).await?;
+        self.state.store.delete_upload(id).await?;
+        Ok(())
+    }
+
+    /// The running hash of an upload's bytes: the one saved with it, or, for a session saved
+    /// without one, a new one over its stored bytes.
+    async fn running_hash(&self, upload: &Upload) -> Result<ResumableSha256> {
+        let size = upload.size as u64;
+        let saved = upload
+            .hash_state
+            .as_deref()
+            .and_then(ResumableSha256::from_bytes);
+        if let Some(hash) = saved.filter(|h| h.len() == size) {
+            return Ok(hash);
+        }
+        let mut hash = ResumableSha256::new();
+        let mut bytes = self
+            .state
+            .store
+            .read_upload(&upload.id, &upload.parts, size)
+            .await?;
+        while let Some(chunk) = bytes.next().await {
+            hash.update(&chunk.map_err(StoreError::Io)?);
+        }
+        Ok(hash)
+    }
+
+    /// Appends `body` (of `expected` bytes, when known) to an upload, or nothing at all. With
+    /// `record`, the new length, hash and part are recorded at once (a PATCH); without, the
+    /// caller finishes the upload with them (a PUT).
+    pub async fn append(
+        &self,
+        upload: &Upload,
+        body: ByteStream,
+        expected: Option<u64>,
+        record: bool,
+    ) -> Result<Grown> {
+        let offset = upload.size as u64;
+        let mut grown = Grown {
+            size: offset,
+            hash: self.running_hash(upload).await?,
+            parts: upload.parts.clone(),
+        };
+        if expected == Some(0) {
+            return Ok(grown);
+        }
+        // The bytes are hashed on their way to the store; the hash counts only once the store
+        // kept them all.
+        let hashing = Arc::new(Mutex::new(grown.hash.clone()));
+        let hasher = hashing.clone();
+        let body = body.inspect_ok(move |chunk| {
+            hasher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(chunk)
+        });
+        let appended = self
+            .state
+            .store
+            .append_upload(&upload.id, offset, Box::pin(body), expected)
+            .await?;
+        grown.size = appended.size;
+        grown.hash = hashing.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        grown.parts.extend(appended.part.clone());
+        if record {
+            let moved = !self
+                .state
+                .meta
+                .advance_upload(
+                    &upload.id,
+                    offset as i64,
+                    grown.size as i64,
+                    grown.hash.to_bytes(),
+                    appended.part.as_deref(),
+                )
+                .await?;
+            if moved {
+                return Err(ServiceError::UploadMoved { size: offset });
+            }
+        }
+        Ok(grown)
+    }
+
+    /// Verifies the upload's bytes against `digest` and publishes them in the repository; a
+    /// mismatch ends the session and keeps nothing.
+    pub async fn finish(
+        &self,
+        scope: &Scope<'_>,
+        upload: &Upload,
+        grown: Grown,
+        digest: &Digest,
+    ) -> Result<()> {
+        let id = upload.id.as_str();
+        let store = &self.state.store;
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => grown.hash.finish(),
+            // sha256 runs while the bytes stream in; other algorithms read them once more.
+            other => {
+                let mut hasher = other.hasher();
+                let mut bytes = store.read_upload(id, &grown.parts, grown.size).await?;
+                while let Some(chunk) = bytes.next().await {
+                    hasher.update(&chunk.map_err(StoreError::Io)?);
+                }
+                hasher.finish()
+            }
+        };
+        if &actual != digest {
+            self.discard_upload(id).await?;
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            }
+            .into());
+        }
+        store
+            .commit_upload(id, &grown.parts, grown.size, digest)
+            .await?;
+        let closed = self
+            .state
+            .meta
+            .commit_blob(
+                scope.registry_id,
+                scope.repository,
+                digest.as_str(),
+                grown.size as i64,
+                Some((id, upload.size)),
+            )
+            .await?;
+        if !closed {
+            return Err(ServiceError::UploadMoved {
+                size: upload.size as u64,
+            });
+        }
+        self.emit(scope, Event::BlobCommitted { digest }).await;
+        Ok(())
+    }
+
+    /// Links a blob of `from` into the scope's repository; `None` when `from` does not hold it.
+    /// The caller has checked that the actor may read `from`.
+    pub async fn mount(&self, scope: &Scope<'_>, from: &str, digest: &Digest) -> Result<bool> {
+        let mounted = self
+            .state
+            .meta
+            .mount_blob(scope.registry_id, from, scope.repository, digest.as_str())
+            .await?;
+        if mounted.is_some() {
+            self.emit(scope, Event::BlobCommitted { digest }).await;
+        }
+        Ok(mounted.is_some())
+    }
+
+    // --- Blobs ---
+
+    /// The size of a blob linked into the repository, if it is.
+    pub async fn blob_size(&self, scope: &Scope<'_>, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self
+            .state
+            .meta
+            .repository_blob(scope.registry_id, scope.repository, digest.as_str())
+            .await?
+            .map(|size| size as u64))
+    }
+
+    /// Streams `len` bytes of a blob from `offset`; the caller checked it is in the repository.
+    pub async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
+        Ok(self.state.store.read(digest, offset, len).await?)
+    }
+
+    /// Removes a blob from the repository (its bytes stay while anything else links them).
+    pub async fn unlink_blob(&self, scope: &Scope<'_>, digest: &Digest) -> Result<bool> {
+        let removed = self
+            .state
+            .meta
+            .unlink_blob(scope.registry_id, scope.repository, digest.as_str())
+            .await?;
+        if removed {
+            self.emit(scope, Event::BlobUnlinked { digest }).await;
+        }
+        Ok(removed)
+    }
+
+    // --- Manifests ---
+
+    /// The manifest a tag or digest names in the repository.
+    pub async fn manifest(
+        &self,
+        scope: &Scope<'_>,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
+        let meta = &self.state.meta;
+        let (registry, repository) = (scope.registry_id, scope.repository);
+        Ok(match reference {
+            Reference::Tag(tag) => {
+                meta.manifest_by_tag(registry, repository, tag.as_str())
+                    .await?
+            }
+            Reference::Digest(d) => {
+                meta.manifest_by_digest(registry, repository, d.as_str())
+                    .await?
+            }
+        })
+    }
+
+    /// Records that a manifest was handed to a client.
+    pub async fn pulled(&self, scope: &Scope<'_>, manifest: &StoredManifest) {
+        let digest = &manifest.digest;
+        self.emit(scope, Event::ManifestPulled { digest }).await;
+    }
+
+    /// Stores a verified manifest (its references must all be in the repository) and moves
+    /// `tag` to it.
+    pub async fn put_manifest(
+        &self,
+        scope: &Scope<'_>,
+        manifest: NewManifest,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        let digest = manifest.digest.clone();
+        self.state
+            .meta
+            .put_manifest(scope.registry_id, scope.repository, manifest, tag)
+            .await?;
+        self.emit(
+            scope,
+            Event::ManifestPushed {
+                digest: &digest,
+                tag,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Deletes a tag, or a manifest with every tag on it; false if there was none.
+    pub async fn delete_manifest(&self, scope: &Scope<'_>, reference: &Reference) -> Result<bool> {
+        let meta = &self.state.meta;
+        let (registry, repository) = (scope.registry_id, scope.repository);
+        let deleted = match reference {
+            Reference::Tag(tag) => meta.delete_tag(registry, repository, tag.as_str()).await?,
+            Reference::Digest(d) => {
+                meta.delete_manifest(registry, repository, d.as_str())
+                    .await?
+            }
+        };
+        if deleted {
+            let event = match reference {
+                Reference::Tag(tag) => Event::TagDeleted { tag: tag.as_str() },
+                Reference::Digest(d) => Event::ManifestDeleted { digest: d.as_str() },
+            };
+            self.emit(scope, event).await;
+        }
+        Ok(deleted)
+    }
+
+    // --- Repositories and registries ---
+
+    /// Deletes a repository with its manifests and tags; false if there was none.
+    pub async fn delete_repository(&self, registry_id: i64, name: &str) -> Result<bool> {
+        Ok(self.state.meta.delete_repository(registry_id, name).await?)
+    }
+
+    /// Deletes a registry with everything it holds, and the content no other registry links;
+    /// false if there was none.
+    pub async fn delete_registry(&self, name: &str) -> Result<bool> {
+        let Some(freed) = self.state.meta.delete_registry(name).await? else {
+            return Ok(false);
+        };
+        self.state.forget_registry(name);
+        // The database no longer names these blobs; their bytes can go.
+        for digest in &freed {
+            let removed = match Digest::parse(digest) {
+                Ok(d) => self
+                    .state
+                    .store
+                    .delete_blob(&d)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(%digest, error = %e, "blob content not removed; garbage collection will retry");
+            }
+        }
+        Ok(true)
+    }
+}

@@ -305,8 +305,11 @@ async fn limits(b: Backend) {
     s.start_upload("lim/other").await;
 
     // Sessions untouched for the configured age go, with their files; one that keeps moving
-    // stays.
+    // stays. Data no session names (a node died before removing it) goes too.
     let uploads_dir = s.data_dir().join("uploads");
+    let orphan = uploads_dir.join("0b7e6a35-orphan");
+    std::fs::create_dir(&orphan).expect("orphan dir");
+    std::fs::write(orphan.join("00000000000000000000-abc"), b"left over").expect("orphan part");
     let mut offset = 0u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

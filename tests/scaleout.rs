@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::images::{docker_dir, Skopeo};
-use common::{expect_error, header, pseudo_random, sha256, Backend, S3Server, Server};
+use common::{
+    expect_error, header, pseudo_random, sha256, Backend, PrivatePostgres, S3Server, Server,
+};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -386,6 +388,127 @@ async fn a_wrong_bucket_or_endpoint_stops_the_start_with_one_line() {
         assert!(last.starts_with("wharf: error: content store"), "{err}");
         assert!(last.contains(says), "{storage}: {last}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_database_outage_fails_cleanly_and_recovers() {
+    let pg = PrivatePostgres::start();
+    let s = Server::start_with(Backend::Sqlite, &["--database-url", &pg.url()]).await;
+    let before = pseudo_random(10_000, 4);
+    s.push_blob("team/app", &before).await;
+
+    pg.stop();
+    // Let the cached registry and token (a second at most) expire.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = s.send(Method::POST, "/v2/team/app/blobs/uploads/").await;
+    expect_error(r, 503, "UNAVAILABLE").await;
+    let r = s
+        .send(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{}", sha256(&before)),
+        )
+        .await;
+    expect_error(r, 503, "UNAVAILABLE").await;
+    let r = s.anon.get(s.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = s
+        .anon
+        .get(s.url("/api/v1/registries"))
+        .bearer_auth(common::OWNER_KEY)
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+
+    pg.start_again();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.anon.get(s.url("/readyz")).send().await.expect("readyz");
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = pseudo_random(10_000, 5);
+    s.push_blob("team/app", &after).await;
+    let r = s
+        .send(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{}", sha256(&before)),
+        )
+        .await;
+    assert_eq!(r.bytes().await.expect("body").as_ref(), before.as_slice());
+}
+
+/// The README's move from one node on SQLite to PostgreSQL: the metadata copied with
+/// `wharf metadata copy`, the content where it was; images, tokens and tags survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_moves_to_postgres() {
+    let mut single = Server::start(Backend::Sqlite).await;
+    let layer = pseudo_random(300_000, 21);
+    let config = b"{\"moved\":true}".to_vec();
+    single.push_blob("team/app", &layer).await;
+    single.push_blob("team/app", &config).await;
+    let m = manifest(&config, &[&layer]);
+    let r = single
+        .push_manifest("team/app", "v1", OCI_MANIFEST, &m)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    single.stop();
+
+    let url = format!(
+        "{}/wharf_e2e_{}",
+        common::postgres_base(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["metadata", "copy", "--to", &url, "--data-dir"])
+        .arg(single.data_dir())
+        .output()
+        .expect("wharf metadata copy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("manifests: 1 rows"));
+    // Copying again into the filled database is refused, with one line.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["metadata", "copy", "--to", &url, "--data-dir"])
+        .arg(single.data_dir())
+        .output()
+        .expect("wharf metadata copy");
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("empty one") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    // The same token (its secret's hash moved with it) pulls the same image from PostgreSQL.
+    let moved = single.node_on(Some(url), true).await;
+    let r = moved.send(Method::GET, "/v2/team/app/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), m.as_slice());
+    let r = moved
+        .send(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{}", sha256(&layer)),
+        )
+        .await;
+    assert_eq!(r.bytes().await.expect("body").as_ref(), layer.as_slice());
+    // New tokens get ids of their own.
+    let created = moved
+        .create_token("default", "after-move", json!([{ "type": "registry" }]))
+        .await;
+    assert!(created.is_some());
 }
 
 /// The scenarios on both shared stores.

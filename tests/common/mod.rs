@@ -153,6 +153,122 @@ impl S3Server {
     }
 }
 
+/// A PostgreSQL server of the calling test's own (initdb into a temporary directory), for
+/// tests that stop the database; ended when dropped.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                versions
+                    .filter_map(|v| v.ok())
+                    .map(|v| v.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .max()
+            })
+            .expect(
+                "PostgreSQL server binaries in /usr/lib/postgresql (scripts/test installs them)",
+            );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg = PrivatePostgres {
+            port: free_port(),
+            bin,
+            dir,
+        };
+        if unsafe { libc::geteuid() } == 0 {
+            // initdb and postgres refuse to run as root: the cluster belongs to `postgres`.
+            let status = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(pg.dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        pg.run(
+            "initdb",
+            &["-A", "trust", "-U", "postgres", "-D", &pg.data()],
+        );
+        pg.start_again();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Runs a PostgreSQL program as the cluster's owner.
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL program");
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/wharf", self.port)
+    }
+
+    /// Stops the server at once, as a crash would.
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = Command::new(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
 /// The owner key every test server is bootstrapped with (through WHARF_BOOTSTRAP_KEY).
 pub const OWNER_KEY: &str = "wak_test0owner0key0000000000000000000000000000";
 
@@ -328,15 +444,21 @@ impl Server {
     /// A second node sharing this one's database and content, on a port of its own, using the
     /// same `tester` token.
     pub async fn second_node(&self) -> Server {
+        self.node_on(self.database_url.clone(), false).await
+    }
+
+    /// A node on this one's content and the given database (`None`: the SQLite database in
+    /// this one's data directory); with `owns_database`, it drops the database when it goes.
+    pub async fn node_on(&self, database_url: Option<String>, owns_database: bool) -> Server {
         let port = free_port();
         let mut node = Server {
             child: None,
             port,
             base: format!("http://127.0.0.1:{port}"),
             dir: tempfile::tempdir().expect("temp dir"),
-            database_url: self.database_url.clone(),
+            database_url,
             shared_data: Some(self.data_dir()),
-            owns_database: false,
+            owns_database,
             extra_args: self.extra_args.clone(),
             bootstrap_key: self.bootstrap_key.clone(),
             client: self.client.clone(),

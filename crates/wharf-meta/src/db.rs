@@ -77,9 +77,11 @@ impl Meta {
                 }
             }
             Backend::Postgres => {
+                // A database that is down fails requests (503) within seconds instead of
+                // holding them while the pool retries connecting.
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .acquire_timeout(Duration::from_secs(8))
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;

@@ -4,6 +4,7 @@
 //! written in the SQL both accept and run through sqlx's `Any` driver; only the migrations differ.
 
 mod admin;
+mod copy;
 mod db;
 mod manifests;
 mod registries;

@@ -63,6 +63,90 @@ fn manifest(d: &str, blobs: Vec<&str>, subject: Option<&str>) -> NewManifest {
 }
 
 #[tokio::test]
+async fn metadata_copies_into_an_empty_store_with_its_ids() {
+    let stores = stores().await;
+    let (sqlite, pg) = (&stores[0].meta, &stores[1].meta);
+    let r = sqlite.ensure_registry("alpha", "eu").await.unwrap();
+    let scope = ("repository", "app", "pull".to_string());
+    let gone = sqlite
+        .create_token(r.id, "gone", "h0", None, std::slice::from_ref(&scope))
+        .await
+        .unwrap();
+    sqlite.delete_token(gone.id).await.unwrap();
+    let kept = sqlite
+        .create_token(r.id, "kept", "h1", Some(123), std::slice::from_ref(&scope))
+        .await
+        .unwrap();
+    assert!(sqlite.create_upload(r.id, "app", "up1", 10).await.unwrap());
+    assert!(sqlite
+        .commit_blob(r.id, "app", &digest(1), 10, Some(("up1", 0)))
+        .await
+        .unwrap());
+    sqlite
+        .put_manifest(
+            r.id,
+            "app",
+            manifest(&digest(2), vec![&digest(1)], None),
+            Some("v1"),
+        )
+        .await
+        .unwrap();
+    assert!(sqlite.create_upload(r.id, "app", "open", 10).await.unwrap());
+    assert!(sqlite
+        .advance_upload("open", 0, 3, vec![1, 2, 3], Some("p-0"))
+        .await
+        .unwrap());
+    let key = sqlite
+        .create_admin_key("ci", "hash1", "wak_1", "registry:read", None)
+        .await
+        .unwrap();
+
+    let mut counts = Vec::new();
+    sqlite
+        .copy_into(pg, |table, n| counts.push((table.to_string(), n)))
+        .await
+        .unwrap();
+    assert!(counts.contains(&("tokens".to_string(), 1)), "{counts:?}");
+    let r2 = pg.registry("alpha").await.unwrap().unwrap();
+    assert_eq!(r2, r);
+    let t = pg.token(r.id, "kept").await.unwrap().unwrap();
+    assert_eq!(
+        (t.id, t.expires_at, t.scopes.len()),
+        (kept.id, Some(123), 1)
+    );
+    let m = pg
+        .manifest_by_tag(r.id, "app", "v1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.digest, digest(2));
+    assert_eq!(
+        pg.repository_blob(r.id, "app", &digest(1)).await.unwrap(),
+        Some(10)
+    );
+    let open = pg.get_upload(r.id, "app", "open").await.unwrap().unwrap();
+    assert_eq!(
+        (open.size, open.hash_state, open.parts),
+        (3, Some(vec![1, 2, 3]), vec!["p-0".to_string()])
+    );
+    assert_eq!(
+        pg.admin_key_by_hash("hash1").await.unwrap().unwrap().id,
+        key.id
+    );
+    // New rows take ids past the copied ones (and past the deleted token's).
+    let next = pg
+        .create_token(r.id, "next", "h2", None, std::slice::from_ref(&scope))
+        .await
+        .unwrap();
+    assert!(next.id > kept.id && next.id > gone.id);
+    // A store that holds data already is refused, and keeps it.
+    let err = sqlite.copy_into(pg, |_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    assert!(pg.token(r.id, "next").await.unwrap().is_some());
+    finish(stores).await;
+}
+
+#[tokio::test]
 async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
     let stores = stores().await;
     for s in &stores {

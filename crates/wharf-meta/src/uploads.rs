@@ -69,6 +69,15 @@ impl Meta {
         .await
     }
 
+    /// Whether an upload session `id` is open (in any registry).
+    pub async fn upload_exists(&self, id: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 AS one FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .is_some())
+    }
+
     /// Upload sessions open across all nodes.
     pub async fn count_uploads(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM uploads")

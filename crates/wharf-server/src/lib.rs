@@ -470,6 +470,33 @@ pub async fn expire_uploads(state: Arc<AppState>) {
             }
             Err(e) => tracing::warn!(error = %e, "expiring upload sessions failed"),
         }
+        remove_orphaned_uploads(&state, age).await;
+    }
+}
+
+/// Removes upload data that no session names and nothing wrote for the configured age: left
+/// by a node that died between closing a session and removing its data, or by a request that
+/// wrote a part after its session was gone.
+async fn remove_orphaned_uploads(state: &AppState, age: std::time::Duration) {
+    let before = std::time::SystemTime::now() - age;
+    let stale = match state.store.stale_uploads(before).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing upload data failed");
+            return;
+        }
+    };
+    for id in stale {
+        match state.meta.upload_exists(&id).await {
+            Ok(false) => match state.store.delete_upload(&id).await {
+                Ok(()) => tracing::info!(upload = %id, "orphaned upload data removed"),
+                Err(e) => {
+                    tracing::warn!(upload = %id, error = %e, "removing orphaned upload data failed")
+                }
+            },
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "checking an upload session failed"),
+        }
     }
 }
 

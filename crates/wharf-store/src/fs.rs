@@ -322,6 +322,32 @@ impl BlobStore for FsStore {
         }
     }
 
+    async fn stale_uploads(&self, before: std::time::SystemTime) -> Result<Vec<String>> {
+        let root = self.root.join("uploads");
+        Ok(blocking(move || {
+            let mut stale = Vec::new();
+            for dir in std::fs::read_dir(&root)? {
+                let dir = dir?;
+                let Some(id) = dir.file_name().to_str().map(String::from) else {
+                    continue;
+                };
+                if check_upload_id(&id).is_err() || !dir.file_type()?.is_dir() {
+                    continue;
+                }
+                // The directory changes when a part is added; a part when it is written.
+                let mut newest = dir.metadata()?.modified()?;
+                for part in std::fs::read_dir(dir.path())? {
+                    newest = newest.max(part?.metadata()?.modified()?);
+                }
+                if newest < before {
+                    stale.push(id);
+                }
+            }
+            Ok(stale)
+        })
+        .await?)
+    }
+
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
         read_file(self.blob_path(digest), offset, len).await
     }
@@ -592,6 +618,26 @@ mod tests {
         store.commit_upload("u7", &again, 3, &d).await.unwrap();
         assert_eq!(read_all(&store, &d, 0, 3).await, b"abc");
         assert!(!dir.path().join("uploads/u7").exists());
+    }
+
+    #[tokio::test]
+    async fn uploads_untouched_since_a_time_are_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).await.unwrap();
+        store.create_upload("old").await.unwrap();
+        let mut parts = Vec::new();
+        append(&store, "old", &mut parts, 0, body(&[b"abc"])).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let cutoff = std::time::SystemTime::now();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        store.create_upload("new").await.unwrap();
+        assert_eq!(
+            store.stale_uploads(cutoff).await.unwrap(),
+            vec!["old".to_string()]
+        );
+        // A part written later makes the upload fresh again.
+        append(&store, "old", &mut parts, 3, body(&[b"d"])).await;
+        assert!(store.stale_uploads(cutoff).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -88,6 +88,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     async fn delete_upload(&self, id: &str) -> Result<()>;
 
+    /// Ids of the uploads holding data, none of it written since `before`: with the metadata
+    /// store's sessions, what is left over when a node died between closing a session and
+    /// removing its data, or a request wrote a part after its session was gone.
+    async fn stale_uploads(&self, before: std::time::SystemTime) -> Result<Vec<String>>;
+
     /// Streams `len` bytes of the blob starting at `offset`.
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream>;
 

@@ -372,6 +372,35 @@ impl BlobStore for ObjectBlobStore {
         Ok(())
     }
 
+    async fn stale_uploads(&self, before: std::time::SystemTime) -> Result<Vec<String>> {
+        let root = self.path("uploads");
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        // The newest object of each upload decides.
+        let mut newest = std::collections::BTreeMap::new();
+        for object in objects {
+            let Some(id) = object
+                .location
+                .prefix_match(&root)
+                .and_then(|mut p| p.next())
+            else {
+                continue;
+            };
+            let at = std::time::SystemTime::from(object.last_modified);
+            let entry = newest.entry(id.as_ref().to_string()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        Ok(newest
+            .into_iter()
+            .filter(|(_, at)| *at < before)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
         let path = self.blob_path(digest);
         if len == 0 {
@@ -557,6 +586,28 @@ mod tests {
             collect(s.read(&empty, 0, 0).await.unwrap()).await.unwrap(),
             b""
         );
+    }
+
+    #[tokio::test]
+    async fn uploads_untouched_since_a_time_are_stale() {
+        let s = store();
+        s.append_upload("old", 0, body(vec![b"abc".to_vec()]), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let cutoff = std::time::SystemTime::now();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.append_upload("new", 0, body(vec![b"abc".to_vec()]), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.stale_uploads(cutoff).await.unwrap(),
+            vec!["old".to_string()]
+        );
+        s.append_upload("old", 3, body(vec![b"d".to_vec()]), None)
+            .await
+            .unwrap();
+        assert!(s.stale_uploads(cutoff).await.unwrap().is_empty());
     }
 
     #[test]

@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: scan::VulndbCommand,
     },
+    /// The metadata database.
+    Metadata {
+        #[command(subcommand)]
+        command: MetadataCommand,
+    },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
@@ -79,6 +84,36 @@ enum Command {
         #[command(flatten)]
         args: admin::AuditArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum MetadataCommand {
+    /// Copy all metadata (registries, tokens, keys, manifests, tags, audit log, vulnerability
+    /// data) into another, empty database, e.g. from the embedded SQLite to PostgreSQL. Stop
+    /// the server first.
+    Copy {
+        /// The database to fill: postgres://... or sqlite:PATH (created if missing).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        db: config::DbArgs,
+    },
+}
+
+fn copy_metadata(to: &str, db: config::DbArgs) -> Result<(), String> {
+    scan::runtime()?.block_on(async {
+        let source = scan::connect(db).await?;
+        let target = wharf_meta::Meta::connect(to)
+            .await
+            .map_err(|e| format!("target database: {e}"))?;
+        let copied = source
+            .copy_into(&target, |table, rows| println!("{table}: {rows} rows"))
+            .await
+            .map_err(|e| format!("copying metadata: {e}"));
+        source.close().await;
+        target.close().await;
+        copied
+    })
 }
 
 #[derive(Subcommand)]
@@ -169,6 +204,9 @@ fn main() -> ExitCode {
             command: RefCommand::Check { reference, json },
         } => check_reference(&reference, json),
         Command::Vulndb { command } => scan::vulndb(command),
+        Command::Metadata {
+            command: MetadataCommand::Copy { to, db },
+        } => copy_metadata(&to, db),
         Command::Scan(args) => match scan::scan(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

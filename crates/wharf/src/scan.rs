@@ -65,14 +65,14 @@ pub struct ScanArgs {
 /// Exit status of `scan --fail-on` when the threshold is met (1 stays "the command failed").
 const FAIL_ON_EXIT: u8 = 3;
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-async fn connect(db: DbArgs) -> Result<Meta, String> {
+pub(crate) async fn connect(db: DbArgs) -> Result<Meta, String> {
     let url = db.database_url()?;
     Meta::connect(&url)
         .await

@@ -3,10 +3,13 @@
 //!
 //! The only changes made to the text: the example address `127.0.0.1:5000` becomes the test
 //! server's, `wak_...` (the key `wharf serve` printed) the server's owner key, and
-//! `../shared/` the shared data folder beside this repository. The set-up block (start the
-//! server, run this suite) is checked for its two commands but not run from here.
+//! `../shared/data/vulndb` the shared vulnerability data (found as the scanner tests find it).
+//! The set-up block (start the server, run this suite) is checked for its two commands but not
+//! run from here.
 
 mod common;
+#[path = "../crates/wharf-scan/tests/support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,12 +74,8 @@ async fn every_readme_command_works_as_printed() {
     );
     assert!(rest.len() >= 4, "the example blocks were not found");
 
-    let shared = repo_root().join("../shared");
-    assert!(
-        shared.join("data/vulndb").is_dir(),
-        "the scanning example imports {}; it must exist",
-        shared.display()
-    );
+    // The scanning example imports ../shared/data/vulndb, beside the checkout.
+    let vulndb = support::vulndb_dir();
 
     let s = Server::start(Backend::Sqlite).await;
     // The commands run where `wharf serve` ran: its ./wharf-data is the server's.
@@ -109,7 +108,7 @@ async fn every_readme_command_works_as_printed() {
             &body
                 .replace("127.0.0.1:5000", &address)
                 .replace("wak_...", OWNER_KEY)
-                .replace("../shared/", &format!("{}/", shared.display())),
+                .replace("../shared/data/vulndb", &vulndb.display().to_string()),
         );
     }
     let path = format!(

@@ -268,6 +268,20 @@ async fn a_node_killed_mid_upload_leaves_nothing_partial_and_another_finishes_it
     assert_eq!(r.bytes().await.expect("body").as_ref(), data.as_slice());
 }
 
+/// While a store is down, reading a stored blob is a 503 with the registry error body, and the
+/// node says it is not ready.
+async fn assert_unavailable(s: &Server, stored: &[u8]) {
+    let r = s
+        .send(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{}", sha256(stored)),
+        )
+        .await;
+    expect_error(r, 503, "UNAVAILABLE").await;
+    let r = s.anon.get(s.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_storage_outage_fails_cleanly_and_recovers() {
     let mut s3 = S3Server::private();
@@ -321,15 +335,7 @@ async fn object_storage_outage_fails_cleanly_and_recovers() {
         .send(Method::HEAD, &format!("/v2/team/app/blobs/{digest}"))
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = s
-        .send(
-            Method::GET,
-            &format!("/v2/team/app/blobs/{}", sha256(&before)),
-        )
-        .await;
-    expect_error(r, 503, "UNAVAILABLE").await;
-    let r = s.anon.get(s.url("/readyz")).send().await.expect("readyz");
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_unavailable(&s, &before).await;
     // Manifests live in the database: a manifest naming the blob that failed is refused.
     let config = b"{}".to_vec();
     let m = manifest(&config, &[&during]);
@@ -402,15 +408,7 @@ async fn metadata_database_outage_fails_cleanly_and_recovers() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = s.send(Method::POST, "/v2/team/app/blobs/uploads/").await;
     expect_error(r, 503, "UNAVAILABLE").await;
-    let r = s
-        .send(
-            Method::GET,
-            &format!("/v2/team/app/blobs/{}", sha256(&before)),
-        )
-        .await;
-    expect_error(r, 503, "UNAVAILABLE").await;
-    let r = s.anon.get(s.url("/readyz")).send().await.expect("readyz");
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_unavailable(&s, &before).await;
     let r = s
         .anon
         .get(s.url("/api/v1/registries"))

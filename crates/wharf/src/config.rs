@@ -380,6 +380,17 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A configuration file `text` is refused with an error that says `says`.
+    fn assert_refused(text: &str, says: &str) {
+        let f = write(text);
+        let err = Config::load(ServeArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains(says), "{text}: {err}");
+    }
+
     fn write(text: &str) -> tempfile::NamedTempFile {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), text).unwrap();
@@ -441,13 +452,7 @@ mod tests {
             ("idle_timeout = \"soon\"", "duration"),
             ("upload_max_sessions = 0", "at least 1"),
         ] {
-            let f = write(bad);
-            let err = Config::load(ServeArgs {
-                config: Some(f.path().into()),
-                ..Default::default()
-            })
-            .unwrap_err();
-            assert!(err.contains(says), "{bad}: {err}");
+            assert_refused(bad, says);
         }
     }
 
@@ -492,13 +497,7 @@ mod tests {
             ),
             ("[storage]\nurl = \"s3://b\"\ncolour = 1", "storage"),
         ] {
-            let f = write(bad);
-            let err = Config::load(ServeArgs {
-                config: Some(f.path().into()),
-                ..Default::default()
-            })
-            .unwrap_err();
-            assert!(err.contains(says), "{bad}: {err}");
+            assert_refused(bad, says);
         }
     }
 

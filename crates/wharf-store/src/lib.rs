@@ -3,6 +3,7 @@
 
 mod fs;
 mod object;
+pub mod seal;
 
 use std::io;
 use std::pin::Pin;

@@ -434,6 +434,16 @@ impl Server {
         ))
     }
 
+    /// The PostgreSQL database's URL; `None` on SQLite (`wharf.db` in the data directory).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// The command-line arguments the next start uses, past the data directory and database.
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         match &self.shared_data {
             Some(d) => d.clone(),

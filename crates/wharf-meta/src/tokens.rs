@@ -223,10 +223,28 @@ impl Meta {
         .bind(now_millis())
         .execute(&self.write)
         .await?;
+        self.stored_signing_key()
+            .await?
+            .ok_or_else(|| MetaError::Conflict("the signing key vanished".into()))
+    }
+
+    /// The signing key as stored (sealed or, from before encryption, in the clear), if any.
+    pub async fn stored_signing_key(&self) -> Result<Option<Vec<u8>>> {
         let row = sqlx::query("SELECT secret FROM signing_keys WHERE id = 1")
-            .fetch_one(&self.write)
+            .fetch_optional(&self.write)
             .await?;
-        Ok(row.try_get("secret")?)
+        Ok(row.map(|r| r.try_get("secret")).transpose()?)
+    }
+
+    /// Replaces the stored signing key `from` with `to` (the same key, sealed); false when
+    /// another node changed it first.
+    pub async fn reseal_signing_key(&self, from: &[u8], to: Vec<u8>) -> Result<bool> {
+        let done = sqlx::query("UPDATE signing_keys SET secret = $1 WHERE id = 1 AND secret = $2")
+            .bind(to)
+            .bind(from.to_vec())
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Marks a repository public (anonymous pull) or private; false if it does not exist.

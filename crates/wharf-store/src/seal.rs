@@ -93,9 +93,10 @@ impl MasterKey {
         ))
     }
 
-    /// `key id length, key id, nonce, sealed secret`: the id travels with the wrapped key, so
-    /// that during a rotation each key is opened with the master key that wrapped it.
-    fn wrap(&self, object: &str, secret: &[u8; 32]) -> Result<Vec<u8>, SealError> {
+    /// Seals a 32-byte secret (a data key, a signing key) for `object`:
+    /// `key id length, key id, nonce, sealed secret`. The id travels with it, so that during a
+    /// rotation each secret is opened with the master key that sealed it.
+    pub fn wrap(&self, object: &str, secret: &[u8; 32]) -> Result<Vec<u8>, SealError> {
         let nonce: [u8; NONCE_LEN] = random()?;
         let mut sealed = secret.to_vec();
         self.key
@@ -114,14 +115,21 @@ impl MasterKey {
         Ok(out)
     }
 
+    /// Whether `bytes` are a wrapped secret (rather than a 32-byte secret stored in the clear
+    /// before encryption was switched on).
+    pub fn is_wrapped(bytes: &[u8]) -> bool {
+        MasterKey::wrapped_by(bytes)
+            .is_some_and(|id| bytes.len() == 1 + id.len() + NONCE_LEN + 32 + TAG)
+    }
+
     /// The master key id a wrapped key names.
     pub fn wrapped_by(wrapped: &[u8]) -> Option<&str> {
         let len = *wrapped.first()? as usize;
         std::str::from_utf8(wrapped.get(1..1 + len)?).ok()
     }
 
-    /// The secret of a data key this master key wrapped for `object`.
-    fn open_secret(&self, object: &str, wrapped: &[u8]) -> Result<[u8; 32], SealError> {
+    /// A secret this master key wrapped for `object`.
+    pub fn open_secret(&self, object: &str, wrapped: &[u8]) -> Result<[u8; 32], SealError> {
         let found = MasterKey::wrapped_by(wrapped).ok_or(SealError::Tampered)?;
         if found != self.id {
             return Err(SealError::OtherMasterKey {
@@ -159,6 +167,36 @@ impl MasterKey {
     ) -> Result<Vec<u8>, SealError> {
         to.wrap(object, &self.open_secret(object, wrapped)?)
     }
+}
+
+/// A master key as written in a key file or `WHARF_MASTER_KEY`: `<key id>:<64 hex digits>`.
+pub fn parse_master_key(text: &str) -> Result<MasterKey, String> {
+    let (id, hex) = text
+        .trim()
+        .split_once(':')
+        .ok_or("a master key is written <key id>:<64 hex digits>")?;
+    let secret = hex_bytes(hex.trim())
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| format!("master key {id:?}: the secret must be 64 hex digits"))?;
+    MasterKey::new(id, &secret).map_err(|e| format!("master key {id:?}: {e}"))
+}
+
+/// The text of a key file for a new master key.
+pub fn new_master_key_text(id: &str) -> Result<String, SealError> {
+    let secret = MasterKey::generate_secret()?;
+    MasterKey::new(id, &secret)?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{id}:{hex}\n"))
+}
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn wrap_aad(key_id: &str, object: &str) -> Vec<u8> {
@@ -290,6 +328,26 @@ mod tests {
 
     fn master(id: &str) -> MasterKey {
         MasterKey::new(id, &MasterKey::generate_secret().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn master_keys_round_trip_through_their_text_and_secrets_seal() {
+        let text = new_master_key_text("k2026").unwrap();
+        let m = parse_master_key(&text).unwrap();
+        assert_eq!(m.id(), "k2026");
+        let secret = [9u8; 32];
+        let sealed = m.wrap("jwt", &secret).unwrap();
+        assert!(MasterKey::is_wrapped(&sealed));
+        assert!(!MasterKey::is_wrapped(&secret));
+        assert_eq!(m.open_secret("jwt", &sealed).unwrap(), secret);
+        for bad in [
+            "nocolon",
+            "k:abc",
+            "k:zz",
+            &format!("bad id:{}", "0".repeat(64)),
+        ] {
+            assert!(parse_master_key(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

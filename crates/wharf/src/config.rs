@@ -111,6 +111,14 @@ pub struct ServeArgs {
     /// S3 region [default: AWS_REGION, else us-east-1].
     #[arg(long, env = "WHARF_S3_REGION")]
     s3_region: Option<String>,
+    /// Encrypt stored secrets with the master key; `false` stores them in the clear
+    /// [default: true].
+    #[arg(long, env = "WHARF_ENCRYPTION")]
+    encryption: Option<bool>,
+    /// The master key file, created on first start if missing (WHARF_MASTER_KEY, if set, is
+    /// used instead) [default: master.key in the data directory].
+    #[arg(long, env = "WHARF_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
 }
 
 /// `storage` in the configuration file: a URL, or a table with the S3 settings.
@@ -222,6 +230,8 @@ struct FileConfig {
     upload_max_age: Option<Duration>,
     rate_limit: Option<u32>,
     storage: Option<FileStorage>,
+    encryption: Option<bool>,
+    master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +253,8 @@ pub struct Config {
     pub upload_max_age: Duration,
     pub rate_limit: u32,
     pub storage: Storage,
+    pub encryption: bool,
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -372,6 +384,8 @@ impl Config {
                 table.region = args.s3_region.or(table.region);
                 Storage::from_settings(table)?
             },
+            encryption: args.encryption.or(file.encryption).unwrap_or(true),
+            master_key_file: args.master_key_file.or(file.master_key_file),
         })
     }
 }

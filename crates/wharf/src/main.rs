@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod keys;
 mod scan;
 
 use std::io::IsTerminal;
@@ -276,13 +277,16 @@ async fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("metadata database: {e}"))?;
     }
     bootstrap_owner_key(&meta).await?;
-    let jwt_key = meta
-        .signing_key(|| wharf_auth::token::generate_signing_key().unwrap_or_default())
+    let stored = meta
+        .stored_signing_key()
         .await
         .map_err(|e| format!("metadata database: {e}"))?;
-    if jwt_key.len() < 32 {
-        return Err("the JWT signing key could not be generated".to_string());
-    }
+    let master = keys::master_key(
+        &config,
+        &data_dir,
+        keys::sealed_with(stored.as_deref()).as_deref(),
+    )?;
+    let jwt_key = keys::jwt_signing_key(&meta, master.as_ref()).await?;
     let state = Arc::new(AppState::new(
         meta.clone(),
         store,

@@ -31,7 +31,7 @@ const PARTS_IN_FLIGHT: usize = 2;
 const MAX_COPY: u64 = 5 << 30;
 
 /// Where the objects are, as set by the operator.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Config {
     pub bucket: String,
     /// Key prefix inside the bucket (no leading or trailing `/`); empty for none.
@@ -45,6 +45,24 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// Bucket-name-in-host addressing, as AWS prefers; self-hosted servers want path style.
     pub virtual_hosted: bool,
+}
+
+/// Never prints the secret: a configuration may be logged.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<hidden>"),
+            )
+            .field("virtual_hosted", &self.virtual_hosted)
+            .finish()
+    }
 }
 
 impl S3Config {
@@ -616,5 +634,10 @@ mod tests {
         assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("wharf", "prod/eu"));
         assert!(S3Config::from_url("s3:///x").is_err());
         assert!(S3Config::from_url("wharf/x").is_err());
+        let with_secret = S3Config {
+            secret_access_key: Some("very-secret".into()),
+            ..c
+        };
+        assert!(!format!("{with_secret:?}").contains("very-secret"));
     }
 }

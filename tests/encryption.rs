@@ -62,6 +62,36 @@ async fn accepted(s: &Server, jwt: &str) -> bool {
     r.status() == StatusCode::OK
 }
 
+/// Encryption as `/readyz` and the admin API show it: the key id, or `None` when it is off.
+async fn shown_key(s: &Server) -> Option<String> {
+    let ready: serde_json::Value = s
+        .anon
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    let system: serde_json::Value = s
+        .anon
+        .get(s.url("/api/v1/system"))
+        .bearer_auth(common::OWNER_KEY)
+        .send()
+        .await
+        .expect("system")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["encryption"], system["encryption"]);
+    assert_eq!(system["storage"], "file");
+    assert_eq!(
+        system["encryption"]["enabled"],
+        system["encryption"]["key_id"].is_string()
+    );
+    system["encryption"]["key_id"].as_str().map(String::from)
+}
+
 /// `wharf serve` on the server's data and database, expected to fail; its last line.
 fn start_fails(s: &Server, env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
@@ -97,6 +127,7 @@ async fn secrets_are_sealed_under_a_master_key_made_on_first_start(b: Backend) {
     assert_eq!(sealed_with, id);
     let token = jwt(&s).await;
     assert!(accepted(&s, &token).await);
+    assert_eq!(shown_key(&s).await, Some(id.clone()));
 
     // Without its key the server does not start, and says which key it needs.
     s.stop();
@@ -122,6 +153,7 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
     let mut s = Server::start_with(b, &["--encryption", "false"]).await;
     assert!(!s.data_dir().join("master.key").exists());
     assert_eq!(stored_signing_key(&s).0, 32);
+    assert_eq!(shown_key(&s).await, None);
     let token = jwt(&s).await;
     s.set_extra_args(&[]);
     s.restart().await;
@@ -131,6 +163,7 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
         "{len} {sealed_with}"
     );
     assert!(accepted(&s, &token).await, "the same key, sealed");
+    assert_eq!(shown_key(&s).await, Some(sealed_with));
     // Switching encryption off again needs the key: the secret stays sealed.
     s.stop();
     let line = start_fails(&s, &[("WHARF_ENCRYPTION", "false")]);

@@ -280,6 +280,12 @@ async fn assert_unavailable(s: &Server, stored: &[u8]) {
     expect_error(r, 503, "UNAVAILABLE").await;
     let r = s.anon.get(s.url("/readyz")).send().await.expect("readyz");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let details: serde_json::Value = r.json().await.expect("readiness details");
+    assert_eq!(details["status"], "not ready");
+    assert!(
+        details["metadata"] == "unavailable" || details["storage"] == "unavailable",
+        "{details}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

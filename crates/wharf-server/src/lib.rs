@@ -54,6 +54,10 @@ pub struct Settings {
     pub upload_max_age: std::time::Duration,
     /// Requests per second each token may make where its registry sets no limit; 0: no limit.
     pub rate_limit: u32,
+    /// Where content is stored, as shown to operators: `file` or `s3://bucket/prefix`.
+    pub storage: String,
+    /// The master key sealing stored secrets; `None` when encryption is off.
+    pub encryption_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -70,6 +74,8 @@ impl Default for Settings {
             max_upload_sessions: 1000,
             upload_max_age: std::time::Duration::from_secs(24 * 3600),
             rate_limit: 0,
+            storage: "file".to_string(),
+            encryption_key: None,
         }
     }
 }
@@ -531,20 +537,36 @@ async fn api_version_header(mut resp: Response) -> Response {
     resp
 }
 
+/// Readiness, with details: which backing service is missing, and how content is kept.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if let Err(e) = state.meta.ping().await {
-        tracing::warn!(error = %e, "not ready: metadata store");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metadata store unavailable",
-        )
-            .into_response();
-    }
-    if let Err(e) = state.store.check().await {
-        tracing::warn!(error = %e, "not ready: content store");
-        return (StatusCode::SERVICE_UNAVAILABLE, "content store unavailable").into_response();
-    }
-    "ready".into_response()
+    let metadata = match state.meta.ping().await {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: metadata store");
+            "unavailable"
+        }
+    };
+    let storage = match state.store.check().await {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: content store");
+            "unavailable"
+        }
+    };
+    let ready = metadata == "ok" && storage == "ok";
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "metadata": metadata,
+        "storage": storage,
+        "storage_location": state.settings.storage,
+        "encryption": api::system::EncryptionView::of(&state),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn log_request(req: Request, next: Next) -> Response {

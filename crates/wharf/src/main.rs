@@ -302,6 +302,12 @@ async fn run(config: Config) -> Result<(), String> {
             max_upload_sessions: config.upload_max_sessions,
             upload_max_age: config.upload_max_age,
             rate_limit: config.rate_limit,
+            storage: match &config.storage {
+                Storage::File => "file".to_string(),
+                Storage::S3(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
+                Storage::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+            },
+            encryption_key: master.as_ref().map(|m| m.id().to_string()),
         },
         jwt_key,
         Some(metrics),

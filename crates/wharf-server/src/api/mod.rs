@@ -6,6 +6,7 @@ mod auth;
 mod keys;
 mod problem;
 mod registries;
+pub(crate) mod system;
 mod tokens;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ pub const MAX_LIMIT: i64 = 100;
         registries::remove, registries::list_repositories, registries::delete_repository,
         registries::update_repository, tokens::list, tokens::create, tokens::show,
         tokens::update, tokens::remove, tokens::add_scope, tokens::remove_scope,
-        keys::list, keys::create, keys::revoke, audit::list,
+        keys::list, keys::create, keys::revoke, audit::list, system::show,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -46,6 +47,7 @@ pub const MAX_LIMIT: i64 = 100;
         (name = "tokens", description = "Robot tokens of a registry and their scopes"),
         (name = "admin-keys", description = "Administrators' API keys"),
         (name = "audit", description = "Who changed what, when"),
+        (name = "system", description = "How this server is set up"),
     )
 )]
 struct ApiDoc;
@@ -167,6 +169,7 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route("/api/v1/admin-keys", get(keys::list).post(keys::create))
         .route("/api/v1/admin-keys/{id}", delete(keys::revoke))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/system", get(system::show))
         .fallback(|| async { Problem::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }

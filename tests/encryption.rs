@@ -128,6 +128,8 @@ async fn secrets_are_sealed_under_a_master_key_made_on_first_start(b: Backend) {
     let token = jwt(&s).await;
     assert!(accepted(&s, &token).await);
     assert_eq!(shown_key(&s).await, Some(id.clone()));
+    let shown = common::cli_ok(&s, &["system"]);
+    assert!(shown.contains(&format!("on (master key {id}")), "{shown}");
 
     // Without its key the server does not start, and says which key it needs.
     s.stop();
@@ -154,6 +156,7 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
     assert!(!s.data_dir().join("master.key").exists());
     assert_eq!(stored_signing_key(&s).0, 32);
     assert_eq!(shown_key(&s).await, None);
+    assert!(common::cli_ok(&s, &["system"]).contains("encryption:  off"));
     let token = jwt(&s).await;
     s.set_extra_args(&[]);
     s.restart().await;

@@ -959,3 +959,23 @@ pub fn audit(conn: Connection, args: AuditArgs) -> Result<(), String> {
     });
     Ok(())
 }
+
+/// `wharf system`: how the server is set up (version, storage, encryption and its key).
+pub fn system(conn: Connection) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    let r = client.call(Method::GET, "/api/v1/system", None)?;
+    client.print(&r, |r| {
+        let encryption = &r["encryption"];
+        let encrypted = match encryption["key_id"].as_str() {
+            Some(key) => format!(
+                "on (master key {key}; covers {})",
+                text(&encryption["covers"])
+            ),
+            None => "off".to_string(),
+        };
+        println!("version:     {}", text(&r["version"]));
+        println!("storage:     {}", text(&r["storage"]));
+        println!("encryption:  {encrypted}");
+    });
+    Ok(())
+}

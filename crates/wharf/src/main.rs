@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         command: MetadataCommand,
     },
+    /// Show how the server is set up: version, storage, encryption.
+    System {
+        #[command(flatten)]
+        conn: admin::Connection,
+    },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
@@ -200,6 +205,7 @@ fn main() -> ExitCode {
         Command::Repo { conn, command } => admin::repo(conn, command),
         Command::AdminKey { conn, command } => admin::admin_key(conn, command),
         Command::Audit { conn, args } => admin::audit(conn, args),
+        Command::System { conn } => admin::system(conn),
         Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {
             command: RefCommand::Check { reference, json },

@@ -352,14 +352,15 @@ async fn registry_rules_and_bad_input(b: Backend) {
     assert!(detail.contains("unknown field"), "{detail}");
     expect_problem(create(json!(["delta", "eu"])).await, 422).await;
     expect_problem(create(json!({ "name": "delta", "location": "eu", "gc_schedule": { "time": "25:00", "weekdays": ["mon"] } })).await, 422).await;
-    expect_problem(
-        create(
-            json!({ "name": "delta", "location": "eu", "gc_schedule": { "cron": "every day" } }),
+    for cron in ["every day", "99 99 99 99 99", "0 0 31 2 * *"] {
+        let detail = expect_problem(
+            create(json!({ "name": "delta", "location": "eu", "gc_schedule": { "cron": cron } }))
+                .await,
+            422,
         )
-        .await,
-        422,
-    )
-    .await;
+        .await;
+        assert!(detail.contains("gc_schedule.cron"), "{cron}: {detail}");
+    }
     let r = s
         .client
         .post(s.url("/api/v1/registries"))
@@ -441,6 +442,11 @@ async fn registry_rules_and_bad_input(b: Backend) {
         .unwrap();
     assert_eq!(r["scanning"], true);
     assert_eq!(r["gc_schedule"], json!({ "cron": "0 3 * * 1" }));
+    // The next run: a Monday at 03:00 UTC, ahead.
+    let next = r["gc_next_run"].as_str().expect("gc_next_run");
+    let at = humantime::parse_rfc3339(next).expect("RFC 3339");
+    assert!(at > std::time::SystemTime::now());
+    assert!(next.ends_with("T03:00:00Z"), "{next}");
     let detail = expect_problem(patch(json!({ "scanning": false })).await, 409).await;
     assert!(detail.contains("cannot be switched off"));
     let r: Value = patch(json!({ "gc_schedule": null }))

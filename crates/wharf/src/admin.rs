@@ -657,7 +657,10 @@ fn registry_rows(items: &[Value]) -> Vec<Vec<String>> {
                 text(&r["artifact_count"]),
                 bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
                 if r["scanning"] == true { "on" } else { "off" }.to_string(),
-                schedule_text(&r["gc_schedule"]),
+                match r["gc_next_run"].as_str() {
+                    Some(next) => format!("{} (next {next})", schedule_text(&r["gc_schedule"])),
+                    None => schedule_text(&r["gc_schedule"]),
+                },
                 match r["rate_limit"].as_i64() {
                     None => "default".to_string(),
                     Some(0) => "none".to_string(),

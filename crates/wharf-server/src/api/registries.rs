@@ -26,6 +26,8 @@ pub struct RegistryView {
     pub created_at: String,
     pub scanning: bool,
     pub gc_schedule: Option<GcSchedule>,
+    /// When the garbage-collection schedule next falls (RFC 3339, UTC).
+    pub gc_next_run: Option<String>,
     pub storage_bytes: i64,
     pub repository_count: i64,
     pub artifact_count: i64,
@@ -73,21 +75,41 @@ pub struct CronSchedule {
 }
 
 impl GcSchedule {
+    /// The schedule as a cron expression (a weekly one is one too).
+    fn cron(&self) -> String {
+        match self {
+            GcSchedule::Cron(CronSchedule { cron }) => cron.clone(),
+            GcSchedule::Weekly(WeeklySchedule { weekdays, time }) => {
+                let (hour, minute) = time.split_once(':').unwrap_or(("0", "0"));
+                let days: Vec<String> = weekdays
+                    .iter()
+                    .map(|d| (*d as u8 + 1).rem_euclid(7).to_string())
+                    .collect();
+                format!("{minute} {hour} * * {}", days.join(","))
+            }
+        }
+    }
+
+    /// When the schedule next falls (RFC 3339, UTC), after `now`.
+    pub(crate) fn next_run(&self, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+        let cron: croner::Cron = self.cron().parse().ok()?;
+        let next = cron.find_next_occurrence(&now, false).ok()?;
+        Some(next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+
     fn validate(&self) -> Result<(), Problem> {
         let bad = |m: &str| Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m));
         match self {
             GcSchedule::Cron(CronSchedule { cron }) => {
-                let fields: Vec<_> = cron.split(' ').collect();
-                let ok = fields.len() == 5
-                    && fields.iter().all(|f| {
-                        !f.is_empty()
-                            && f.bytes()
-                                .all(|b| b.is_ascii_digit() || b",-*/".contains(&b))
-                    });
-                if ok {
-                    Ok(())
-                } else {
-                    bad("gc_schedule.cron must be five space-separated fields of digits, '*', ',', '-' and '/'")
+                if cron.split_whitespace().count() != 5 {
+                    return bad("gc_schedule.cron must have five fields: minute hour day-of-month month day-of-week (UTC), e.g. 30 3 * * sun");
+                }
+                match cron.parse::<croner::Cron>() {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("gc_schedule.cron {cron:?} is not a valid cron expression: {e}"),
+                    )),
                 }
             }
             GcSchedule::Weekly(WeeklySchedule { weekdays, time }) => {
@@ -244,6 +266,9 @@ async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
         location: r.location,
         created_at: rfc3339(r.created_at),
         scanning: r.scanning,
+        gc_next_run: gc_schedule
+            .as_ref()
+            .and_then(|s: &GcSchedule| s.next_run(chrono::Utc::now())),
         gc_schedule,
         storage_bytes: stats.storage_bytes,
         repository_count: stats.repositories,
@@ -597,4 +622,42 @@ pub async fn update_repository(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn schedules_validate_with_a_cron_parser_and_tell_their_next_run() {
+        // Friday 2026-11-27 10:00 UTC.
+        let now = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 27, 10, 0, 0)
+            .unwrap();
+        let weekly = GcSchedule::Weekly(WeeklySchedule {
+            weekdays: vec![Weekday::Sun, Weekday::Wed],
+            time: "03:30".into(),
+        });
+        assert!(weekly.validate().is_ok());
+        assert_eq!(
+            weekly.next_run(now).as_deref(),
+            Some("2026-11-29T03:30:00Z")
+        );
+        let cron = |c: &str| GcSchedule::Cron(CronSchedule { cron: c.into() });
+        assert_eq!(
+            cron("0 12 * * 5").next_run(now).as_deref(),
+            Some("2026-11-27T12:00:00Z")
+        );
+        for bad in [
+            "99 99 99 99 99",
+            "* * * *",
+            "0 0 * * * *",
+            "every day",
+            "0 25 * * *",
+        ] {
+            assert!(cron(bad).validate().is_err(), "{bad}");
+        }
+        assert!(cron("*/15 2-4 1,15 * mon-fri").validate().is_ok());
+    }
 }

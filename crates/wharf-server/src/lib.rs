@@ -187,7 +187,7 @@ impl Settings {
 type VerifiedSecrets =
     std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), std::time::Instant>>;
 
-/// What every `/v2/` request needs of its registry.
+/// What every `/v2/` request needs of its registry (cached by name).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RegistryRef {
     pub id: i64,
@@ -297,8 +297,8 @@ impl AppState {
 
     /// Admits one more request of a token under its registry's rate limit (the server's where
     /// the registry sets none), or answers 429 with when to retry.
-    pub(crate) fn admit(&self, token_id: i64, registry: &RegistryRef) -> Result<(), ApiError> {
-        let per_second = match registry.rate_limit {
+    pub(crate) fn admit(&self, token_id: i64, rate_limit: Option<i64>) -> Result<(), ApiError> {
+        let per_second = match rate_limit {
             Some(limit) => u32::try_from(limit.max(0)).unwrap_or(u32::MAX),
             None => self.settings.rate_limit,
         };
@@ -466,17 +466,21 @@ pub async fn expire_uploads(state: Arc<AppState>) {
         match state.meta.expire_uploads(before).await {
             Ok(ids) => {
                 for id in ids {
-                    match state.store.delete_upload(&id).await {
-                        Ok(()) => tracing::info!(upload = %id, "abandoned upload session removed"),
-                        Err(e) => {
-                            tracing::warn!(upload = %id, error = %e, "removing an abandoned upload's bytes failed")
-                        }
-                    }
+                    remove_upload_data(&state, &id, "abandoned upload session").await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "expiring upload sessions failed"),
         }
         remove_orphaned_uploads(&state, age).await;
+    }
+}
+
+/// Removes an upload's bytes, saying in the log what they were (`what`). A failure is logged:
+/// the orphan sweep tries again later.
+async fn remove_upload_data(state: &AppState, id: &str, what: &str) {
+    match state.store.delete_upload(id).await {
+        Ok(()) => tracing::info!(upload = %id, "{what} removed"),
+        Err(e) => tracing::warn!(upload = %id, error = %e, "removing {what} failed"),
     }
 }
 
@@ -494,12 +498,7 @@ async fn remove_orphaned_uploads(state: &AppState, age: std::time::Duration) {
     };
     for id in stale {
         match state.meta.upload_exists(&id).await {
-            Ok(false) => match state.store.delete_upload(&id).await {
-                Ok(()) => tracing::info!(upload = %id, "orphaned upload data removed"),
-                Err(e) => {
-                    tracing::warn!(upload = %id, error = %e, "removing orphaned upload data failed")
-                }
-            },
+            Ok(false) => remove_upload_data(state, &id, "orphaned upload data").await,
             Ok(true) => {}
             Err(e) => tracing::warn!(error = %e, "checking an upload session failed"),
         }

@@ -176,15 +176,24 @@ impl Service<'_> {
             return Ok(hash);
         }
         let mut hash = ResumableSha256::new();
-        let mut bytes = self
-            .state
-            .store
-            .read_upload(&upload.id, &upload.parts, size)
+        self.read_upload(&upload.id, &upload.parts, size, |b| hash.update(b))
             .await?;
-        while let Some(chunk) = bytes.next().await {
-            hash.update(&chunk.map_err(StoreError::Io)?);
-        }
         Ok(hash)
+    }
+
+    /// Reads an upload's stored bytes (its `parts`, `size` in all) into `take`, chunk by chunk.
+    async fn read_upload(
+        &self,
+        id: &str,
+        parts: &[String],
+        size: u64,
+        mut take: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let mut bytes = self.state.store.read_upload(id, parts, size).await?;
+        while let Some(chunk) = bytes.next().await {
+            take(&chunk.map_err(StoreError::Io)?);
+        }
+        Ok(())
     }
 
     /// Appends `body` (of `expected` bytes, when known) to an upload, or nothing at all. With
@@ -259,10 +268,8 @@ impl Service<'_> {
             // sha256 runs while the bytes stream in; other algorithms read them once more.
             other => {
                 let mut hasher = other.hasher();
-                let mut bytes = store.read_upload(id, &grown.parts, grown.size).await?;
-                while let Some(chunk) = bytes.next().await {
-                    hasher.update(&chunk.map_err(StoreError::Io)?);
-                }
+                self.read_upload(id, &grown.parts, grown.size, |b| hasher.update(b))
+                    .await?;
                 hasher.finish()
             }
         };
@@ -297,7 +304,7 @@ impl Service<'_> {
         Ok(())
     }
 
-    /// Links a blob of `from` into the scope's repository; `None` when `from` does not hold it.
+    /// Links a blob of `from` into the scope's repository; false when `from` does not hold it.
     /// The caller has checked that the actor may read `from`.
     pub async fn mount(&self, scope: &Scope<'_>, from: &str, digest: &Digest) -> Result<bool> {
         let mounted = self

@@ -64,16 +64,15 @@ impl FsStore {
             }
             let path = dir.join(name);
             match fs::metadata(&path).await {
-                Ok(m) => found.push((name.clone(), m.len(), path)),
+                Ok(m) => found.push((path, m.len())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(StoreError::UploadTruncated { expected: size })
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        let lengths: Vec<(String, u64)> = found.iter().map(|(n, l, _)| (n.clone(), *l)).collect();
-        check_parts(&lengths, size)?;
-        Ok(found.into_iter().map(|(_, l, p)| (p, l)).collect())
+        check_parts(parts.iter().zip(found.iter().map(|(_, len)| *len)), size)?;
+        Ok(found)
     }
 }
 

@@ -137,13 +137,16 @@ pub(crate) fn part_offset(name: &str) -> Option<u64> {
 
 /// Checks that parts of the given lengths, named with their offsets, make exactly `size` bytes
 /// in order.
-pub(crate) fn check_parts(parts: &[(String, u64)], size: u64) -> Result<()> {
+pub(crate) fn check_parts<'a>(
+    parts: impl IntoIterator<Item = (&'a String, u64)>,
+    size: u64,
+) -> Result<()> {
     let mut at = 0u64;
     for (name, len) in parts {
         if part_offset(name) != Some(at) {
             return Err(StoreError::UploadTruncated { expected: size });
         }
-        at = at.saturating_add(*len);
+        at = at.saturating_add(len);
     }
     if at == size {
         Ok(())

@@ -178,7 +178,6 @@ impl ObjectBlobStore {
     /// The upload's parts with their lengths, checked to make `size` bytes in order.
     async fn parts(&self, id: &str, parts: &[String], size: u64) -> Result<Vec<(ObjectPath, u64)>> {
         let mut found = Vec::with_capacity(parts.len());
-        let mut lengths = Vec::with_capacity(parts.len());
         for name in parts {
             if part_offset(name).is_none() {
                 return Err(StoreError::UploadTruncated { expected: size });
@@ -191,10 +190,9 @@ impl ObjectBlobStore {
                 }
                 Err(e) => return Err(self.error(e)),
             };
-            lengths.push((name.clone(), meta.size));
             found.push((path, meta.size));
         }
-        check_parts(&lengths, size)?;
+        check_parts(parts.iter().zip(found.iter().map(|(_, len)| *len)), size)?;
         Ok(found)
     }
 

@@ -18,7 +18,8 @@ pub(crate) struct Target {
     pub id: i64,
     /// The registry's name.
     pub name: String,
-    pub registry: crate::RegistryRef,
+    /// Requests per second each of its tokens may make; `None`: the server's setting.
+    pub rate_limit: Option<i64>,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.

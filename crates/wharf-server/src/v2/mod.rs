@@ -83,7 +83,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
     let target = resolve_target(state, &parts).await?;
     let caller = auth::identify(state, &target, headers).await?;
     if let Caller::Token { id, .. } = &caller {
-        state.admit(*id, &target.registry)?;
+        state.admit(*id, target.rate_limit)?;
     }
     let head = method == Method::HEAD;
 
@@ -206,7 +206,7 @@ pub(crate) async fn resolve_target(
     })?;
     Ok(Target {
         id: registry.id,
-        registry,
+        rate_limit: registry.rate_limit,
         service: format!("{name}.{}", state.settings.base_domain),
         name,
         host,

@@ -1,6 +1,7 @@
-//! Encryption at rest, as far as it goes: the stored secrets (the JWT signing key) are sealed
-//! with a master key that wharf creates on an embedded first start, and a missing or wrong key
-//! stops the start with a line that names it.
+//! Encryption at rest: content (blobs, manifests and their annotations) and stored secrets (the
+//! JWT signing key) are sealed under data keys wrapped by a master key that wharf creates on an
+//! embedded first start; a missing or wrong key stops the start with a line that names it;
+//! stored ciphertext that was tampered with is refused, never served.
 
 mod common;
 
@@ -8,7 +9,288 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::{Backend, Server};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
+
+/// Written into every layer, config and manifest of the tests: it must appear nowhere in
+/// storage.
+const MARKER: &[u8] = b"WHARF-MARKER-7f3a9c";
+/// Plaintext bytes per sealed segment.
+const SEGMENT: usize = 64 * 1024;
+
+fn marked(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + MARKER.len());
+    let mut n = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(MARKER);
+        out.extend_from_slice(format!("{n:08}").as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+/// Fails if the marker is in any stored file, object or database row (in the clear, or as the
+/// hex a database dump writes binary columns in).
+async fn assert_marker_nowhere(s: &Server) {
+    let hex = hex::encode(MARKER);
+    for (path, bytes) in files_under(&s.data_dir()) {
+        if let Some(at) = bytes.windows(MARKER.len()).position(|w| w == MARKER) {
+            let around = &bytes[at.saturating_sub(200)..(at + 100).min(bytes.len())];
+            panic!(
+                "{} holds the marker: {}",
+                path.display(),
+                String::from_utf8_lossy(around)
+            );
+        }
+    }
+    for (key, bytes) in s.s3_objects().await {
+        assert!(!bytes.is_empty(), "object {key} was read");
+        assert!(!contains(&bytes, MARKER), "object {key} holds the marker");
+    }
+    let dump = s.pg_dump();
+    assert!(
+        !dump.contains(std::str::from_utf8(MARKER).unwrap_or_default()) && !dump.contains(&hex),
+        "the database holds the marker"
+    );
+}
+
+/// Pushes `data` in chunks of `chunk` bytes (PATCH, then PUT): several stored parts.
+async fn push_chunked(s: &Server, repo: &str, data: &[u8], chunk: usize) -> String {
+    let digest = common::sha256(data);
+    let mut loc = s.start_upload(repo).await;
+    let mut at = 0;
+    for piece in data.chunks(chunk) {
+        let r = s
+            .client
+            .patch(s.url(&loc))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{at}-{}", at + piece.len() - 1))
+            .body(piece.to_vec())
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        loc = common::header(&r, "location");
+        at += piece.len();
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = s
+        .client
+        .put(s.url(&format!("{loc}{sep}digest={digest}")))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    digest
+}
+
+async fn get_bytes(s: &Server, path: &str, range: Option<&str>) -> (StatusCode, Vec<u8>) {
+    let mut req = s.client.get(s.url(path));
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    // A response cut short (the server found damage after it started) fails here or in the
+    // body.
+    let Ok(r) = req.send().await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+    };
+    let status = r.status();
+    match r.bytes().await {
+        Ok(b) => (status, b.to_vec()),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),
+    }
+}
+
+/// An image whose layer, config and manifest (annotations too) carry the marker; the layer is
+/// pushed in chunks and the config whole. Returns the digests of layer and config, and the
+/// manifest's bytes.
+async fn push_marked_image(s: &Server, repo: &str) -> (Vec<u8>, String, Vec<u8>, String, Vec<u8>) {
+    let layer = marked(3 * SEGMENT + 777);
+    let layer_digest = push_chunked(s, repo, &layer, 100_000).await;
+    let config = marked(500);
+    let config_digest = s.push_blob(repo, &config).await;
+    let marker = std::str::from_utf8(MARKER).unwrap_or_default();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len(), "annotations": { "note": marker } }],
+        "annotations": { "org.example.note": marker },
+    }))
+    .expect("json");
+    let r = s
+        .push_manifest(
+            repo,
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    (layer, layer_digest, config, config_digest, manifest)
+}
+
+async fn content_is_sealed_at_rest_and_pulls_unchanged(b: Backend) {
+    let s = Server::start(b).await;
+    let (layer, layer_digest, config, config_digest, manifest) =
+        push_marked_image(&s, "sealed/app").await;
+    // A referrer whose annotations carry the marker: the referrers API shows them opened.
+    let marker = std::str::from_utf8(MARKER).unwrap_or_default();
+    let manifest_digest = common::sha256(&manifest);
+    let referrer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.sig",
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [],
+        "subject": { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len() },
+        "annotations": { "signed-by": marker },
+    }))
+    .expect("json");
+    let referrer_digest = common::sha256(&referrer);
+    let r = s
+        .push_manifest(
+            "sealed/app",
+            &referrer_digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            &referrer,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    assert_marker_nowhere(&s).await;
+
+    // Pulls return the bytes pushed, under their digests.
+    let r = s.send(Method::GET, "/v2/sealed/app/manifests/v1").await;
+    assert_eq!(common::header(&r, "docker-content-digest"), manifest_digest);
+    assert_eq!(r.bytes().await.expect("manifest").to_vec(), manifest);
+    for (digest, data) in [(&layer_digest, &layer), (&config_digest, &config)] {
+        let (status, got) = get_bytes(&s, &format!("/v2/sealed/app/blobs/{digest}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(got == *data, "blob {digest} differs");
+    }
+    let (_, index) = get_bytes(
+        &s,
+        &format!("/v2/sealed/app/referrers/{manifest_digest}"),
+        None,
+    )
+    .await;
+    let index: serde_json::Value = serde_json::from_slice(&index).expect("referrers");
+    assert_eq!(index["manifests"][0]["annotations"]["signed-by"], marker);
+    assert_eq!(index["manifests"][0]["size"], referrer.len());
+
+    // Ranges at and across segment boundaries, the first and the last byte.
+    let last = layer.len() - 1;
+    for (start, end) in [
+        (0, 0),
+        (SEGMENT - 1, SEGMENT - 1),
+        (SEGMENT, SEGMENT),
+        (SEGMENT - 3, SEGMENT + 3),
+        (SEGMENT + 1, 3 * SEGMENT + 1),
+        (last, last),
+        (2 * SEGMENT, last),
+    ] {
+        let (status, got) = get_bytes(
+            &s,
+            &format!("/v2/sealed/app/blobs/{layer_digest}"),
+            Some(&format!("bytes={start}-{end}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{start}-{end}");
+        assert!(got == layer[start..=end], "bytes {start}-{end} differ");
+    }
+}
+
+/// Flips a byte of every stored copy of a blob (a file or an S3 object).
+async fn tamper(s: &Server, digest: &str, at: usize) {
+    let hex = digest.trim_start_matches("sha256:");
+    let path = s.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+    if let Ok(mut bytes) = std::fs::read(&path) {
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, bytes).expect("write");
+        return;
+    }
+    let objects = s.s3_objects().await;
+    let (key, mut bytes) = objects
+        .into_iter()
+        .find(|(k, _)| k.ends_with(hex))
+        .expect("the blob is stored");
+    bytes[at] ^= 0x01;
+    s.put_s3_object(&key, bytes).await;
+}
+
+async fn integrity_failures(s: &Server) -> u64 {
+    let text = s
+        .anon
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with("wharf_integrity_failures_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn tampered_content_is_refused_logged_and_counted(b: Backend) {
+    let s = Server::start(b).await;
+    let (layer, layer_digest, _, config_digest, _) = push_marked_image(&s, "tamper/app").await;
+    assert_eq!(integrity_failures(&s).await, 0);
+    // A flipped byte in the first segment: refused before the response starts.
+    tamper(&s, &config_digest, 40).await;
+    let r = s
+        .send(
+            Method::GET,
+            &format!("/v2/tamper/app/blobs/{config_digest}"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.text().await.unwrap_or_default().contains("integrity"));
+    // In the third segment: the first two arrive, then the body breaks off; never wrong bytes.
+    tamper(&s, &layer_digest, 24 + 2 * (SEGMENT + 16) + 5).await;
+    let (status, got) = get_bytes(&s, &format!("/v2/tamper/app/blobs/{layer_digest}"), None).await;
+    assert!(status != StatusCode::OK || got.is_empty(), "{status}");
+    let (status, got) = get_bytes(
+        &s,
+        &format!("/v2/tamper/app/blobs/{layer_digest}"),
+        Some(&format!("bytes=0-{}", 2 * SEGMENT - 1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(got == layer[..2 * SEGMENT], "untouched segments still read");
+    let log = s.log();
+    assert!(
+        log.contains(&format!("blob {config_digest}")),
+        "the log names the object"
+    );
+    assert!(
+        log.contains(&format!("blob {layer_digest}")),
+        "the log names the object"
+    );
+    assert!(integrity_failures(&s).await >= 2);
+}
 
 /// The stored signing key: its length and the key id it names (its first byte is the id's
 /// length), read straight from the database.
@@ -158,8 +440,17 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
     assert_eq!(shown_key(&s).await, None);
     assert!(common::cli_ok(&s, &["system"]).contains("encryption:  off"));
     let token = jwt(&s).await;
+    let (layer, layer_digest, _, _, manifest) = push_marked_image(&s, "before/app").await;
     s.set_extra_args(&[]);
     s.restart().await;
+    // Content stored in the clear still pulls, whole and by range.
+    let r = s.send(Method::GET, "/v2/before/app/manifests/v1").await;
+    assert_eq!(r.bytes().await.expect("manifest").to_vec(), manifest);
+    let path = format!("/v2/before/app/blobs/{layer_digest}");
+    assert!(get_bytes(&s, &path, None).await.1 == layer);
+    let (status, got) = get_bytes(&s, &path, Some("bytes=70000-70009")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(got == layer[70000..70010]);
     let (len, sealed_with) = stored_signing_key(&s);
     assert!(
         len > 32 && sealed_with.starts_with('k'),
@@ -171,6 +462,14 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
     s.stop();
     let line = start_fails(&s, &[("WHARF_ENCRYPTION", "false")]);
     assert!(line.contains("encryption is off"), "{line}");
+}
+
+mod content {
+    use super::*;
+    on_every_configuration!(
+        content_is_sealed_at_rest_and_pulls_unchanged,
+        tampered_content_is_refused_logged_and_counted,
+    );
 }
 
 on_both_backends!(

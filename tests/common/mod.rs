@@ -444,6 +444,69 @@ impl Server {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
+    /// The bucket this server stores in, as a client of its own; `None` when it stores on disk.
+    fn s3_bucket(&self) -> Option<std::sync::Arc<dyn object_store::ObjectStore>> {
+        let arg = |name: &str| {
+            let at = self.extra_args.iter().position(|a| a == name)?;
+            self.extra_args.get(at + 1).cloned()
+        };
+        let (storage, endpoint) = (arg("--storage")?, arg("--s3-endpoint")?);
+        let rest = storage.trim_start_matches("s3://");
+        let bucket = rest.split_once('/').map_or(rest, |(b, _)| b);
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("wharf-test")
+            .with_secret_access_key("wharf-test")
+            .build()
+            .expect("S3 client");
+        Some(std::sync::Arc::new(store))
+    }
+
+    /// Every object this server keeps in S3 (name, bytes); empty when it stores on disk.
+    pub async fn s3_objects(&self) -> Vec<(String, Vec<u8>)> {
+        use futures_util::TryStreamExt;
+        let Some(bucket) = self.s3_bucket() else {
+            return Vec::new();
+        };
+        let listed: Vec<_> = bucket.list(None).try_collect().await.expect("list bucket");
+        let mut objects = Vec::new();
+        for object in listed {
+            let got = bucket.get(&object.location).await.expect("get object");
+            let bytes = got.bytes().await.expect("object bytes");
+            objects.push((object.location.to_string(), bytes.to_vec()));
+        }
+        objects
+    }
+
+    /// Replaces an object this server keeps in S3 (to tamper with it).
+    pub async fn put_s3_object(&self, key: &str, bytes: Vec<u8>) {
+        let bucket = self.s3_bucket().expect("S3 storage");
+        bucket
+            .put(&object_store::path::Path::from(key), bytes.into())
+            .await
+            .expect("put object");
+    }
+
+    /// The PostgreSQL database's contents as `pg_dump` writes them; empty on SQLite.
+    pub fn pg_dump(&self) -> String {
+        let Some(url) = &self.database_url else {
+            return String::new();
+        };
+        let out = Command::new("pg_dump")
+            .args(["--data-only", url])
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         match &self.shared_data {
             Some(d) => d.clone(),

@@ -23,6 +23,7 @@ const TABLES: &[&str] = &[
     "tokens",
     "token_scopes",
     "signing_keys",
+    "data_keys",
     "vuln_advisories",
     "vuln_packages",
     "vuln_scores",

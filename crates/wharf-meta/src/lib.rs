@@ -6,6 +6,7 @@
 mod admin;
 mod copy;
 mod db;
+mod keys;
 mod manifests;
 mod registries;
 mod tokens;

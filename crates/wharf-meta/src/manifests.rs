@@ -12,7 +12,10 @@ pub struct NewManifest {
     pub subject: Option<String>,
     /// The manifest's annotations as a JSON object, for the referrers API.
     pub annotations: Option<String>,
+    /// The manifest's bytes as stored (sealed where encryption is on).
     pub content: Vec<u8>,
+    /// Its length as clients see it.
+    pub size: i64,
     pub blobs: Vec<String>,
     pub manifests: Vec<String>,
 }
@@ -285,7 +288,7 @@ async fn store_manifest(
     .bind(&manifest.artifact_type)
     .bind(&manifest.subject)
     .bind(manifest.annotations.as_deref())
-    .bind(manifest.content.len() as i64)
+    .bind(manifest.size)
     .bind(&manifest.content)
     .bind(now)
     .execute(&mut *tx)

@@ -57,6 +57,7 @@ fn manifest(d: &str, blobs: Vec<&str>, subject: Option<&str>) -> NewManifest {
         subject: subject.map(str::to_string),
         annotations: Some(r#"{"k":"v"}"#.into()),
         content: b"{}".to_vec(),
+        size: 2,
         blobs: blobs.into_iter().map(str::to_string).collect(),
         manifests: vec![],
     }

@@ -130,6 +130,13 @@ impl From<StoreError> for ApiError {
                 crate::metrics::storage_error();
                 ApiError::internal("content store failed", err)
             }
+            // Logged and counted where it was found, with the object's name.
+            StoreError::Integrity(_) => ApiError::with_message(
+                ErrorCode::Internal,
+                "stored content failed its integrity check; an administrator must restore it",
+                None,
+            ),
+            StoreError::Key(why) => ApiError::internal("data key unavailable", why),
             StoreError::Unavailable(why) => {
                 crate::metrics::storage_error();
                 tracing::warn!(error = %why, "content store unavailable");

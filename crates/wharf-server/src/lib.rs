@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+mod keyring;
 mod locks;
 mod metrics;
 mod rate;
@@ -26,6 +27,7 @@ use wharf_store::BlobStore;
 
 pub use api::openapi;
 pub use error::ApiError;
+pub use keyring::ContentKeys;
 pub use metrics::install as install_metrics;
 pub use serve::serve;
 
@@ -200,6 +202,8 @@ pub struct AppState {
     pub settings: Settings,
     /// Signs and verifies the JWTs of the token flow.
     pub(crate) jwt_key: Vec<u8>,
+    /// Seals what is stored in the metadata database (manifests), as the store seals blobs.
+    pub(crate) sealing: wharf_store::seal::Sealing,
     pub(crate) verified: VerifiedSecrets,
     /// One check at a time per (token, presented secret): when the cached check expires under
     /// load, one request hashes and the others wait for its answer (32 connections each
@@ -233,6 +237,7 @@ impl AppState {
         store: Arc<dyn BlobStore>,
         settings: Settings,
         jwt_key: Vec<u8>,
+        sealing: wharf_store::seal::Sealing,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         let (audit_queue, queued) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
@@ -247,6 +252,7 @@ impl AppState {
             store,
             settings,
             jwt_key,
+            sealing,
             verified: Default::default(),
             secret_checks: locks::KeyedLocks::default(),
             hashing: tokio::sync::Semaphore::new(

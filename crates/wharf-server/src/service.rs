@@ -6,8 +6,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use futures_util::{StreamExt, TryStreamExt};
-use wharf_meta::{MetaError, NewManifest, StoredManifest, Upload};
+use wharf_meta::{MetaError, NewManifest, Referrer, StoredManifest, Upload};
 use wharf_oci::{Algorithm, Digest, Reference, ResumableSha256};
 use wharf_store::{ByteStream, StoreError};
 
@@ -31,6 +33,9 @@ pub(crate) enum ServiceError {
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Marks a sealed text column (base64 follows); plaintext from before encryption has no mark.
+const SEALED_TEXT: &str = "sealed:";
 
 /// Who acts, where: the registry and repository an operation is about, and how the audit log
 /// names the actor.
@@ -168,10 +173,15 @@ impl Service<'_> {
     /// without one, a new one over its stored bytes.
     async fn running_hash(&self, upload: &Upload) -> Result<ResumableSha256> {
         let size = upload.size as u64;
-        let saved = upload
-            .hash_state
-            .as_deref()
-            .and_then(ResumableSha256::from_bytes);
+        // A saved state that does not open (damaged, or its key is gone) is rebuilt below.
+        let saved = match &upload.hash_state {
+            Some(sealed) => {
+                let name = format!("hash state of upload {}", upload.id);
+                self.state.sealing.open_bytes(&name, sealed).await.ok()
+            }
+            None => None,
+        };
+        let saved = saved.as_deref().and_then(ResumableSha256::from_bytes);
         if let Some(hash) = saved.filter(|h| h.len() == size) {
             return Ok(hash);
         }
@@ -234,6 +244,12 @@ impl Service<'_> {
         grown.hash = hashing.lock().unwrap_or_else(|e| e.into_inner()).clone();
         grown.parts.extend(appended.part.clone());
         if record {
+            // The state holds the last bytes not yet hashed (up to 63): plaintext, so sealed.
+            let state = self
+                .state
+                .sealing
+                .seal_bytes(&grown.hash.to_bytes())
+                .await?;
             let moved = !self
                 .state
                 .meta
@@ -241,7 +257,7 @@ impl Service<'_> {
                     &upload.id,
                     offset as i64,
                     grown.size as i64,
-                    grown.hash.to_bytes(),
+                    state,
                     appended.part.as_deref(),
                 )
                 .await?;
@@ -358,7 +374,7 @@ impl Service<'_> {
     ) -> Result<Option<StoredManifest>> {
         let meta = &self.state.meta;
         let (registry, repository) = (scope.registry_id, scope.repository);
-        Ok(match reference {
+        let found = match reference {
             Reference::Tag(tag) => {
                 meta.manifest_by_tag(registry, repository, tag.as_str())
                     .await?
@@ -367,7 +383,58 @@ impl Service<'_> {
                 meta.manifest_by_digest(registry, repository, d.as_str())
                     .await?
             }
-        })
+        };
+        let Some(mut manifest) = found else {
+            return Ok(None);
+        };
+        let name = format!("manifest {}", manifest.digest);
+        manifest.content = self
+            .state
+            .sealing
+            .open_bytes(&name, &manifest.content)
+            .await?;
+        Ok(Some(manifest))
+    }
+
+    /// Manifests in the repository whose subject is `subject`, their annotations opened.
+    pub async fn referrers(
+        &self,
+        scope: &Scope<'_>,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let mut rows = self
+            .state
+            .meta
+            .referrers(scope.registry_id, scope.repository, subject, artifact_type)
+            .await?;
+        for row in &mut rows {
+            if let Some(text) = &row.annotations {
+                let name = format!("annotations of manifest {}", row.digest);
+                row.annotations = Some(self.open_text(&name, text).await?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Text kept in a database column, sealed when encryption is on: `sealed:` and base64.
+    async fn seal_text(&self, text: &str) -> Result<String> {
+        let sealing = &self.state.sealing;
+        if !sealing.is_on() {
+            return Ok(text.to_string());
+        }
+        let sealed = sealing.seal_bytes(text.as_bytes()).await?;
+        Ok(format!("{SEALED_TEXT}{}", BASE64.encode(sealed)))
+    }
+
+    async fn open_text(&self, name: &str, text: &str) -> Result<String> {
+        let Some(encoded) = text.strip_prefix(SEALED_TEXT) else {
+            return Ok(text.to_string());
+        };
+        let damaged = || ServiceError::Store(StoreError::Integrity(format!("{name} is damaged")));
+        let sealed = BASE64.decode(encoded).map_err(|_| damaged())?;
+        let plain = self.state.sealing.open_bytes(name, &sealed).await?;
+        String::from_utf8(plain).map_err(|_| damaged())
     }
 
     /// Records that a manifest was handed to a client.
@@ -384,7 +451,12 @@ impl Service<'_> {
         manifest: NewManifest,
         tag: Option<&str>,
     ) -> Result<()> {
+        let mut manifest = manifest;
         let digest = manifest.digest.clone();
+        manifest.content = self.state.sealing.seal_bytes(&manifest.content).await?;
+        if let Some(text) = &manifest.annotations {
+            manifest.annotations = Some(self.seal_text(text).await?);
+        }
         self.state
             .meta
             .put_manifest(scope.registry_id, scope.repository, manifest, tag)

@@ -10,6 +10,7 @@ use tokio::fs::{self, File};
 use tokio::task::JoinHandle;
 use wharf_oci::Digest;
 
+use crate::seal::{Sealing, HEADER};
 use crate::{
     check_parts, check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result,
     StoreError,
@@ -30,6 +31,7 @@ const READ_CHUNK: u64 = 512 << 10;
 /// memory between requests.
 pub struct FsStore {
     root: PathBuf,
+    seal: Sealing,
 }
 
 impl FsStore {
@@ -37,7 +39,15 @@ impl FsStore {
         let root = root.into();
         fs::create_dir_all(root.join("blobs")).await?;
         fs::create_dir_all(root.join("uploads")).await?;
-        Ok(FsStore { root })
+        Ok(FsStore {
+            root,
+            seal: Sealing::default(),
+        })
+    }
+
+    /// Seals what is written from now on (and opens what was sealed).
+    pub fn sealed(self, seal: Sealing) -> Self {
+        FsStore { seal, ..self }
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -64,7 +74,13 @@ impl FsStore {
             }
             let path = dir.join(name);
             match fs::metadata(&path).await {
-                Ok(m) => found.push((path, m.len())),
+                Ok(m) => {
+                    let len = self
+                        .seal
+                        .plain_len(m.len())
+                        .ok_or(StoreError::UploadTruncated { expected: size })?;
+                    found.push((path, len))
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(StoreError::UploadTruncated { expected: size })
                 }
@@ -74,6 +90,50 @@ impl FsStore {
         check_parts(parts.iter().zip(found.iter().map(|(_, len)| *len)), size)?;
         Ok(found)
     }
+}
+
+/// Streams plaintext bytes `offset..offset + len` of a stored file, sealed or not; `name` says
+/// which object in errors.
+async fn read_object(
+    seal: &Sealing,
+    path: PathBuf,
+    name: &str,
+    offset: u64,
+    len: u64,
+) -> Result<ByteStream> {
+    let opened = blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let stored = file.metadata()?.len();
+        let head = read_at(&file, 0, stored.min(HEADER as u64) as usize)?;
+        Ok((Arc::new(file), stored, head))
+    })
+    .await;
+    let (file, stored, head) = match opened {
+        Ok(v) => v,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    seal.open_range(name, &head, stored, offset, len, |offset, len| {
+        stream_file(file, offset, len)
+    })
+    .await
+}
+
+/// Streams an upload's plaintext: its parts in order.
+fn read_parts(seal: Sealing, parts: Vec<(PathBuf, u64)>) -> ByteStream {
+    let streams = stream::iter(parts).then(move |(path, len)| {
+        let seal = seal.clone();
+        async move {
+            let name = format!("upload part {}", path.display());
+            match read_object(&seal, path, &name, 0, len).await {
+                Ok(s) => s,
+                Err(e) => Box::pin(stream::once(
+                    async move { Err(io::Error::other(e.to_string())) },
+                )),
+            }
+        }
+    });
+    Box::pin(streams.flatten())
 }
 
 async fn sync_dir(path: &Path) -> Result<()> {
@@ -205,7 +265,7 @@ impl BlobStore for FsStore {
         &self,
         id: &str,
         offset: u64,
-        mut body: ByteStream,
+        body: ByteStream,
         expected_len: Option<u64>,
     ) -> Result<Appended> {
         let dir = self.upload_dir(id)?;
@@ -223,8 +283,9 @@ impl BlobStore for FsStore {
         let mut appender = Appender::new(file, 0);
         let mut written: u64 = 0;
         let outcome: Result<()> = async {
+            let (mut body, expected_len) = self.seal.seal_body(body, expected_len).await?;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(StoreError::Body)?;
+                let chunk = chunk.map_err(StoreError::body)?;
                 written += chunk.len() as u64;
                 if let Some(expected) = expected_len {
                     if written > expected {
@@ -253,23 +314,17 @@ impl BlobStore for FsStore {
             let _ = fs::remove_file(&path).await;
         }
         outcome?;
+        // Sealing checked the plaintext it sealed: its stored length maps back.
+        let plain = self.seal.plain_len(written).unwrap_or(written);
         Ok(Appended {
-            size: offset + written,
+            size: offset + plain,
             part: (written > 0).then_some(part),
         })
     }
 
     async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
         let parts = self.parts(id, parts, size).await?;
-        let streams = stream::iter(parts).then(|(path, len)| async move {
-            match read_file(path, 0, len).await {
-                Ok(s) => s,
-                Err(e) => Box::pin(stream::once(
-                    async move { Err(io::Error::other(e.to_string())) },
-                )),
-            }
-        });
-        Ok(Box::pin(streams.flatten()))
+        Ok(read_parts(self.seal.clone(), parts))
     }
 
     async fn commit_upload(
@@ -288,9 +343,23 @@ impl BlobStore for FsStore {
             // Same digest, same bytes: a stored copy stays. A single part (the usual case) is
             // moved into place; several are copied into a new file (io::copy uses
             // copy_file_range), never into one of the parts, so that two requests finishing the
-            // same upload at once each build a whole, correct file.
-            let parts: Vec<PathBuf> = parts.into_iter().map(|(p, _)| p).collect();
+            // same upload at once each build a whole, correct file. Sealed parts each have a
+            // key of their own: several are opened and sealed again, as one object.
             let built = dir.join(format!("{}.blob", uuid::Uuid::new_v4().simple()));
+            let parts: Vec<(PathBuf, u64)> = if self.seal.is_on() && parts.len() > 1 {
+                let plain = read_parts(self.seal.clone(), parts);
+                let (mut sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
+                let file = std::fs::File::create(&built)?;
+                let mut appender = Appender::new(file, 0);
+                while let Some(chunk) = sealed.next().await {
+                    appender.push(chunk.map_err(StoreError::body)?).await?;
+                }
+                appender.finish().await?;
+                vec![(built.clone(), size)]
+            } else {
+                parts
+            };
+            let parts: Vec<PathBuf> = parts.into_iter().map(|(p, _)| p).collect();
             let into = dest.clone();
             blocking(move || {
                 let source = match parts.as_slice() {
@@ -348,7 +417,8 @@ impl BlobStore for FsStore {
     }
 
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
-        read_file(self.blob_path(digest), offset, len).await
+        let name = format!("blob {digest}");
+        read_object(&self.seal, self.blob_path(digest), &name, offset, len).await
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<()> {
@@ -367,20 +437,13 @@ impl BlobStore for FsStore {
     }
 }
 
-/// Streams `len` bytes of a file from `offset`: the first chunk read with the open (most blobs
-/// are small), the next chunk read ahead while the socket takes this one.
-async fn read_file(path: PathBuf, offset: u64, len: u64) -> Result<ByteStream> {
+/// Streams `len` bytes of an open file from `offset`: the first chunk read before this returns,
+/// the next chunk read ahead while the socket takes this one.
+async fn stream_file(file: Arc<std::fs::File>, offset: u64, len: u64) -> Result<ByteStream> {
     let first = len.min(READ_CHUNK);
-    let opened = blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let head = read_at(&file, offset, first as usize)?;
-        Ok((Arc::new(file), head))
-    })
-    .await;
-    let (file, head) = match opened {
-        Ok(v) => v,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-        Err(e) => return Err(e.into()),
+    let head = {
+        let file = file.clone();
+        blocking(move || read_at(&file, offset, first as usize)).await?
     };
     let head = stream::once(async move { Ok(head) });
     if first == len {
@@ -647,5 +710,108 @@ mod tests {
             store.create_upload("../x").await,
             Err(StoreError::UploadUnknown)
         ));
+    }
+
+    #[tokio::test]
+    async fn sealed_uploads_store_no_plaintext_open_by_range_and_refuse_tampering() {
+        use crate::seal::{MemoryKeys, SEGMENT};
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path())
+            .await
+            .unwrap()
+            .sealed(MemoryKeys::sealing());
+        let data: Vec<u8> = (0..(3 * SEGMENT + 999))
+            .map(|i| b"MARKER-"[i % 7])
+            .collect();
+        let (a, b) = data.split_at(SEGMENT + 5);
+        store.create_upload("s1").await.unwrap();
+        let mut parts = Vec::new();
+        let a: Vec<std::io::Result<Bytes>> = a
+            .chunks(10_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        append(
+            &store,
+            "s1",
+            &mut parts,
+            0,
+            Box::pin(futures_util::stream::iter(a)),
+        )
+        .await;
+        let b = Box::pin(futures_util::stream::iter(vec![Ok(
+            Bytes::copy_from_slice(b),
+        )]));
+        let n = append(&store, "s1", &mut parts, (SEGMENT + 5) as u64, b).await;
+        assert_eq!(n, data.len() as u64);
+        // A sealed body of the wrong length is refused as such.
+        assert!(matches!(
+            store.append_upload("s1", n, body(&[b"abc"]), Some(2)).await,
+            Err(StoreError::SizeMismatch {
+                expected: 2,
+                actual: 3
+            })
+        ));
+        let all = collect(store.read_upload("s1", &parts, n).await.unwrap());
+        assert_eq!(all.await.unwrap(), data);
+        let d = Digest::sha256_of(&data);
+        store.commit_upload("s1", &parts, n, &d).await.unwrap();
+        let stored = std::fs::read(store.blob_path(&d)).unwrap();
+        assert!(!stored.windows(7).any(|w| w == b"MARKER-"));
+        let seg = SEGMENT as u64;
+        for (off, len) in [
+            (0, n),
+            (0, 1),
+            (seg - 1, 2),
+            (seg, seg),
+            (n - 1, 1),
+            (2 * seg + 3, n - 2 * seg - 3),
+        ] {
+            assert_eq!(
+                read_all(&store, &d, off, len).await,
+                &data[off as usize..(off + len) as usize],
+                "{off}+{len}"
+            );
+        }
+        // A flipped byte in the second segment: the first opens, the second fails.
+        let mut flipped = stored.clone();
+        flipped[HEADER + crate::seal::SEALED_SEGMENT + 10] ^= 1;
+        std::fs::write(store.blob_path(&d), &flipped).unwrap();
+        assert_eq!(read_all(&store, &d, 0, 10).await, &data[..10]);
+        assert!(matches!(
+            store.read(&d, seg, 10).await,
+            Err(StoreError::Integrity(_))
+        ));
+        let whole = collect(store.read(&d, 0, n).await.unwrap()).await;
+        assert!(whole.is_err());
+        // Cut by a byte, or by the whole last segment: the segments before still open (they
+        // are what they were); what reaches the cut fails.
+        for cut in [1, stored.len() - HEADER - 3 * crate::seal::SEALED_SEGMENT] {
+            std::fs::write(store.blob_path(&d), &stored[..stored.len() - cut]).unwrap();
+            assert_eq!(read_all(&store, &d, 0, 10).await, &data[..10]);
+            assert!(matches!(
+                store.read(&d, 0, n).await,
+                Err(StoreError::Integrity(_))
+            ));
+            let last =
+                (stored.len() - cut - HEADER - 1) as u64 / crate::seal::SEALED_SEGMENT as u64;
+            assert!(
+                matches!(
+                    store.read(&d, last * seg, 10).await,
+                    Err(StoreError::Integrity(_))
+                ),
+                "{cut}"
+            );
+        }
+        // One part is moved into place as it is: still sealed, still opens.
+        store.create_upload("s2").await.unwrap();
+        let mut parts = Vec::new();
+        append(&store, "s2", &mut parts, 0, body(&[b"MARKER-one"])).await;
+        let d = Digest::sha256_of(b"MARKER-one");
+        store.commit_upload("s2", &parts, 10, &d).await.unwrap();
+        assert!(!std::fs::read(store.blob_path(&d))
+            .unwrap()
+            .windows(7)
+            .any(|w| w == b"MARKER-"));
+        assert_eq!(read_all(&store, &d, 0, 10).await, b"MARKER-one");
     }
 }

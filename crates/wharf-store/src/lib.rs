@@ -39,6 +39,30 @@ pub enum StoreError {
     /// credentials, a missing bucket): said in one line.
     #[error("content store unavailable: {0}")]
     Unavailable(String),
+    /// Stored ciphertext that does not authenticate: altered, truncated or moved. Never
+    /// answered with bytes.
+    #[error("{0}")]
+    Integrity(String),
+    /// A data key that cannot be had: missing from the metadata store, or wrapped by a master
+    /// key this node does not hold.
+    #[error("encryption key: {0}")]
+    Key(String),
+}
+
+impl StoreError {
+    /// The error of a request body, or of the length check sealing made on it.
+    pub(crate) fn body(e: io::Error) -> StoreError {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<seal::BodySize>())
+        {
+            Some(size) => StoreError::SizeMismatch {
+                expected: size.expected,
+                actual: size.actual,
+            },
+            None => StoreError::Body(e),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

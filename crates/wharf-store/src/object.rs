@@ -17,6 +17,7 @@ use object_store::{
 };
 use wharf_oci::Digest;
 
+use crate::seal::{Sealing, HEADER};
 use crate::{
     check_parts, check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result,
     StoreError,
@@ -88,6 +89,7 @@ pub struct ObjectBlobStore {
     prefix: String,
     /// Names the bucket in errors.
     location: String,
+    seal: Sealing,
 }
 
 impl ObjectBlobStore {
@@ -137,7 +139,13 @@ impl ObjectBlobStore {
             store,
             prefix: prefix.trim_matches('/').to_string(),
             location,
+            seal: Sealing::default(),
         }
+    }
+
+    /// Seals what is written from now on (and opens what was sealed).
+    pub fn sealed(self, seal: Sealing) -> Self {
+        ObjectBlobStore { seal, ..self }
     }
 
     fn path(&self, rest: &str) -> ObjectPath {
@@ -190,7 +198,11 @@ impl ObjectBlobStore {
                 }
                 Err(e) => return Err(self.error(e)),
             };
-            found.push((path, meta.size));
+            let len = self
+                .seal
+                .plain_len(meta.size)
+                .ok_or(StoreError::UploadTruncated { expected: size })?;
+            found.push((path, len));
         }
         check_parts(parts.iter().zip(found.iter().map(|(_, len)| *len)), size)?;
         Ok(found)
@@ -200,6 +212,77 @@ impl ObjectBlobStore {
     async fn object_stream(&self, path: &ObjectPath) -> Result<ByteStream> {
         let got = self.store.get(path).await.map_err(|e| self.error(e))?;
         Ok(Box::pin(got.into_stream().map_err(io::Error::other)))
+    }
+
+    /// Streams plaintext bytes `offset..offset + len` of an object, sealed or not: its header
+    /// is read first (with its stored length), then the range that holds the bytes. `name`
+    /// says which object in errors.
+    async fn read_object(
+        &self,
+        path: &ObjectPath,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        if len == 0 {
+            // S3 refuses empty ranges; the object must still exist.
+            self.store.head(path).await.map_err(|e| self.error(e))?;
+            return Ok(Box::pin(stream::empty()));
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..HEADER as u64)),
+            ..GetOptions::default()
+        };
+        let got = self
+            .store
+            .get_opts(path, options)
+            .await
+            .map_err(|e| self.error(e))?;
+        let stored = got.meta.size;
+        let head = got.bytes().await.map_err(|e| self.error(e))?;
+        self.seal
+            .open_range(name, &head, stored, offset, len, |offset, len| {
+                self.read_range(path, name, offset, len)
+            })
+            .await
+    }
+
+    /// Streams `len` stored bytes of an object from `offset`.
+    async fn read_range(
+        &self,
+        path: &ObjectPath,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(offset..offset + len)),
+            ..GetOptions::default()
+        };
+        let got = self
+            .store
+            .get_opts(path, options)
+            .await
+            .map_err(|e| self.error(e))?;
+        // A stored object shorter than the metadata says must not reach a client as a
+        // silently short body.
+        if got.range.end - got.range.start != len {
+            return Err(StoreError::Io(io::Error::other(format!(
+                "{name} is shorter in {} than recorded",
+                self.location
+            ))));
+        }
+        Ok(Box::pin(got.into_stream().map_err(io::Error::other)))
+    }
+
+    /// Streams an upload's plaintext: its parts in order.
+    async fn read_parts(&self, parts: &[(ObjectPath, u64)]) -> Result<ByteStream> {
+        let mut streams = Vec::with_capacity(parts.len());
+        for (path, len) in parts {
+            let name = format!("upload part {path}");
+            streams.push(self.read_object(path, &name, 0, *len).await?);
+        }
+        Ok(Box::pin(stream::iter(streams).flatten()))
     }
 
     /// Streams `body` into a new object through a multipart upload; returns the bytes written
@@ -219,7 +302,7 @@ impl ObjectBlobStore {
         let mut written: u64 = 0;
         let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(StoreError::Body)?;
+                let chunk = chunk.map_err(StoreError::body)?;
                 written += chunk.len() as u64;
                 if let Some(expected) = expected_len.filter(|e| written > *e) {
                     return Err(StoreError::SizeMismatch {
@@ -310,22 +393,20 @@ impl BlobStore for ObjectBlobStore {
         expected_len: Option<u64>,
     ) -> Result<Appended> {
         let part = part_name(offset);
-        let written = self
-            .write_object(&self.part_path(id, &part)?, body, expected_len)
-            .await?;
+        let path = self.part_path(id, &part)?;
+        let (body, expected_len) = self.seal.seal_body(body, expected_len).await?;
+        let written = self.write_object(&path, body, expected_len).await?;
+        // Sealing checked the plaintext it sealed: its stored length maps back.
+        let plain = self.seal.plain_len(written).unwrap_or(written);
         Ok(Appended {
-            size: offset + written,
+            size: offset + plain,
             part: (written > 0).then_some(part),
         })
     }
 
     async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
         let parts = self.parts(id, parts, size).await?;
-        let mut streams = Vec::with_capacity(parts.len());
-        for (path, _) in &parts {
-            streams.push(self.object_stream(path).await?);
-        }
-        Ok(Box::pin(stream::iter(streams).flatten()))
+        self.read_parts(&parts).await
     }
 
     async fn commit_upload(
@@ -352,11 +433,18 @@ impl BlobStore for ObjectBlobStore {
                         .map_err(|e| self.error(e))?;
                 }
                 // One part (the usual case): the server copies it, no byte passes through here.
-                [(only, len)] if *len <= MAX_COPY => {
+                [(only, len)] if *len <= MAX_COPY - MAX_COPY / 1024 => {
                     self.store
                         .copy(only, &dest)
                         .await
                         .map_err(|e| self.error(e))?;
+                }
+                // Sealed parts each have a key of their own: they are opened and sealed
+                // again, as one object.
+                parts if self.seal.is_on() => {
+                    let plain = self.read_parts(parts).await?;
+                    let (sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
+                    self.write_object(&dest, sealed, None).await?;
                 }
                 parts => {
                     let mut streams = Vec::with_capacity(parts.len());
@@ -418,30 +506,9 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
-        let path = self.blob_path(digest);
-        if len == 0 {
-            // S3 refuses empty ranges; the blob must still exist.
-            self.store.head(&path).await.map_err(|e| self.error(e))?;
-            return Ok(Box::pin(stream::empty()));
-        }
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(offset..offset + len)),
-            ..GetOptions::default()
-        };
-        let got = self
-            .store
-            .get_opts(&path, options)
+        let name = format!("blob {digest}");
+        self.read_object(&self.blob_path(digest), &name, offset, len)
             .await
-            .map_err(|e| self.error(e))?;
-        // A stored object shorter than the metadata says must not reach a client as a
-        // silently short body.
-        if got.range.end - got.range.start != len {
-            return Err(StoreError::Io(io::Error::other(format!(
-                "blob {digest} is shorter in {} than recorded",
-                self.location
-            ))));
-        }
-        Ok(Box::pin(got.into_stream().map_err(io::Error::other)))
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<()> {
@@ -486,7 +553,46 @@ mod tests {
 
     #[tokio::test]
     async fn parts_commit_by_copy_or_by_streaming_and_reads_take_ranges() {
-        let s = store();
+        parts_commit_and_read(store()).await;
+        parts_commit_and_read(store().sealed(crate::seal::MemoryKeys::sealing())).await;
+    }
+
+    /// Sealed objects hold no plaintext; a flipped byte fails the read.
+    #[tokio::test]
+    async fn sealed_objects_hold_no_plaintext_and_refuse_tampering() {
+        let s = store().sealed(crate::seal::MemoryKeys::sealing());
+        let data = b"MARKER-".repeat(30_000);
+        let a = s
+            .append_upload("s1", 0, body(vec![data[..100_000].to_vec()]), None)
+            .await
+            .unwrap();
+        let b = s
+            .append_upload("s1", 100_000, body(vec![data[100_000..].to_vec()]), None)
+            .await
+            .unwrap();
+        let parts: Vec<String> = a.part.into_iter().chain(b.part).collect();
+        let d = Digest::sha256_of(&data);
+        let len = data.len() as u64;
+        s.commit_upload("s1", &parts, len, &d).await.unwrap();
+        let path = s.blob_path(&d);
+        let stored = s.store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored.len() as u64, crate::seal::stored_len(len));
+        assert!(!stored.windows(7).any(|w| w == b"MARKER-"));
+        let seg = crate::seal::SEGMENT as u64;
+        for (off, n) in [(0, len), (seg - 1, 2), (len - 1, 1)] {
+            let got = collect(s.read(&d, off, n).await.unwrap()).await.unwrap();
+            assert_eq!(got, &data[off as usize..(off + n) as usize]);
+        }
+        let mut flipped = stored.to_vec();
+        flipped[HEADER + 5] ^= 0x80;
+        s.store.put(&path, flipped.into()).await.unwrap();
+        assert!(matches!(
+            s.read(&d, 0, 10).await,
+            Err(StoreError::Integrity(_))
+        ));
+    }
+
+    async fn parts_commit_and_read(s: ObjectBlobStore) {
         // One part, larger than a multipart part, in odd chunks.
         let data: Vec<u8> = (0..(PART_SIZE * 2 + 12_345))
             .map(|i| (i % 253) as u8)

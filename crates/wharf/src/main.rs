@@ -13,7 +13,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wharf_meta::Meta;
+use wharf_server::ContentKeys;
 use wharf_server::{AppState, Settings};
+use wharf_store::seal::{KeyRing, Sealing};
 use wharf_store::{BlobStore, FsStore, ObjectBlobStore};
 
 use config::{Config, LogFormat, ServeArgs, Storage};
@@ -259,19 +261,6 @@ async fn run(config: Config) -> Result<(), String> {
     let meta = Meta::connect(&database_url)
         .await
         .map_err(|e| format!("metadata database: {e}"))?;
-    let store: Arc<dyn BlobStore> = match &config.storage {
-        Storage::File => Arc::new(
-            FsStore::open(&data_dir)
-                .await
-                .map_err(|e| format!("content store in {}: {e}", data_dir.display()))?,
-        ),
-        Storage::S3(s3) => {
-            // A wrong bucket or credentials stop the start, named, rather than every request.
-            let store = ObjectBlobStore::s3(s3).map_err(|e| e.to_string())?;
-            store.check().await.map_err(|e| e.to_string())?;
-            Arc::new(store)
-        }
-    };
     if let Some(name) = &config.default_registry {
         let location = config
             .locations
@@ -293,6 +282,26 @@ async fn run(config: Config) -> Result<(), String> {
         keys::sealed_with(stored.as_deref()).as_deref(),
     )?;
     let jwt_key = keys::jwt_signing_key(&meta, master.as_ref()).await?;
+    let encryption_key = master.as_ref().map(|m| m.id().to_string());
+    let sealing = Sealing::new(
+        master.map(|m| Arc::new(ContentKeys::new(meta.clone(), Arc::new(m))) as Arc<dyn KeyRing>),
+    );
+    let store: Arc<dyn BlobStore> = match &config.storage {
+        Storage::File => Arc::new(
+            FsStore::open(&data_dir)
+                .await
+                .map_err(|e| format!("content store in {}: {e}", data_dir.display()))?
+                .sealed(sealing.clone()),
+        ),
+        Storage::S3(s3) => {
+            // A wrong bucket or credentials stop the start, named, rather than every request.
+            let store = ObjectBlobStore::s3(s3)
+                .map_err(|e| e.to_string())?
+                .sealed(sealing.clone());
+            store.check().await.map_err(|e| e.to_string())?;
+            Arc::new(store)
+        }
+    };
     let state = Arc::new(AppState::new(
         meta.clone(),
         store,
@@ -313,9 +322,10 @@ async fn run(config: Config) -> Result<(), String> {
                 Storage::S3(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
                 Storage::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
             },
-            encryption_key: master.as_ref().map(|m| m.id().to_string()),
+            encryption_key,
         },
         jwt_key,
+        sealing,
         Some(metrics),
     ));
     tokio::spawn(wharf_server::expire_tokens(state.clone()));

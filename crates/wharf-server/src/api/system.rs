@@ -21,7 +21,7 @@ pub struct SystemView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EncryptionView {
-    /// Whether stored secrets are sealed with the master key.
+    /// Whether content and stored secrets are sealed under keys the master key wraps.
     pub enabled: bool,
     /// The master key's id; absent when encryption is off.
     pub key_id: Option<String>,
@@ -35,7 +35,9 @@ impl EncryptionView {
         EncryptionView {
             enabled: key_id.is_some(),
             covers: if key_id.is_some() {
-                vec!["secrets".to_string()]
+                ["blobs", "manifests", "upload state", "secrets"]
+                    .map(String::from)
+                    .to_vec()
             } else {
                 Vec::new()
             },

@@ -131,13 +131,8 @@ pub(super) async fn referrers(repo: &Repo<'_>, digest: &str, query: &Query) -> R
     let artifact_type = query.get("artifactType").filter(|t| !t.is_empty());
     let rows = repo
         .state
-        .meta
-        .referrers(
-            repo.registry_id,
-            repo.name.as_str(),
-            subject.as_str(),
-            artifact_type,
-        )
+        .service()
+        .referrers(&repo.scope(), subject.as_str(), artifact_type)
         .await?;
     let mut manifests = Vec::with_capacity(rows.len());
     for row in rows {

@@ -177,6 +177,7 @@ pub(super) async fn put(
             .iter()
             .map(|d| d.digest.to_string())
             .collect(),
+        size: content.len() as i64,
         // Last: the parsed manifest borrows the body until the fields above are taken.
         content,
     };

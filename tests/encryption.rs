@@ -464,6 +464,142 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
     assert!(line.contains("encryption is off"), "{line}");
 }
 
+/// The ids of the master keys in the server's key file, in order.
+fn key_file_ids(s: &Server) -> Vec<String> {
+    let text = std::fs::read_to_string(s.data_dir().join("master.key")).expect("key file");
+    text.lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|id| !id.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+async fn keys_status(s: &Server) -> serde_json::Value {
+    s.anon
+        .get(s.url("/api/v1/system/keys"))
+        .bearer_auth(common::OWNER_KEY)
+        .send()
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Pulls every image in a loop, checking bytes, until told to stop; returns how many pulls
+/// it made.
+fn pull_loop(
+    s: &Server,
+    images: Vec<(String, Vec<u8>, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    let (client, base) = (s.client.clone(), s.base.clone());
+    tokio::spawn(async move {
+        let mut pulls = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for (repo, layer, digest) in &images {
+                let url = format!("{base}/v2/{repo}/blobs/{digest}");
+                let got = client.get(url).send().await.expect("pull");
+                assert_eq!(got.status(), StatusCode::OK, "pull during rotation");
+                assert!(got.bytes().await.expect("bytes") == *layer, "bytes differ");
+                pulls += 1;
+            }
+        }
+        pulls
+    })
+}
+
+async fn master_key_rotates_under_pulls_and_a_restart(b: Backend) {
+    let mut s = Server::start_with(b, &["--rewrap-rate", "40"]).await;
+    let old = key_file_ids(&s);
+    assert_eq!(old.len(), 1);
+    let mut images = Vec::new();
+    for i in 0..8 {
+        let repo = format!("rotate/app{i}");
+        let (layer, digest, _, _, _) = push_marked_image(&s, &repo).await;
+        images.push((repo, layer, digest));
+    }
+    let before = keys_status(&s).await;
+    let total = before["data_keys"][0]["data_keys"].as_i64().unwrap_or(0);
+    assert!(total >= 40, "{before}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pulls = pull_loop(&s, images.clone(), stop.clone());
+    let out = common::cli_ok(&s, &["keys", "rotate", "--no-wait"]);
+    let ids = key_file_ids(&s);
+    assert_eq!(
+        ids.len(),
+        2,
+        "the new key goes first, the old one stays: {ids:?}"
+    );
+    assert_eq!(ids[1], old[0]);
+    let new = ids[0].clone();
+    assert!(out.contains(&new), "{out}");
+    // Pushes go on under the new key while the old one is being replaced.
+    let (pushed, pushed_digest, _, _, _) = push_marked_image(&s, "rotate/during").await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(pulls.await.expect("pull loop") > 0);
+    let midway = keys_status(&s).await;
+    let pending = midway["pending"].as_i64().unwrap_or(0);
+    assert!(
+        pending > 0 && pending < total,
+        "killed mid-rotation: {midway}"
+    );
+
+    // Killed mid-rotation: on restart the rewrap goes on from where it was.
+    s.kill();
+    s.start_again().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pulls = pull_loop(&s, images.clone(), stop.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = keys_status(&s).await;
+        if status["pending"] == 0 && status["loaded"].as_array().map_or(0, Vec::len) == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation did not finish: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(pulls.await.expect("pull loop") > 0);
+    assert_eq!(
+        key_file_ids(&s),
+        vec![new.clone()],
+        "the old key is retired"
+    );
+    assert_eq!(stored_signing_key(&s).1, new, "the JWT signing key too");
+    assert!(s.log().contains("rotation done"));
+
+    // With only the new key, everything still pulls, the image pushed midway too.
+    s.restart().await;
+    images.push(("rotate/during".to_string(), pushed, pushed_digest));
+    for (repo, layer, digest) in &images {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        assert!(get_bytes(&s, &path, None).await.1 == *layer, "{path}");
+        let r = s
+            .send(Method::GET, &format!("/v2/{repo}/manifests/v1"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // The CLI follows a rotation to its end.
+    let out = common::cli_ok(&s, &["keys", "status", "--json"]);
+    assert!(out.contains(&new), "{out}");
+    let out = common::cli_ok(&s, &["keys", "rotate"]);
+    assert!(out.contains("the old key is retired"), "{out}");
+    let ids = key_file_ids(&s);
+    assert!(ids.len() == 1 && ids[0] != new, "{ids:?}");
+}
+
+async fn rotation_is_refused_without_encryption_or_a_key_file(b: Backend) {
+    let s = Server::start_with(b, &["--encryption", "false"]).await;
+    let err = common::cli_err(&s, Some(common::OWNER_KEY), &["keys", "rotate"]);
+    assert!(err.contains("encryption at rest is off"), "{err}");
+}
+
 mod content {
     use super::*;
     on_every_configuration!(
@@ -473,6 +609,8 @@ mod content {
 }
 
 on_both_backends!(
+    master_key_rotates_under_pulls_and_a_restart,
+    rotation_is_refused_without_encryption_or_a_key_file,
     secrets_are_sealed_under_a_master_key_made_on_first_start,
     secrets_in_the_clear_are_sealed_when_encryption_is_switched_on,
 );

@@ -27,4 +27,59 @@ impl Meta {
             .await?;
         Ok(row.map(|r| r.try_get("wrapped")).transpose()?)
     }
+
+    /// Up to `limit` data keys after id `after`, in id order, wrapped by another master key
+    /// than `current` (what a rotation still has to rewrap): their ids and wrapped keys.
+    pub async fn data_keys_to_rewrap(
+        &self,
+        current: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT id, wrapped FROM data_keys WHERE master_key <> $1 AND id > $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(current)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("wrapped")?)))
+            .collect()
+    }
+
+    /// Replaces data key `id`, as wrapped by `from`, with the same key wrapped by `to`; false
+    /// when another node rewrapped it first.
+    pub async fn rewrap_data_key(
+        &self,
+        id: &str,
+        from: &str,
+        wrapped: Vec<u8>,
+        to: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE data_keys SET wrapped = $1, master_key = $2 WHERE id = $3 AND master_key = $4",
+        )
+        .bind(wrapped)
+        .bind(to)
+        .bind(id)
+        .bind(from)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// How many data keys each master key wraps.
+    pub async fn data_key_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT master_key, COUNT(*) AS n FROM data_keys GROUP BY master_key ORDER BY master_key",
+        )
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("master_key")?, r.try_get("n")?)))
+            .collect()
+    }
 }

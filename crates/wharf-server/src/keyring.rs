@@ -1,31 +1,161 @@
-//! Data keys for encryption at rest: created for each stored object and wrapped by the master
-//! key in the metadata store; opened by the id a stored object's header names.
+//! Master keys and data keys for encryption at rest. Data keys are created for each stored
+//! object and kept wrapped by the current master key in the metadata store; stored objects name
+//! theirs by id. Rotation adds a master key, rewraps every data key under it in the background
+//! (content is not rewritten), and retires the old key once nothing uses it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use wharf_meta::{Meta, MetaError};
-use wharf_store::seal::{DataKey, KeyId, KeyRing, MasterKey};
+use wharf_store::seal::{
+    new_master_key_text, parse_master_keys, DataKey, KeyId, KeyRing, MasterKey,
+};
 use wharf_store::StoreError;
+
+/// The name the JWT signing key is sealed under (bound into the sealed bytes).
+pub const JWT_SECRET: &str = "jwt-signing-key-1";
 
 /// Opened data keys kept at most: enough for the working set of a busy node (a key is 32 bytes
 /// and an AES key schedule), cleared whole when full rather than tracked for age.
 const CACHED_KEYS: usize = 50_000;
+/// How often a node looks at the key file for a key another node added.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// Data keys rewrapped per database round.
+const REWRAP_BATCH: i64 = 200;
+
+/// Where the master keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A key file, which rotation rewrites (the new key first, the old one until retired).
+    File(PathBuf),
+    /// `WHARF_MASTER_KEY`: the operator changes it on every node.
+    Environment,
+}
+
+struct Ring {
+    /// The current key (wraps new data keys) first, then older ones (open only).
+    keys: Vec<Arc<MasterKey>>,
+    /// The key file's modification time when it was read.
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("the master keys come from WHARF_MASTER_KEY: put a new key first in it (new,old) on every node and restart them; the data keys are then rewrapped by themselves")]
+    Environment,
+    #[error("a rotation is still rewrapping data keys; wait for it to finish")]
+    Running,
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where a rotation stands.
+#[derive(Debug, Clone)]
+pub struct KeyStatus {
+    pub current: String,
+    /// The master keys this node holds, current first.
+    pub loaded: Vec<String>,
+    /// Data keys per master key.
+    pub data_keys: Vec<(String, i64)>,
+    /// Data keys still wrapped by another key than the current one.
+    pub pending: i64,
+    pub rewrapping: bool,
+}
 
 pub struct ContentKeys {
     meta: Meta,
-    /// Wraps new data keys.
-    master: Arc<MasterKey>,
+    source: KeySource,
+    ring: RwLock<Ring>,
     opened: Mutex<HashMap<KeyId, Arc<DataKey>>>,
+    /// Data keys rewrapped per second at most (0: no limit), so that a rotation does not load
+    /// the database.
+    rewrap_rate: u32,
+    /// One rewrap job per node.
+    rewrapping: tokio::sync::Mutex<()>,
 }
 
 impl ContentKeys {
-    pub fn new(meta: Meta, master: Arc<MasterKey>) -> ContentKeys {
+    pub fn new(meta: Meta, keys: Vec<MasterKey>, source: KeySource, rewrap_rate: u32) -> Self {
+        let modified = match &source {
+            KeySource::File(path) => modified(path),
+            KeySource::Environment => None,
+        };
         ContentKeys {
             meta,
-            master,
+            source,
+            ring: RwLock::new(Ring {
+                keys: keys.into_iter().map(Arc::new).collect(),
+                modified,
+                checked: Instant::now(),
+            }),
             opened: Mutex::new(HashMap::new()),
+            rewrap_rate,
+            rewrapping: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The key that wraps new data keys.
+    pub fn current(&self) -> Arc<MasterKey> {
+        self.reload(false);
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        ring.keys[0].clone()
+    }
+
+    fn find(&self, id: &str) -> Option<Arc<MasterKey>> {
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        ring.keys.iter().find(|k| k.id() == id).cloned()
+    }
+
+    /// A master key by id, reading the key file again when it is not loaded (another node
+    /// may have rotated).
+    fn master(&self, id: &str) -> Option<Arc<MasterKey>> {
+        self.find(id).or_else(|| {
+            self.reload(true);
+            self.find(id)
+        })
+    }
+
+    /// Reads the key file again if it changed (looked at once per [`RELOAD_EVERY`] unless
+    /// `now`). A file that no longer parses leaves the loaded keys as they are.
+    fn reload(&self, now: bool) {
+        let KeySource::File(path) = &self.source else {
+            return;
+        };
+        {
+            let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+            if !now && ring.checked.elapsed() < RELOAD_EVERY {
+                return;
+            }
+        }
+        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        ring.checked = Instant::now();
+        let changed = modified(path);
+        if changed == ring.modified {
+            return;
+        }
+        match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_master_keys(&text))
+        {
+            Ok(keys) => {
+                if keys[0].id() != ring.keys[0].id() {
+                    tracing::info!(
+                        key = keys[0].id(),
+                        "master key file changed; new data keys are wrapped by its first key"
+                    );
+                }
+                ring.keys = keys.into_iter().map(Arc::new).collect();
+                ring.modified = changed;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the master key file does not read; keeping the keys loaded")
+            }
         }
     }
 
@@ -36,6 +166,243 @@ impl ContentKeys {
         }
         opened.insert(id, key);
     }
+
+    /// Adds a new master key in front of the others in the key file; the rewrap job (see
+    /// [`ContentKeys::rewrap`]) then moves every data key under it. Returns its id.
+    pub fn rotate(&self) -> Result<String, RotateError> {
+        let KeySource::File(path) = &self.source else {
+            return Err(RotateError::Environment);
+        };
+        if self.rewrapping.try_lock().is_err() {
+            return Err(RotateError::Running);
+        }
+        self.reload(true);
+        let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let id = format!(
+            "k{}-{}",
+            date.get(..10).unwrap_or("").replace('-', ""),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let new = new_master_key_text(&id).map_err(|e| RotateError::Io(e.to_string()))?;
+        let old = std::fs::read_to_string(path)
+            .map_err(|e| RotateError::Io(format!("reading {}: {e}", path.display())))?;
+        write_key_file(path, &format!("{new}{old}")).map_err(RotateError::Io)?;
+        self.reload(true);
+        tracing::info!(key = %id, path = %path.display(), "added a master key; rewrapping data keys under it");
+        Ok(id)
+    }
+
+    pub async fn status(&self) -> Result<KeyStatus, MetaError> {
+        let current = self.current();
+        let data_keys = self.meta.data_key_counts().await?;
+        let pending = data_keys
+            .iter()
+            .filter(|(k, _)| k != current.id())
+            .map(|(_, n)| n)
+            .sum();
+        let loaded = {
+            let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+            ring.keys.iter().map(|k| k.id().to_string()).collect()
+        };
+        Ok(KeyStatus {
+            current: current.id().to_string(),
+            loaded,
+            data_keys,
+            pending,
+            rewrapping: self.rewrapping.try_lock().is_err(),
+        })
+    }
+
+    /// Starts the rewrap job unless one runs on this node.
+    pub fn spawn_rewrap(self: &Arc<Self>) {
+        let keys = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match keys.rewrap().await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rewrapping data keys failed; retrying in 10 s");
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Rewraps every data key (and the JWT signing key) wrapped by another master key than the
+    /// current one, then retires the keys nothing uses any more. What it has done stays done:
+    /// after a restart it goes on with what is left.
+    async fn rewrap(&self) -> Result<(), String> {
+        let Ok(_running) = self.rewrapping.try_lock() else {
+            return Ok(());
+        };
+        let db = |e: MetaError| format!("metadata database: {e}");
+        let mut after = String::new();
+        let mut moved = 0u64;
+        let mut stuck = 0u64;
+        let started = Instant::now();
+        loop {
+            let to = self.current();
+            let batch = self
+                .meta
+                .data_keys_to_rewrap(to.id(), &after, REWRAP_BATCH)
+                .await
+                .map_err(db)?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = last.clone();
+            for (id, wrapped) in batch {
+                let by = MasterKey::wrapped_by(&wrapped).unwrap_or("?").to_string();
+                let Some(from) = self.master(&by) else {
+                    stuck += 1;
+                    continue;
+                };
+                match from.rewrap(&to, &id, &wrapped) {
+                    Ok(rewrapped) => {
+                        if self
+                            .meta
+                            .rewrap_data_key(&id, &by, rewrapped, to.id())
+                            .await
+                            .map_err(db)?
+                        {
+                            moved += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(data_key = %id, error = %e, "a data key does not open with its master key");
+                        stuck += 1;
+                    }
+                }
+                if self.rewrap_rate > 0 {
+                    tokio::time::sleep(Duration::from_secs(1) / self.rewrap_rate).await;
+                }
+            }
+        }
+        self.reseal_signing_key().await?;
+        if moved > 0 || stuck > 0 {
+            tracing::info!(
+                rewrapped = moved,
+                left = stuck,
+                seconds = started.elapsed().as_secs_f64(),
+                "rewrapped data keys under the current master key"
+            );
+        }
+        if stuck > 0 {
+            return Err(format!(
+                "{stuck} data keys are wrapped by master keys this node does not hold"
+            ));
+        }
+        self.retire().await
+    }
+
+    /// Seals the JWT signing key with the current master key if another one sealed it.
+    async fn reseal_signing_key(&self) -> Result<(), String> {
+        let db = |e: MetaError| format!("metadata database: {e}");
+        let Some(stored) = self.meta.stored_signing_key().await.map_err(db)? else {
+            return Ok(());
+        };
+        let to = self.current();
+        let Some(by) = MasterKey::wrapped_by(&stored)
+            .filter(|_| MasterKey::is_wrapped(&stored))
+            .map(String::from)
+        else {
+            return Ok(());
+        };
+        if by == to.id() {
+            return Ok(());
+        }
+        let from = self
+            .master(&by)
+            .ok_or_else(|| format!("the JWT signing key is sealed with master key {by:?}, which this node does not hold"))?;
+        let resealed = from
+            .rewrap(&to, JWT_SECRET, &stored)
+            .map_err(|e| format!("the JWT signing key does not open with {by:?}: {e}"))?;
+        self.meta
+            .reseal_signing_key(&stored, resealed)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Drops the master keys nothing is wrapped by any more from the key file (or says which
+    /// can go from `WHARF_MASTER_KEY`). Waits first for other nodes to have seen the current
+    /// key, then checks again that nothing uses the old ones.
+    async fn retire(&self) -> Result<(), String> {
+        let older: Vec<String> = {
+            let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+            ring.keys
+                .iter()
+                .skip(1)
+                .map(|k| k.id().to_string())
+                .collect()
+        };
+        if older.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(RELOAD_EVERY * 2).await;
+        let status = self
+            .status()
+            .await
+            .map_err(|e| format!("metadata database: {e}"))?;
+        if status.pending > 0 {
+            return Err(format!(
+                "{} data keys were wrapped by an older key meanwhile",
+                status.pending
+            ));
+        }
+        match &self.source {
+            KeySource::Environment => {
+                tracing::info!(keys = ?older, "no data key is wrapped by these master keys any more: remove them from WHARF_MASTER_KEY");
+            }
+            KeySource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let current = format!("{}:", status.current);
+                let kept: String = text
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with(&current))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                if kept.is_empty() {
+                    return Err(format!(
+                        "{} no longer holds the current key",
+                        path.display()
+                    ));
+                }
+                write_key_file(path, &kept)?;
+                self.reload(true);
+                tracing::info!(retired = ?older, key = %status.current, "rotation done: the old master keys were removed from the key file");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Replaces the key file whole (a new file, synced, renamed over it), readable by its owner
+/// only: a crash leaves the old file or the new one, never half of one.
+fn write_key_file(path: &Path, text: &str) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".master.key.{}", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("writing {}: {e}", path.display())
+    })
 }
 
 fn meta_error(e: MetaError) -> StoreError {
@@ -50,10 +417,11 @@ fn meta_error(e: MetaError) -> StoreError {
 impl KeyRing for ContentKeys {
     async fn create(&self) -> wharf_store::Result<(KeyId, Arc<DataKey>)> {
         let seal = |e: wharf_store::seal::SealError| StoreError::Key(e.to_string());
+        let master = self.current();
         let id = KeyId::random().map_err(seal)?;
-        let (key, wrapped) = self.master.new_data_key(&id.hex()).map_err(seal)?;
+        let (key, wrapped) = master.new_data_key(&id.hex()).map_err(seal)?;
         self.meta
-            .insert_data_key(&id.hex(), &wrapped, self.master.id())
+            .insert_data_key(&id.hex(), &wrapped, master.id())
             .await
             .map_err(meta_error)?;
         let key = Arc::new(key);
@@ -81,12 +449,12 @@ impl KeyRing for ContentKeys {
                 StoreError::Key(format!("data key {hex} is not in the metadata store"))
             })?;
         let by = MasterKey::wrapped_by(&wrapped).unwrap_or("?").to_string();
-        if by != self.master.id() {
-            return Err(StoreError::Key(format!(
+        let master = self.master(&by).ok_or_else(|| {
+            StoreError::Key(format!(
                 "data key {hex} is wrapped by master key {by:?}, which this node does not hold"
-            )));
-        }
-        let key = self.master.unwrap(&hex, &wrapped).map_err(|e| {
+            ))
+        })?;
+        let key = master.unwrap(&hex, &wrapped).map_err(|e| {
             StoreError::Key(format!(
                 "data key {hex} does not open with master key {by:?}: {e}"
             ))

@@ -27,7 +27,7 @@ use wharf_store::BlobStore;
 
 pub use api::openapi;
 pub use error::ApiError;
-pub use keyring::ContentKeys;
+pub use keyring::{ContentKeys, KeySource, KeyStatus, RotateError, JWT_SECRET};
 pub use metrics::install as install_metrics;
 pub use serve::serve;
 
@@ -58,8 +58,6 @@ pub struct Settings {
     pub rate_limit: u32,
     /// Where content is stored, as shown to operators: `file` or `s3://bucket/prefix`.
     pub storage: String,
-    /// The master key sealing stored secrets; `None` when encryption is off.
-    pub encryption_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -77,7 +75,6 @@ impl Default for Settings {
             upload_max_age: std::time::Duration::from_secs(24 * 3600),
             rate_limit: 0,
             storage: "file".to_string(),
-            encryption_key: None,
         }
     }
 }
@@ -204,6 +201,8 @@ pub struct AppState {
     pub(crate) jwt_key: Vec<u8>,
     /// Seals what is stored in the metadata database (manifests), as the store seals blobs.
     pub(crate) sealing: wharf_store::seal::Sealing,
+    /// The master and data keys behind `sealing`; `None` where encryption is off.
+    pub(crate) content_keys: Option<Arc<ContentKeys>>,
     pub(crate) verified: VerifiedSecrets,
     /// One check at a time per (token, presented secret): when the cached check expires under
     /// load, one request hashes and the others wait for its answer (32 connections each
@@ -237,7 +236,7 @@ impl AppState {
         store: Arc<dyn BlobStore>,
         settings: Settings,
         jwt_key: Vec<u8>,
-        sealing: wharf_store::seal::Sealing,
+        content_keys: Option<Arc<ContentKeys>>,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
         let (audit_queue, queued) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
@@ -252,7 +251,12 @@ impl AppState {
             store,
             settings,
             jwt_key,
-            sealing,
+            sealing: wharf_store::seal::Sealing::new(
+                content_keys
+                    .clone()
+                    .map(|k| k as Arc<dyn wharf_store::seal::KeyRing>),
+            ),
+            content_keys,
             verified: Default::default(),
             secret_checks: locks::KeyedLocks::default(),
             hashing: tokio::sync::Semaphore::new(

@@ -192,6 +192,29 @@ pub fn parse_master_key(text: &str) -> Result<MasterKey, String> {
     MasterKey::new(id, &secret).map_err(|e| format!("master key {id:?}: {e}"))
 }
 
+/// Master keys as a key file or `WHARF_MASTER_KEY` lists them: one per line (or separated by
+/// commas), the current one first; blank lines and `#` comments are skipped.
+pub fn parse_master_keys(text: &str) -> Result<Vec<MasterKey>, String> {
+    let mut keys: Vec<MasterKey> = Vec::new();
+    for item in text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let key = parse_master_key(item)?;
+        if keys.iter().any(|k| k.id() == key.id()) {
+            return Err(format!("master key {:?} is listed twice", key.id()));
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err("no master key is given".to_string());
+    }
+    Ok(keys)
+}
+
 /// The text of a key file for a new master key.
 pub fn new_master_key_text(id: &str) -> Result<String, SealError> {
     let secret = MasterKey::generate_secret()?;
@@ -828,6 +851,18 @@ mod tests {
         assert!(MasterKey::is_wrapped(&sealed));
         assert!(!MasterKey::is_wrapped(&secret));
         assert_eq!(m.open_secret("jwt", &sealed).unwrap(), secret);
+        let two = format!(
+            "{}# previous\n{text}",
+            new_master_key_text("k2027").unwrap()
+        );
+        let ids: Vec<String> = parse_master_keys(&two)
+            .unwrap()
+            .iter()
+            .map(|k| k.id().to_string())
+            .collect();
+        assert_eq!(ids, ["k2027", "k2026"]);
+        assert!(parse_master_keys(&format!("{text}{text}")).is_err());
+        assert!(parse_master_keys("\n# none\n").is_err());
         for bad in [
             "nocolon",
             "k:abc",

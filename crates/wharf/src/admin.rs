@@ -982,3 +982,75 @@ pub fn system(conn: Connection) -> Result<(), String> {
     });
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Add a new master key, rewrap every data key under it (content is not rewritten) and
+    /// retire the old key; pushes and pulls go on meanwhile.
+    Rotate {
+        /// Return once the rotation started instead of following it to the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the master keys and how many data keys each wraps.
+    Status,
+}
+
+/// `wharf keys`: master keys and their rotation.
+pub fn keys(conn: Connection, cmd: KeysCommand) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    match cmd {
+        KeysCommand::Status => {
+            let r = client.call(Method::GET, "/api/v1/system/keys", None)?;
+            client.print(&r, print_keys);
+        }
+        KeysCommand::Rotate { no_wait } => {
+            let started = client.call(Method::POST, "/api/v1/system/keys/rotate", None)?;
+            let new = text(&started["current"]);
+            if no_wait {
+                client.print(&started, print_keys);
+                return Ok(());
+            }
+            let total: i64 = started["data_keys"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|k| k["data_keys"].as_i64()).sum())
+                .unwrap_or(0);
+            let bar = indicatif::ProgressBar::new(total.max(0) as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} data keys rewrapped")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            // Done when nothing is left under an older key and the old key is retired.
+            let done = loop {
+                let r = client.call(Method::GET, "/api/v1/system/keys", None)?;
+                let pending = r["pending"].as_i64().unwrap_or(0);
+                bar.set_position((total - pending).max(0) as u64);
+                let loaded = r["loaded"].as_array().map_or(0, Vec::len);
+                if pending == 0 && loaded <= 1 {
+                    break r;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            };
+            bar.finish_and_clear();
+            client.print(&done, |_| {
+                println!("rotated: every data key is wrapped by master key {new}; the old key is retired")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn print_keys(r: &Value) {
+    println!("current:  {}", text(&r["current"]));
+    println!("loaded:   {}", text(&r["loaded"]));
+    println!("pending:  {}", text(&r["pending"]));
+    let rows = r["data_keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|k| vec![text(&k["key_id"]), text(&k["data_keys"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["MASTER KEY", "DATA KEYS"], rows);
+}

@@ -111,14 +111,17 @@ pub struct ServeArgs {
     /// S3 region [default: AWS_REGION, else us-east-1].
     #[arg(long, env = "WHARF_S3_REGION")]
     s3_region: Option<String>,
-    /// Encrypt stored secrets with the master key; `false` stores them in the clear
-    /// [default: true].
+    /// Encrypt content and stored secrets under the master key; `false` stores new ones in the
+    /// clear [default: true].
     #[arg(long, env = "WHARF_ENCRYPTION")]
     encryption: Option<bool>,
     /// The master key file, created on first start if missing (WHARF_MASTER_KEY, if set, is
     /// used instead) [default: master.key in the data directory].
     #[arg(long, env = "WHARF_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// Data keys a key rotation rewraps per second at most; 0 for no limit [default: 0].
+    #[arg(long, env = "WHARF_REWRAP_RATE")]
+    rewrap_rate: Option<u32>,
 }
 
 /// `storage` in the configuration file: a URL, or a table with the S3 settings.
@@ -232,6 +235,7 @@ struct FileConfig {
     storage: Option<FileStorage>,
     encryption: Option<bool>,
     master_key_file: Option<PathBuf>,
+    rewrap_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +259,7 @@ pub struct Config {
     pub storage: Storage,
     pub encryption: bool,
     pub master_key_file: Option<PathBuf>,
+    pub rewrap_rate: u32,
 }
 
 impl Config {
@@ -386,6 +391,7 @@ impl Config {
             },
             encryption: args.encryption.or(file.encryption).unwrap_or(true),
             master_key_file: args.master_key_file.or(file.master_key_file),
+            rewrap_rate: args.rewrap_rate.or(file.rewrap_rate).unwrap_or(0),
         })
     }
 }

@@ -10,12 +10,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use wharf_meta::Meta;
-use wharf_store::seal::{new_master_key_text, parse_master_key, MasterKey};
+use wharf_server::{KeySource, JWT_SECRET};
+use wharf_store::seal::{new_master_key_text, parse_master_keys, MasterKey};
 
 use crate::config::Config;
-
-/// The name the JWT signing key is sealed under (bound into the sealed bytes).
-const JWT_SECRET: &str = "jwt-signing-key-1";
 
 fn key_file(config: &Config, data_dir: &Path) -> PathBuf {
     config
@@ -24,21 +22,23 @@ fn key_file(config: &Config, data_dir: &Path) -> PathBuf {
         .unwrap_or_else(|| data_dir.join("master.key"))
 }
 
-/// The master key, or `None` where encryption is switched off. `sealed_with` names the key the
-/// database's secrets are sealed with, if any: a missing key is then an error, never replaced by
-/// a new one.
-pub fn master_key(
+/// The master keys (the current one first) and where they come from, or `None` where
+/// encryption is switched off. `sealed_with` names the key the database's secrets are sealed
+/// with, if any: a missing key is then an error, never replaced by a new one.
+pub fn master_keys(
     config: &Config,
     data_dir: &Path,
     sealed_with: Option<&str>,
-) -> Result<Option<MasterKey>, String> {
+) -> Result<Option<(Vec<MasterKey>, KeySource)>, String> {
     if !config.encryption {
-        tracing::warn!("encryption at rest is off: secrets are stored in the clear");
+        tracing::warn!(
+            "encryption at rest is off: new content and secrets are stored in the clear"
+        );
         return Ok(None);
     }
     if let Ok(text) = std::env::var("WHARF_MASTER_KEY") {
-        return parse_master_key(&text)
-            .map(Some)
+        return parse_master_keys(&text)
+            .map(|keys| Some((keys, KeySource::Environment)))
             .map_err(|e| format!("WHARF_MASTER_KEY: {e}"));
     }
     let path = key_file(config, data_dir);
@@ -52,8 +52,8 @@ pub fn master_key(
                     );
                 }
             }
-            parse_master_key(&text)
-                .map(Some)
+            parse_master_keys(&text)
+                .map(|keys| Some((keys, KeySource::File(path.clone()))))
                 .map_err(|e| format!("master key file {}: {e}", path.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -63,7 +63,8 @@ pub fn master_key(
                     path.display()
                 ));
             }
-            create_key_file(&path).map(Some)
+            let key = create_key_file(&path)?;
+            Ok(Some((vec![key], KeySource::File(path))))
         }
         Err(e) => Err(format!("master key file {}: {e}", path.display())),
     }
@@ -87,7 +88,7 @@ fn create_key_file(path: &Path) -> Result<MasterKey, String> {
         key = %id,
         "created the master key file; keep a copy apart from the data: what it seals cannot be read without it"
     );
-    parse_master_key(&text)
+    wharf_store::seal::parse_master_key(&text)
 }
 
 /// The master key id the stored signing key is sealed with, if it is sealed.
@@ -99,8 +100,10 @@ pub fn sealed_with(stored: Option<&[u8]>) -> Option<String> {
 }
 
 /// The JWT signing key: created sealed on first start, sealed in place when it was stored in
-/// the clear before encryption was on, opened with the master key otherwise.
-pub async fn jwt_signing_key(meta: &Meta, master: Option<&MasterKey>) -> Result<Vec<u8>, String> {
+/// the clear before encryption was on, opened with the master key that sealed it otherwise (a
+/// rotation's rewrap job reseals it with the current one).
+pub async fn jwt_signing_key(meta: &Meta, keys: Option<&[MasterKey]>) -> Result<Vec<u8>, String> {
+    let master = keys.and_then(|k| k.first());
     let db = |e: wharf_meta::MetaError| format!("metadata database: {e}");
     let fresh = wharf_auth::token::generate_signing_key().map_err(|e| e.to_string())?;
     let fresh: [u8; 32] = fresh
@@ -117,11 +120,17 @@ pub async fn jwt_signing_key(meta: &Meta, master: Option<&MasterKey>) -> Result<
         (Some(id), None) => Err(format!(
             "the JWT signing key is sealed with master key {id:?} and encryption is off: start with that key"
         )),
-        (Some(id), Some(m)) if id != m.id() => Err(format!(
-            "the JWT signing key is sealed with master key {id:?}, not with the loaded key {:?}: start with key {id:?}",
-            m.id()
-        )),
-        (Some(id), Some(m)) => m
+        (Some(id), Some(m)) if !keys.unwrap_or_default().iter().any(|k| k.id() == id) => {
+            Err(format!(
+                "the JWT signing key is sealed with master key {id:?}, not with the loaded key {:?}: start with key {id:?}",
+                m.id()
+            ))
+        }
+        (Some(id), Some(_)) => keys
+            .unwrap_or_default()
+            .iter()
+            .find(|k| k.id() == id)
+            .ok_or_else(|| format!("master key {id:?} is not loaded"))?
             .open_secret(JWT_SECRET, &stored)
             .map(|k| k.to_vec())
             .map_err(|_| format!("master key {id:?} does not open the JWT signing key: this key file is not the one it was sealed with")),

@@ -85,6 +85,13 @@ enum Command {
         #[command(flatten)]
         conn: admin::Connection,
     },
+    /// Encryption keys: rotate the master key, see what each key wraps.
+    Keys {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: admin::KeysCommand,
+    },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
@@ -208,6 +215,7 @@ fn main() -> ExitCode {
         Command::AdminKey { conn, command } => admin::admin_key(conn, command),
         Command::Audit { conn, args } => admin::audit(conn, args),
         Command::System { conn } => admin::system(conn),
+        Command::Keys { conn, command } => admin::keys(conn, command),
         Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {
             command: RefCommand::Check { reference, json },
@@ -276,16 +284,21 @@ async fn run(config: Config) -> Result<(), String> {
         .stored_signing_key()
         .await
         .map_err(|e| format!("metadata database: {e}"))?;
-    let master = keys::master_key(
+    let masters = keys::master_keys(
         &config,
         &data_dir,
         keys::sealed_with(stored.as_deref()).as_deref(),
     )?;
-    let jwt_key = keys::jwt_signing_key(&meta, master.as_ref()).await?;
-    let encryption_key = master.as_ref().map(|m| m.id().to_string());
-    let sealing = Sealing::new(
-        master.map(|m| Arc::new(ContentKeys::new(meta.clone(), Arc::new(m))) as Arc<dyn KeyRing>),
-    );
+    let jwt_key = keys::jwt_signing_key(&meta, masters.as_ref().map(|(k, _)| k.as_slice())).await?;
+    let content_keys = masters.map(|(keys, source)| {
+        Arc::new(ContentKeys::new(
+            meta.clone(),
+            keys,
+            source,
+            config.rewrap_rate,
+        ))
+    });
+    let sealing = Sealing::new(content_keys.clone().map(|k| k as Arc<dyn KeyRing>));
     let store: Arc<dyn BlobStore> = match &config.storage {
         Storage::File => Arc::new(
             FsStore::open(&data_dir)
@@ -322,13 +335,16 @@ async fn run(config: Config) -> Result<(), String> {
                 Storage::S3(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
                 Storage::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
             },
-            encryption_key,
         },
         jwt_key,
-        sealing,
+        content_keys.clone(),
         Some(metrics),
     ));
     tokio::spawn(wharf_server::expire_tokens(state.clone()));
+    // Goes on with a rotation a restart interrupted, and retires keys nothing uses.
+    if let Some(keys) = &content_keys {
+        keys.spawn_rewrap();
+    }
     tokio::spawn(wharf_server::expire_uploads(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -38,7 +38,8 @@ pub const MAX_LIMIT: i64 = 100;
         registries::remove, registries::list_repositories, registries::delete_repository,
         registries::update_repository, tokens::list, tokens::create, tokens::show,
         tokens::update, tokens::remove, tokens::add_scope, tokens::remove_scope,
-        keys::list, keys::create, keys::revoke, audit::list, system::show,
+        keys::list, keys::create, keys::revoke, audit::list, system::show, system::keys,
+        system::rotate,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -170,6 +171,11 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route("/api/v1/admin-keys/{id}", delete(keys::revoke))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/system", get(system::show))
+        .route("/api/v1/system/keys", get(system::keys))
+        .route(
+            "/api/v1/system/keys/rotate",
+            axum::routing::post(system::rotate),
+        )
         .fallback(|| async { Problem::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }

@@ -295,28 +295,51 @@ async fn tampered_content_is_refused_logged_and_counted(b: Backend) {
 /// The stored signing key: its length and the key id it names (its first byte is the id's
 /// length), read straight from the database.
 fn stored_signing_key(s: &Server) -> (usize, String) {
+    stored_signing_keys(s)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// Every stored signing key, oldest first, as [`stored_signing_key`] reads one.
+fn stored_signing_keys(s: &Server) -> Vec<(usize, String)> {
     let out = match s.database_url() {
         Some(url) => Command::new("psql")
             .arg(url)
             .args([
                 "-Atc",
-                "select octet_length(secret), encode(substring(secret from 2 for get_byte(secret, 0)), 'escape') from signing_keys",
+                "select octet_length(secret), encode(substring(secret from 2 for get_byte(secret, 0)), 'escape') from signing_keys order by id",
             ])
             .output()
             .expect("psql"),
         None => Command::new("python3")
             .arg("-c")
             .arg(
-                "import sqlite3,sys; s=sqlite3.connect(sys.argv[1]).execute('select secret from signing_keys').fetchone()[0]; \
+                "import sqlite3,sys\nfor (s,) in sqlite3.connect(sys.argv[1]).execute('select secret from signing_keys order by id'): \
                  print(f'{len(s)}|{s[1:1+s[0]].decode(\"latin-1\")}')",
             )
             .arg(s.data_dir().join("wharf.db"))
             .output()
             .expect("python3"),
     };
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (len, id) = text.split_once('|').unwrap_or((&text, ""));
-    (len.parse().unwrap_or(0), id.to_string())
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let (len, id) = line.trim().split_once('|').unwrap_or((line, ""));
+            (len.parse().unwrap_or(0), id.to_string())
+        })
+        .collect()
+}
+
+/// The key id in a JWT's header.
+fn jwt_kid(jwt: &str) -> String {
+    use base64::Engine;
+    let header = jwt.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64 header");
+    let header: serde_json::Value = serde_json::from_slice(&bytes).expect("json header");
+    header["kid"].as_str().unwrap_or_default().to_string()
 }
 
 /// A JWT for the tester token, and whether it opens `/v2/`.
@@ -523,9 +546,15 @@ async fn master_key_rotates_under_pulls_and_a_restart(b: Backend) {
     let total = before["data_keys"][0]["data_keys"].as_i64().unwrap_or(0);
     assert!(total >= 40, "{before}");
 
+    let old_jwt = jwt(&s).await;
+    assert_eq!(jwt_kid(&old_jwt), "k1");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pulls = pull_loop(&s, images.clone(), stop.clone());
     let out = common::cli_ok(&s, &["keys", "rotate", "--no-wait"]);
+    // JWTs are signed by a new key from now on; those signed before still verify.
+    let new_jwt = jwt(&s).await;
+    assert_eq!(jwt_kid(&new_jwt), "k2");
+    assert!(accepted(&s, &old_jwt).await && accepted(&s, &new_jwt).await);
     let ids = key_file_ids(&s);
     assert_eq!(
         ids.len(),
@@ -571,7 +600,17 @@ async fn master_key_rotates_under_pulls_and_a_restart(b: Backend) {
         vec![new.clone()],
         "the old key is retired"
     );
-    assert_eq!(stored_signing_key(&s).1, new, "the JWT signing key too");
+    let signing = stored_signing_keys(&s);
+    assert_eq!(
+        signing.len(),
+        2,
+        "the previous JWT key stays until its JWTs expire"
+    );
+    assert!(
+        signing.iter().all(|(_, by)| *by == new),
+        "JWT keys resealed: {signing:?}"
+    );
+    assert!(accepted(&s, &old_jwt).await && accepted(&s, &new_jwt).await);
     assert!(s.log().contains("rotation done"));
 
     // With only the new key, everything still pulls, the image pushed midway too.

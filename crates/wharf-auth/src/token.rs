@@ -67,13 +67,19 @@ pub struct Claims {
 
 pub const ISSUER: &str = "wharf";
 
-pub fn sign_jwt(claims: &Claims, key: &[u8]) -> Result<String, AuthError> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(key),
-    )
-    .map_err(|e| AuthError::Jwt(e.to_string()))
+/// Signs `claims` with signing key `kid` (named in the header, so that a verifier picks the
+/// right key while keys rotate).
+pub fn sign_jwt(claims: &Claims, kid: &str, key: &[u8]) -> Result<String, AuthError> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key))
+        .map_err(|e| AuthError::Jwt(e.to_string()))
+}
+
+/// The signing key a JWT names in its header, before anything is verified; `None` when it
+/// names none (issued before keys had ids) or is not a JWT.
+pub fn jwt_kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok()?.kid
 }
 
 /// Verifies signature, issuer, audience and lifetime.
@@ -136,7 +142,9 @@ mod tests {
     #[test]
     fn jwts_are_bound_to_key_audience_and_time() {
         let key = generate_signing_key().unwrap();
-        let jwt = sign_jwt(&claims("alpha.wharf.test", 300), &key).unwrap();
+        let jwt = sign_jwt(&claims("alpha.wharf.test", 300), "k1", &key).unwrap();
+        assert_eq!(jwt_kid(&jwt).as_deref(), Some("k1"));
+        assert_eq!(jwt_kid("not a jwt"), None);
         assert_eq!(
             verify_jwt(&jwt, &key, "alpha.wharf.test").unwrap().access[0].name,
             "app"
@@ -149,7 +157,7 @@ mod tests {
             verify_jwt(&jwt, &generate_signing_key().unwrap(), "alpha.wharf.test").is_err(),
             "forged"
         );
-        let old = sign_jwt(&claims("alpha.wharf.test", -60), &key).unwrap();
+        let old = sign_jwt(&claims("alpha.wharf.test", -60), "k1", &key).unwrap();
         assert!(
             verify_jwt(&old, &key, "alpha.wharf.test").is_err(),
             "expired"
@@ -158,7 +166,7 @@ mod tests {
         let tampered = claims("alpha.wharf.test", 300);
         let mut t2 = tampered.clone();
         t2.access[0].actions.push("push".into());
-        let other = sign_jwt(&t2, &key).unwrap();
+        let other = sign_jwt(&t2, "k1", &key).unwrap();
         parts[1] = other.split('.').nth(1).unwrap();
         assert!(
             verify_jwt(&parts.join("."), &key, "alpha.wharf.test").is_err(),

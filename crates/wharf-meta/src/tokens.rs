@@ -213,34 +213,74 @@ impl Meta {
         Ok(out)
     }
 
-    /// The key that signs registry JWTs, created on first use and shared by every node.
-    pub async fn signing_key(&self, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+    /// The newest key that signs registry JWTs (its id and stored secret), the first one
+    /// created on first use; shared by every node.
+    pub async fn signing_key(&self, generate: impl FnOnce() -> Vec<u8>) -> Result<(i64, Vec<u8>)> {
         sqlx::query(
-            "INSERT INTO signing_keys (id, secret, created_at) VALUES (1, $1, $2) \
+            "INSERT INTO signing_keys (id, secret, created_at) \
+             SELECT 1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM signing_keys) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(generate())
         .bind(now_millis())
         .execute(&self.write)
         .await?;
-        self.stored_signing_key()
+        self.signing_keys()
             .await?
+            .pop()
             .ok_or_else(|| MetaError::Conflict("the signing key vanished".into()))
     }
 
-    /// The signing key as stored (sealed or, from before encryption, in the clear), if any.
-    pub async fn stored_signing_key(&self) -> Result<Option<Vec<u8>>> {
-        let row = sqlx::query("SELECT secret FROM signing_keys WHERE id = 1")
-            .fetch_optional(&self.write)
+    /// Every JWT signing key, oldest first: ids and stored secrets (sealed or, from before
+    /// encryption, in the clear).
+    pub async fn signing_keys(&self) -> Result<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT id, secret FROM signing_keys ORDER BY id")
+            .fetch_all(&self.write)
             .await?;
-        Ok(row.map(|r| r.try_get("secret")).transpose()?)
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("secret")?)))
+            .collect()
     }
 
-    /// Replaces the stored signing key `from` with `to` (the same key, sealed); false when
-    /// another node changed it first.
-    pub async fn reseal_signing_key(&self, from: &[u8], to: Vec<u8>) -> Result<bool> {
-        let done = sqlx::query("UPDATE signing_keys SET secret = $1 WHERE id = 1 AND secret = $2")
+    /// The newest signing key as stored, if any.
+    pub async fn stored_signing_key(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.signing_keys().await?.pop().map(|(_, secret)| secret))
+    }
+
+    /// Adds signing key `id` (the newest id plus one, which its sealing is bound to); false
+    /// when another node added that id first.
+    pub async fn add_signing_key(&self, id: i64, secret: Vec<u8>) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO signing_keys (id, secret, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(secret)
+        .bind(now_millis())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes the signing keys a newer key replaced at or before `cutoff` (milliseconds):
+    /// once no JWT they signed can still be valid.
+    pub async fn delete_superseded_signing_keys(&self, cutoff: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM signing_keys WHERE id < \
+             (SELECT MAX(id) FROM signing_keys WHERE created_at <= $1)",
+        )
+        .bind(cutoff)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Replaces signing key `id` as stored (`from`) with `to` (the same key, sealed anew);
+    /// false when another node changed it first.
+    pub async fn reseal_signing_key(&self, id: i64, from: &[u8], to: Vec<u8>) -> Result<bool> {
+        let done = sqlx::query("UPDATE signing_keys SET secret = $1 WHERE id = $2 AND secret = $3")
             .bind(to)
+            .bind(id)
             .bind(from.to_vec())
             .execute(&self.write)
             .await?;

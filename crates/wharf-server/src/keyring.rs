@@ -17,9 +17,6 @@ use wharf_store::seal::{
 };
 use wharf_store::StoreError;
 
-/// The name the JWT signing key is sealed under (bound into the sealed bytes).
-pub const JWT_SECRET: &str = "jwt-signing-key-1";
-
 /// Opened data keys kept at most: enough for the working set of a busy node (a key is 32 bytes
 /// and an AES key schedule), cleared whole when full rather than tracked for age.
 const CACHED_KEYS: usize = 50_000;
@@ -159,6 +156,17 @@ impl ContentKeys {
         }
     }
 
+    /// A 32-byte secret (a JWT signing key) sealed for `name` by one of the master keys.
+    pub fn open_secret(&self, name: &str, stored: &[u8]) -> Result<[u8; 32], String> {
+        let by = MasterKey::wrapped_by(stored).unwrap_or("?").to_string();
+        let master = self.master(&by).ok_or_else(|| {
+            format!("{name} is sealed with master key {by:?}, which this node does not hold")
+        })?;
+        master
+            .open_secret(name, stored)
+            .map_err(|e| format!("{name} does not open with master key {by:?}: {e}"))
+    }
+
     fn remember(&self, id: KeyId, key: Arc<DataKey>) {
         let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
         if opened.len() >= CACHED_KEYS {
@@ -296,32 +304,32 @@ impl ContentKeys {
         self.retire().await
     }
 
-    /// Seals the JWT signing key with the current master key if another one sealed it.
+    /// Seals the JWT signing keys with the current master key where another one sealed them.
     async fn reseal_signing_key(&self) -> Result<(), String> {
         let db = |e: MetaError| format!("metadata database: {e}");
-        let Some(stored) = self.meta.stored_signing_key().await.map_err(db)? else {
-            return Ok(());
-        };
         let to = self.current();
-        let Some(by) = MasterKey::wrapped_by(&stored)
-            .filter(|_| MasterKey::is_wrapped(&stored))
-            .map(String::from)
-        else {
-            return Ok(());
-        };
-        if by == to.id() {
-            return Ok(());
+        for (id, stored) in self.meta.signing_keys().await.map_err(db)? {
+            let Some(by) = MasterKey::wrapped_by(&stored)
+                .filter(|_| MasterKey::is_wrapped(&stored))
+                .map(String::from)
+            else {
+                continue;
+            };
+            if by == to.id() {
+                continue;
+            }
+            let name = crate::jwt::sealed_name(id);
+            let from = self.master(&by).ok_or_else(|| {
+                format!("{name} is sealed with master key {by:?}, which this node does not hold")
+            })?;
+            let resealed = from
+                .rewrap(&to, &name, &stored)
+                .map_err(|e| format!("{name} does not open with {by:?}: {e}"))?;
+            self.meta
+                .reseal_signing_key(id, &stored, resealed)
+                .await
+                .map_err(db)?;
         }
-        let from = self
-            .master(&by)
-            .ok_or_else(|| format!("the JWT signing key is sealed with master key {by:?}, which this node does not hold"))?;
-        let resealed = from
-            .rewrap(&to, JWT_SECRET, &stored)
-            .map_err(|e| format!("the JWT signing key does not open with {by:?}: {e}"))?;
-        self.meta
-            .reseal_signing_key(&stored, resealed)
-            .await
-            .map_err(db)?;
         Ok(())
     }
 

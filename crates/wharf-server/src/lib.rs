@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+pub mod jwt;
 mod keyring;
 mod locks;
 mod metrics;
@@ -27,7 +28,7 @@ use wharf_store::BlobStore;
 
 pub use api::openapi;
 pub use error::ApiError;
-pub use keyring::{ContentKeys, KeySource, KeyStatus, RotateError, JWT_SECRET};
+pub use keyring::{ContentKeys, KeySource, KeyStatus, RotateError};
 pub use metrics::install as install_metrics;
 pub use serve::serve;
 
@@ -197,8 +198,10 @@ pub struct AppState {
     pub meta: Meta,
     pub store: Arc<dyn BlobStore>,
     pub settings: Settings,
-    /// Signs and verifies the JWTs of the token flow.
-    pub(crate) jwt_key: Vec<u8>,
+    /// Sign and verify the JWTs of the token flow; read again when a JWT names a key this node
+    /// has not seen (another node rotated) and as old keys are deleted.
+    pub(crate) jwt_keys: std::sync::RwLock<Arc<jwt::JwtKeys>>,
+    jwt_reloaded: std::sync::Mutex<std::time::Instant>,
     /// Seals what is stored in the metadata database (manifests), as the store seals blobs.
     pub(crate) sealing: wharf_store::seal::Sealing,
     /// The master and data keys behind `sealing`; `None` where encryption is off.
@@ -235,7 +238,7 @@ impl AppState {
         meta: Meta,
         store: Arc<dyn BlobStore>,
         settings: Settings,
-        jwt_key: Vec<u8>,
+        jwt_keys: jwt::JwtKeys,
         content_keys: Option<Arc<ContentKeys>>,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Self {
@@ -250,7 +253,8 @@ impl AppState {
             meta,
             store,
             settings,
-            jwt_key,
+            jwt_keys: std::sync::RwLock::new(Arc::new(jwt_keys)),
+            jwt_reloaded: std::sync::Mutex::new(std::time::Instant::now()),
             sealing: wharf_store::seal::Sealing::new(
                 content_keys
                     .clone()
@@ -268,6 +272,45 @@ impl AppState {
 }
 
 impl AppState {
+    /// The JWT signing keys as last read.
+    pub(crate) fn jwt(&self) -> Arc<jwt::JwtKeys> {
+        self.jwt_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the signing keys again (a failure keeps the ones loaded).
+    pub(crate) async fn reload_jwt_keys(&self) {
+        *self.jwt_reloaded.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        match jwt::load(&self.meta, self.content_keys.as_deref()).await {
+            Ok(keys) => {
+                *self.jwt_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the JWT signing keys failed"),
+        }
+    }
+
+    /// The key that verifies JWTs signed by `kid` (JWTs without one predate key ids: key 1),
+    /// reading the keys again, at most once a second, when it is not known.
+    pub(crate) async fn jwt_verify_key(&self, kid: Option<&str>) -> Option<Vec<u8>> {
+        let kid = kid.map_or_else(|| jwt::kid(1), String::from);
+        if let Some(key) = self.jwt().get(&kid) {
+            return Some(key.to_vec());
+        }
+        let recent = self
+            .jwt_reloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < std::time::Duration::from_secs(1);
+        if recent {
+            return None;
+        }
+        self.reload_jwt_keys().await;
+        self.jwt().get(&kid).map(<[u8]>::to_vec)
+    }
+
     /// How long a node keeps a registry's id: a registry deleted through another node stops
     /// resolving here within this time (this node forgets it at once).
     const REGISTRY_ID_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -434,8 +477,24 @@ async fn write_audit(
 /// Deletes tokens whose expiry passed, once a second, and records each in the audit log.
 pub async fn expire_tokens(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
+        // Signing keys replaced longer ago than a JWT lives (and a margin for nodes that took
+        // the newer key up late) go; every node reads the keys again to sign with the newest.
+        if ticks.is_multiple_of(30) {
+            let margin = (token_endpoint::JWT_SECONDS + 60) * 1000;
+            let cutoff = wharf_meta::now_millis() - margin;
+            match state.meta.delete_superseded_signing_keys(cutoff).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(deleted = n, "deleted JWT signing keys no valid JWT uses")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "deleting old JWT signing keys failed"),
+            }
+            state.reload_jwt_keys().await;
+        }
         match state
             .meta
             .delete_expired_tokens(wharf_meta::now_millis())

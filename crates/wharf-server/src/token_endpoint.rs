@@ -165,8 +165,9 @@ async fn issue(state: &AppState, req: Request) -> Result<Response, ApiError> {
         tid: token.as_ref().map(|t| t.id),
         access,
     };
-    let jwt =
-        sign_jwt(&claims, &state.jwt_key).map_err(|e| ApiError::internal("signing a JWT", e))?;
+    let keys = state.jwt();
+    let (kid, key) = keys.signing();
+    let jwt = sign_jwt(&claims, kid, key).map_err(|e| ApiError::internal("signing a JWT", e))?;
     let issued_at = crate::api::rfc3339(now * 1000);
     let body = json!({ "token": jwt, "access_token": jwt, "expires_in": JWT_SECONDS, "issued_at": issued_at });
     Ok((

@@ -10,7 +10,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use wharf_meta::Meta;
-use wharf_server::{KeySource, JWT_SECRET};
+use wharf_server::jwt::sealed_name;
+use wharf_server::KeySource;
 use wharf_store::seal::{new_master_key_text, parse_master_keys, MasterKey};
 
 use crate::config::Config;
@@ -99,23 +100,24 @@ pub fn sealed_with(stored: Option<&[u8]>) -> Option<String> {
         .map(String::from)
 }
 
-/// The JWT signing key: created sealed on first start, sealed in place when it was stored in
-/// the clear before encryption was on, opened with the master key that sealed it otherwise (a
-/// rotation's rewrap job reseals it with the current one).
-pub async fn jwt_signing_key(meta: &Meta, keys: Option<&[MasterKey]>) -> Result<Vec<u8>, String> {
+/// Checks the newest JWT signing key opens: created sealed on first start, sealed in place when
+/// it was stored in the clear before encryption was on, opened with the master key that sealed
+/// it otherwise (a rotation's rewrap job reseals it with the current one).
+pub async fn jwt_signing_key(meta: &Meta, keys: Option<&[MasterKey]>) -> Result<(), String> {
     let master = keys.and_then(|k| k.first());
     let db = |e: wharf_meta::MetaError| format!("metadata database: {e}");
     let fresh = wharf_auth::token::generate_signing_key().map_err(|e| e.to_string())?;
     let fresh: [u8; 32] = fresh
         .try_into()
         .map_err(|_| "the JWT signing key could not be generated".to_string())?;
-    let stored = meta
+    let (key_id, stored) = meta
         .signing_key(|| match master {
-            Some(m) => m.wrap(JWT_SECRET, &fresh).unwrap_or_default(),
+            Some(m) => m.wrap(&sealed_name(1), &fresh).unwrap_or_default(),
             None => fresh.to_vec(),
         })
         .await
         .map_err(db)?;
+    let name = sealed_name(key_id);
     match (sealed_with(Some(&stored)), master) {
         (Some(id), None) => Err(format!(
             "the JWT signing key is sealed with master key {id:?} and encryption is off: start with that key"
@@ -131,21 +133,25 @@ pub async fn jwt_signing_key(meta: &Meta, keys: Option<&[MasterKey]>) -> Result<
             .iter()
             .find(|k| k.id() == id)
             .ok_or_else(|| format!("master key {id:?} is not loaded"))?
-            .open_secret(JWT_SECRET, &stored)
-            .map(|k| k.to_vec())
+            .open_secret(&name, &stored)
+            .map(|_| ())
             .map_err(|_| format!("master key {id:?} does not open the JWT signing key: this key file is not the one it was sealed with")),
         (None, Some(m)) => {
             let plain: [u8; 32] = stored
                 .as_slice()
                 .try_into()
                 .map_err(|_| "the stored JWT signing key is damaged".to_string())?;
-            let sealed = m.wrap(JWT_SECRET, &plain).map_err(|e| e.to_string())?;
+            let sealed = m.wrap(&name, &plain).map_err(|e| e.to_string())?;
             // Another node may seal it at the same moment; either way it ends sealed.
-            if meta.reseal_signing_key(&stored, sealed).await.map_err(db)? {
+            if meta
+                .reseal_signing_key(key_id, &stored, sealed)
+                .await
+                .map_err(db)?
+            {
                 tracing::info!(key = %m.id(), "sealed the JWT signing key with the master key");
             }
-            Ok(plain.to_vec())
+            Ok(())
         }
-        (None, None) => Ok(stored),
+        (None, None) => Ok(()),
     }
 }

@@ -289,7 +289,7 @@ async fn run(config: Config) -> Result<(), String> {
         &data_dir,
         keys::sealed_with(stored.as_deref()).as_deref(),
     )?;
-    let jwt_key = keys::jwt_signing_key(&meta, masters.as_ref().map(|(k, _)| k.as_slice())).await?;
+    keys::jwt_signing_key(&meta, masters.as_ref().map(|(k, _)| k.as_slice())).await?;
     let content_keys = masters.map(|(keys, source)| {
         Arc::new(ContentKeys::new(
             meta.clone(),
@@ -299,6 +299,7 @@ async fn run(config: Config) -> Result<(), String> {
         ))
     });
     let sealing = Sealing::new(content_keys.clone().map(|k| k as Arc<dyn KeyRing>));
+    let jwt_keys = wharf_server::jwt::load(&meta, content_keys.as_deref()).await?;
     let store: Arc<dyn BlobStore> = match &config.storage {
         Storage::File => Arc::new(
             FsStore::open(&data_dir)
@@ -336,7 +337,7 @@ async fn run(config: Config) -> Result<(), String> {
                 Storage::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
             },
         },
-        jwt_key,
+        jwt_keys,
         content_keys.clone(),
         Some(metrics),
     ));

@@ -153,7 +153,12 @@ pub async fn rotate(
         crate::RotateError::Io(why) => Problem::internal("rotating the master key", why),
         other => Problem::conflict(other.to_string()),
     })?;
-    let detail = serde_json::json!({ "key": id });
+    // JWTs are signed by a new key too; the old one verifies until its JWTs expire.
+    let kid = crate::jwt::add(&state.meta, keys)
+        .await
+        .map_err(|e| Problem::internal("adding a JWT signing key", e))?;
+    state.reload_jwt_keys().await;
+    let detail = serde_json::json!({ "key": id, "jwt_key": kid });
     super::audit_change(&state, &admin, "keys.rotate", None, None, Some(detail)).await;
     keys.spawn_rewrap();
     Ok((

@@ -200,7 +200,12 @@ pub(crate) async fn identify(
         });
     }
     if let Some(jwt) = value.strip_prefix("Bearer ") {
-        let claims = verify_jwt(jwt.trim(), &state.jwt_key, &target.service)
+        let jwt = jwt.trim();
+        let kid = wharf_auth::token::jwt_kid(jwt);
+        let key = state.jwt_verify_key(kid.as_deref()).await.ok_or_else(|| {
+            unauthorized("the bearer token is signed by a key this registry does not know")
+        })?;
+        let claims = verify_jwt(jwt, &key, &target.service)
             .map_err(|e| unauthorized(&format!("the bearer token is not valid here: {e}")))?;
         let Some(tid) = claims.tid else {
             // Issued to an anonymous client: good for public repositories only.

@@ -474,6 +474,23 @@ async fn secrets_in_the_clear_are_sealed_when_encryption_is_switched_on(b: Backe
     let (status, got) = get_bytes(&s, &path, Some("bytes=70000-70009")).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert!(got == layer[70000..70010]);
+    // Encrypted in place: afterwards no stored byte is in the clear, and it pulls the same.
+    let out = common::cli_ok(&s, &["keys", "encrypt-existing"]);
+    assert!(
+        out.contains("done: 2 blobs and 1 manifests sealed"),
+        "{out}"
+    );
+    assert_marker_nowhere(&s).await;
+    let out = common::cli_ok(&s, &["keys", "encrypt-existing"]);
+    assert!(
+        out.contains("done: 0 blobs and 0 manifests sealed (2 blobs checked"),
+        "{out}"
+    );
+    let r = s.send(Method::GET, "/v2/before/app/manifests/v1").await;
+    assert_eq!(r.bytes().await.expect("manifest").to_vec(), manifest);
+    assert!(get_bytes(&s, &path, None).await.1 == layer);
+    let (_, got) = get_bytes(&s, &path, Some("bytes=70000-70009")).await;
+    assert!(got == layer[70000..70010]);
     let (len, sealed_with) = stored_signing_key(&s);
     assert!(
         len > 32 && sealed_with.starts_with('k'),

@@ -82,4 +82,83 @@ impl Meta {
             .map(|r| Ok((r.try_get("master_key")?, r.try_get("n")?)))
             .collect()
     }
+
+    /// Up to `limit` blobs after digest `after`, in digest order: digests and sizes.
+    pub async fn blobs_after(&self, after: &str, limit: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT digest, size FROM blobs WHERE digest > $1 ORDER BY digest LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("digest")?, r.try_get("size")?)))
+            .collect()
+    }
+
+    /// Up to `limit` manifests after row `after`, in row order: ids, digests, stored content
+    /// and annotations.
+    pub async fn manifests_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, Vec<u8>, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT id, digest, content, annotations FROM manifests WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("digest")?,
+                    r.try_get("content")?,
+                    r.try_get("annotations")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces manifest row `id`'s stored content (as it was: `from`) and annotations with
+    /// sealed ones; false when it changed meanwhile.
+    pub async fn reseal_manifest(
+        &self,
+        id: i64,
+        from: &[u8],
+        content: Vec<u8>,
+        annotations: Option<String>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE manifests SET content = $1, annotations = $2 WHERE id = $3 AND content = $4",
+        )
+        .bind(content)
+        .bind(annotations)
+        .bind(id)
+        .bind(from.to_vec())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Rewrites the database so that rows replaced by sealed ones leave no copy in the clear
+    /// behind (SQLite keeps old pages in its file and write-ahead log; PostgreSQL keeps dead
+    /// row versions until a vacuum).
+    pub async fn compact(&self) -> Result<()> {
+        match self.backend() {
+            crate::Backend::Sqlite => {
+                sqlx::query("VACUUM").execute(&self.write).await?;
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&self.write)
+                    .await?;
+            }
+            crate::Backend::Postgres => {
+                sqlx::query("VACUUM manifests").execute(&self.write).await?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -206,6 +206,8 @@ pub struct AppState {
     pub(crate) sealing: wharf_store::seal::Sealing,
     /// The master and data keys behind `sealing`; `None` where encryption is off.
     pub(crate) content_keys: Option<Arc<ContentKeys>>,
+    /// Sealing what was stored in the clear, when it was started on this node.
+    pub(crate) seal_progress: Arc<service::SealProgress>,
     pub(crate) verified: VerifiedSecrets,
     /// One check at a time per (token, presented secret): when the cached check expires under
     /// load, one request hashes and the others wait for its answer (32 connections each
@@ -261,6 +263,7 @@ impl AppState {
                     .map(|k| k as Arc<dyn wharf_store::seal::KeyRing>),
             ),
             content_keys,
+            seal_progress: Default::default(),
             verified: Default::default(),
             secret_checks: locks::KeyedLocks::default(),
             hashing: tokio::sync::Semaphore::new(

@@ -76,6 +76,19 @@ pub(crate) struct Grown {
     pub parts: Vec<String>,
 }
 
+/// How far sealing the content stored in the clear has come (see
+/// [`Service::seal_existing`]); kept by the node that runs it.
+#[derive(Debug, Default)]
+pub struct SealProgress {
+    pub running: std::sync::atomic::AtomicBool,
+    pub blobs_checked: std::sync::atomic::AtomicU64,
+    pub blobs_sealed: std::sync::atomic::AtomicU64,
+    pub manifests_sealed: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// When the last run ended (milliseconds), and what stopped it early, if anything.
+    pub finished: Mutex<Option<(i64, Option<String>)>>,
+}
+
 /// Borrowed from the server's state: the service keeps nothing of its own.
 pub(crate) struct Service<'a> {
     state: &'a AppState,
@@ -491,6 +504,79 @@ impl Service<'_> {
             self.emit(scope, event).await;
         }
         Ok(deleted)
+    }
+
+    // --- Encryption of what was stored before it ---
+
+    /// Seals every blob and manifest stored in the clear (from before encryption was on), in
+    /// place; pulls go on meanwhile. What is sealed is skipped, so a run stopped half-way (a
+    /// restart) goes on where it was when started again.
+    pub async fn seal_existing(&self, progress: &SealProgress) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        const BATCH: i64 = 200;
+        let (meta, store) = (&self.state.meta, &self.state.store);
+        let mut after = String::new();
+        loop {
+            let batch = meta.blobs_after(&after, BATCH).await?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = last.clone();
+            for (digest, size) in batch {
+                progress.blobs_checked.fetch_add(1, Relaxed);
+                let sealed = match Digest::parse(&digest) {
+                    Ok(d) => store.seal_stored(&d, size as u64).await,
+                    Err(e) => Err(StoreError::Io(std::io::Error::other(e.to_string()))),
+                };
+                match sealed {
+                    Ok(true) => {
+                        progress.blobs_sealed.fetch_add(1, Relaxed);
+                    }
+                    // Gone since it was listed (a deletion): nothing to seal.
+                    Ok(false) | Err(StoreError::NotFound) => {}
+                    Err(StoreError::Unavailable(why)) => {
+                        return Err(StoreError::Unavailable(why).into())
+                    }
+                    Err(e) => {
+                        progress.failed.fetch_add(1, Relaxed);
+                        tracing::warn!(%digest, error = %e, "blob not sealed");
+                    }
+                }
+            }
+        }
+        let mut after = 0;
+        loop {
+            let batch = meta.manifests_after(after, BATCH).await?;
+            let Some((last, ..)) = batch.last() else {
+                break;
+            };
+            after = *last;
+            for (id, digest, content, annotations) in batch {
+                if wharf_store::seal::KeyId::from_header(&content).is_some() || content.is_empty() {
+                    continue;
+                }
+                let sealed = self.state.sealing.seal_bytes(&content).await?;
+                let annotations = match annotations {
+                    Some(text) if !text.starts_with(SEALED_TEXT) => {
+                        Some(self.seal_text(&text).await?)
+                    }
+                    other => other,
+                };
+                if meta
+                    .reseal_manifest(id, &content, sealed, annotations)
+                    .await?
+                {
+                    progress.manifests_sealed.fetch_add(1, Relaxed);
+                    tracing::debug!(%digest, "manifest sealed");
+                }
+            }
+        }
+        if progress.manifests_sealed.load(Relaxed) > 0 {
+            if let Err(e) = meta.compact().await {
+                tracing::warn!(error = %e, "compacting the database failed: old pages may still hold manifests in the clear; run VACUUM");
+            }
+        }
+        Ok(())
     }
 
     // --- Repositories and registries ---

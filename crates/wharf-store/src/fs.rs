@@ -10,7 +10,7 @@ use tokio::fs::{self, File};
 use tokio::task::JoinHandle;
 use wharf_oci::Digest;
 
-use crate::seal::{Sealing, HEADER};
+use crate::seal::{KeyId, Sealing, HEADER};
 use crate::{
     check_parts, check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result,
     StoreError,
@@ -429,6 +429,54 @@ impl BlobStore for FsStore {
         }
     }
 
+    async fn seal_stored(&self, digest: &Digest, size: u64) -> Result<bool> {
+        if !self.seal.is_on() {
+            return Ok(false);
+        }
+        let path = self.blob_path(digest);
+        let head = {
+            let path = path.clone();
+            blocking(move || {
+                let file = std::fs::File::open(&path)?;
+                let stored = file.metadata()?.len();
+                read_at(&file, 0, stored.min(HEADER as u64) as usize)
+            })
+            .await
+        };
+        let head = match head {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        if size == 0 || KeyId::from_header(&head).is_some() {
+            return Ok(false);
+        }
+        // Built beside the uploads (a directory the stale-upload sweep removes if this stops
+        // half-way), then renamed over the blob: readers holding the old file read it whole.
+        let dir = self.upload_dir(&format!("seal-{}", uuid::Uuid::new_v4().simple()))?;
+        fs::create_dir(&dir).await?;
+        let built = dir.join("blob");
+        let outcome: Result<()> = async {
+            let plain = read_object(&self.seal, path.clone(), "blob", 0, size).await?;
+            let mut sealed = self.seal.seal_verified(plain, digest, size).await?;
+            let mut appender = Appender::new(std::fs::File::create(&built)?, 0);
+            while let Some(chunk) = sealed.next().await {
+                appender.push(chunk.map_err(StoreError::body)?).await?;
+            }
+            appender.finish().await?;
+            let (from, to) = (built.clone(), path.clone());
+            blocking(move || {
+                std::fs::File::open(&from)?.sync_all()?;
+                std::fs::rename(&from, &to)
+            })
+            .await?;
+            sync_dir(path.parent().unwrap_or(&self.root)).await
+        }
+        .await;
+        let _ = fs::remove_dir_all(&dir).await;
+        outcome.map(|()| true)
+    }
+
     async fn check(&self) -> Result<()> {
         let probe = self.root.join("uploads").join(".probe");
         fs::write(&probe, b"ok").await?;
@@ -813,5 +861,47 @@ mod tests {
             .windows(7)
             .any(|w| w == b"MARKER-"));
         assert_eq!(read_all(&store, &d, 0, 10).await, b"MARKER-one");
+    }
+
+    #[tokio::test]
+    async fn blobs_stored_in_the_clear_are_sealed_in_place() {
+        use crate::seal::MemoryKeys;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = FsStore::open(dir.path()).await.unwrap();
+        let data = b"MARKER-".repeat(20_000);
+        plain.create_upload("p1").await.unwrap();
+        let mut parts = Vec::new();
+        let body = Box::pin(futures_util::stream::iter(vec![Ok(Bytes::from(
+            data.clone(),
+        ))]));
+        let n = append(&plain, "p1", &mut parts, 0, body).await;
+        let d = Digest::sha256_of(&data);
+        plain.commit_upload("p1", &parts, n, &d).await.unwrap();
+        let sealed = FsStore::open(dir.path())
+            .await
+            .unwrap()
+            .sealed(MemoryKeys::sealing());
+        // Read in the clear before, sealed after; once only.
+        assert_eq!(read_all(&sealed, &d, 0, n).await, data);
+        assert!(sealed.seal_stored(&d, n).await.unwrap());
+        assert!(!sealed.seal_stored(&d, n).await.unwrap());
+        let stored = std::fs::read(sealed.blob_path(&d)).unwrap();
+        assert!(!stored.windows(7).any(|w| w == b"MARKER-"));
+        assert_eq!(read_all(&sealed, &d, 0, n).await, data);
+        assert_eq!(
+            read_all(&sealed, &d, 70_000, 10).await,
+            &data[70_000..70_010]
+        );
+        // Stored bytes that do not match their digest are left as they are.
+        let other = Digest::sha256_of(b"abc");
+        let path = sealed.blob_path(&other);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"abd").unwrap();
+        assert!(sealed.seal_stored(&other, 3).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"abd");
+        assert!(std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

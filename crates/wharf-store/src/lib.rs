@@ -124,6 +124,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a blob's content (garbage collection).
     async fn delete_blob(&self, digest: &Digest) -> Result<()>;
 
+    /// Seals a blob of `size` bytes stored in the clear (from before encryption was on) in
+    /// place: its bytes are checked against the digest, sealed into a new object, and that
+    /// replaces the old one at once. False when it was sealed already (or sealing is off).
+    async fn seal_stored(&self, digest: &Digest, size: u64) -> Result<bool>;
+
     /// Checks that the backend is usable (readiness probe).
     async fn check(&self) -> Result<()>;
 }

@@ -17,7 +17,7 @@ use object_store::{
 };
 use wharf_oci::Digest;
 
-use crate::seal::{Sealing, HEADER};
+use crate::seal::{KeyId, Sealing, HEADER};
 use crate::{
     check_parts, check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result,
     StoreError,
@@ -239,24 +239,28 @@ impl ObjectBlobStore {
             .await
             .map_err(|e| self.error(e))?;
         let stored = got.meta.size;
+        let e_tag = got.meta.e_tag.clone();
         let head = got.bytes().await.map_err(|e| self.error(e))?;
         self.seal
             .open_range(name, &head, stored, offset, len, |offset, len| {
-                self.read_range(path, name, offset, len)
+                self.read_range(path, name, offset, len, e_tag)
             })
             .await
     }
 
-    /// Streams `len` stored bytes of an object from `offset`.
+    /// Streams `len` stored bytes of an object from `offset`, of the object whose ETag is
+    /// `e_tag` (the one whose header was read), when given.
     async fn read_range(
         &self,
         path: &ObjectPath,
         name: &str,
         offset: u64,
         len: u64,
+        e_tag: Option<String>,
     ) -> Result<ByteStream> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(offset..offset + len)),
+            if_match: e_tag,
             ..GetOptions::default()
         };
         let got = self
@@ -518,6 +522,33 @@ impl BlobStore for ObjectBlobStore {
         }
     }
 
+    async fn seal_stored(&self, digest: &Digest, size: u64) -> Result<bool> {
+        if !self.seal.is_on() || size == 0 {
+            return Ok(false);
+        }
+        let path = self.blob_path(digest);
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..HEADER as u64)),
+            ..GetOptions::default()
+        };
+        let got = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.error(e))?;
+        let head = got.bytes().await.map_err(|e| self.error(e))?;
+        if KeyId::from_header(&head).is_some() {
+            return Ok(false);
+        }
+        let name = format!("blob {digest}");
+        let plain = self.read_object(&path, &name, 0, size).await?;
+        let sealed = self.seal.seal_verified(plain, digest, size).await?;
+        // A put replaces the object at once; a reader that began on the old one fails its
+        // next range (its ETag no longer matches) instead of reading the new one's bytes.
+        self.write_object(&path, sealed, None).await?;
+        Ok(true)
+    }
+
     async fn check(&self) -> Result<()> {
         // Lists one level: fails on a missing bucket or wrong credentials, costs one request.
         let prefix = self.path("blobs");
@@ -590,6 +621,43 @@ mod tests {
             s.read(&d, 0, 10).await,
             Err(StoreError::Integrity(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn objects_stored_in_the_clear_are_sealed_in_place() {
+        let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let plain = ObjectBlobStore::new(memory.clone(), "p", "memory".into());
+        let data = b"MARKER-".repeat(20_000);
+        let n = data.len() as u64;
+        let one = plain
+            .append_upload("u", 0, body(vec![data.clone()]), None)
+            .await
+            .unwrap();
+        let d = Digest::sha256_of(&data);
+        plain
+            .commit_upload("u", &one.part.into_iter().collect::<Vec<_>>(), n, &d)
+            .await
+            .unwrap();
+        let sealed = ObjectBlobStore::new(memory.clone(), "p", "memory".into())
+            .sealed(crate::seal::MemoryKeys::sealing());
+        assert!(sealed.seal_stored(&d, n).await.unwrap());
+        assert!(!sealed.seal_stored(&d, n).await.unwrap());
+        let stored = memory
+            .get(&sealed.blob_path(&d))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(!stored.windows(7).any(|w| w == b"MARKER-"));
+        let got = collect(sealed.read(&d, 70_000, 10).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got, &data[70_000..70_010]);
+        assert_eq!(
+            collect(sealed.read(&d, 0, n).await.unwrap()).await.unwrap(),
+            data
+        );
     }
 
     async fn parts_commit_and_read(s: ObjectBlobStore) {

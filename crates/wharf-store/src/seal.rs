@@ -434,6 +434,43 @@ impl Sealing {
         Ok((Box::pin(seal_stream(body, id, key, expected_len)), None))
     }
 
+    /// Checks that `plain` (a stored blob's bytes, in the clear) hashes to `digest` while
+    /// sealing it: what to write in its place.
+    pub async fn seal_verified(
+        &self,
+        plain: ByteStream,
+        digest: &wharf_oci::Digest,
+        size: u64,
+    ) -> crate::Result<ByteStream> {
+        let expected = digest.clone();
+        let checked = futures_util::stream::unfold(
+            (plain, Some(digest.algorithm().hasher()), expected),
+            |(mut plain, hasher, expected)| async move {
+                let mut hasher = hasher?;
+                match plain.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), (plain, Some(hasher), expected)))
+                    }
+                    Some(Err(e)) => Some((Err(e), (plain, None, expected))),
+                    None => {
+                        let actual = hasher.finish();
+                        if actual == expected {
+                            None
+                        } else {
+                            let e = io::Error::other(format!(
+                                "stored blob {expected} hashes to {actual}: not sealed, restore it"
+                            ));
+                            Some((Err(e), (plain, None, expected)))
+                        }
+                    }
+                }
+            },
+        );
+        let (sealed, _) = self.seal_body(Box::pin(checked), Some(size)).await?;
+        Ok(sealed)
+    }
+
     /// Plaintext length of an object stored (by this store, as it is set) in `stored` bytes.
     pub fn plain_len(&self, stored: u64) -> Option<u64> {
         if self.is_on() {

@@ -994,6 +994,13 @@ pub enum KeysCommand {
     },
     /// Show the master keys and how many data keys each wraps.
     Status,
+    /// Encrypt the blobs and manifests stored in the clear before encryption was on, in place;
+    /// run again after a stop, it goes on with what is left.
+    EncryptExisting {
+        /// Return once it started instead of following it to the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// `wharf keys`: master keys and their rotation.
@@ -1035,6 +1042,41 @@ pub fn keys(conn: Connection, cmd: KeysCommand) -> Result<(), String> {
             client.print(&done, |_| {
                 println!("rotated: every data key is wrapped by master key {new}; the old key is retired")
             });
+        }
+        KeysCommand::EncryptExisting { no_wait } => {
+            const PATH: &str = "/api/v1/system/keys/encrypt-existing";
+            let mut r = client.call(Method::POST, PATH, None)?;
+            let bar = indicatif::ProgressBar::new_spinner();
+            while !no_wait && r["running"].as_bool() == Some(true) {
+                bar.set_message(format!("{} blobs checked", text(&r["blobs_checked"])));
+                bar.tick();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                r = client.call(Method::GET, PATH, None)?;
+            }
+            bar.finish_and_clear();
+            client.print(&r, |r| {
+                println!(
+                    "{}: {} blobs and {} manifests sealed ({} blobs checked, {} failed)",
+                    if r["running"].as_bool() == Some(true) {
+                        "started"
+                    } else {
+                        "done"
+                    },
+                    text(&r["blobs_sealed"]),
+                    text(&r["manifests_sealed"]),
+                    text(&r["blobs_checked"]),
+                    text(&r["failed"]),
+                )
+            });
+            if let Some(e) = r["error"].as_str() {
+                return Err(format!("encrypting existing content stopped: {e}"));
+            }
+            if r["failed"].as_u64().unwrap_or(0) > 0 {
+                return Err(format!(
+                    "{} blobs could not be sealed; the server log names them",
+                    text(&r["failed"])
+                ));
+            }
         }
     }
     Ok(())

@@ -39,7 +39,7 @@ pub const MAX_LIMIT: i64 = 100;
         registries::update_repository, tokens::list, tokens::create, tokens::show,
         tokens::update, tokens::remove, tokens::add_scope, tokens::remove_scope,
         keys::list, keys::create, keys::revoke, audit::list, system::show, system::keys,
-        system::rotate,
+        system::rotate, system::sealing_existing, system::seal_existing,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -175,6 +175,10 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route(
             "/api/v1/system/keys/rotate",
             axum::routing::post(system::rotate),
+        )
+        .route(
+            "/api/v1/system/keys/encrypt-existing",
+            get(system::sealing_existing).post(system::seal_existing),
         )
         .fallback(|| async { Problem::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))

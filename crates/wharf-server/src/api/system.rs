@@ -166,3 +166,112 @@ pub async fn rotate(
         Json(keys_view(keys).await?),
     ))
 }
+
+/// Sealing what was stored before encryption was on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SealExistingView {
+    /// Whether it is running on this node now.
+    pub running: bool,
+    pub blobs_checked: u64,
+    pub blobs_sealed: u64,
+    pub manifests_sealed: u64,
+    /// Blobs that could not be sealed (the log names them), e.g. whose bytes no longer match
+    /// their digest.
+    pub failed: u64,
+    /// When the last run ended (RFC 3339).
+    pub finished_at: Option<String>,
+    /// What stopped the last run early, if anything.
+    pub error: Option<String>,
+}
+
+fn seal_existing_view(state: &AppState) -> SealExistingView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let p = &state.seal_progress;
+    let finished = p.finished.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    SealExistingView {
+        running: p.running.load(Relaxed),
+        blobs_checked: p.blobs_checked.load(Relaxed),
+        blobs_sealed: p.blobs_sealed.load(Relaxed),
+        manifests_sealed: p.manifests_sealed.load(Relaxed),
+        failed: p.failed.load(Relaxed),
+        finished_at: finished.as_ref().map(|(at, _)| super::rfc3339(*at)),
+        error: finished.and_then(|(_, e)| e),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/system/keys/encrypt-existing", tag = "system",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = SealExistingView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn sealing_existing(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Json<SealExistingView>, Problem> {
+    admin.require(Permission::RegistryRead)?;
+    Ok(Json(seal_existing_view(&state)))
+}
+
+/// Seals, in the background, every blob and manifest stored in the clear before encryption
+/// was switched on. Pulls go on meanwhile; started again after a stop, it skips what is sealed.
+#[utoipa::path(
+    post, path = "/api/v1/system/keys/encrypt-existing", tag = "system",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = SealExistingView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn seal_existing(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<(axum::http::StatusCode, Json<SealExistingView>), Problem> {
+    use std::sync::atomic::Ordering::Relaxed;
+    admin.require(Permission::Owner)?;
+    content_keys(&state)?;
+    let progress = state.seal_progress.clone();
+    if progress.running.swap(true, Relaxed) {
+        return Err(Problem::conflict(
+            "encrypting existing content is already running on this node",
+        ));
+    }
+    for counter in [
+        &progress.blobs_checked,
+        &progress.blobs_sealed,
+        &progress.manifests_sealed,
+        &progress.failed,
+    ] {
+        counter.store(0, Relaxed);
+    }
+    super::audit_change(&state, &admin, "keys.encrypt-existing", None, None, None).await;
+    let job = state.clone();
+    tokio::spawn(async move {
+        let outcome = job.service().seal_existing(&job.seal_progress).await;
+        let error = outcome.err().map(|e| {
+            tracing::warn!(error = %e, "encrypting existing content stopped");
+            e.to_string()
+        });
+        if error.is_none() {
+            tracing::info!(
+                blobs = job.seal_progress.blobs_sealed.load(Relaxed),
+                manifests = job.seal_progress.manifests_sealed.load(Relaxed),
+                "existing content encrypted"
+            );
+        }
+        *job.seal_progress
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((wharf_meta::now_millis(), error));
+        job.seal_progress.running.store(false, Relaxed);
+    });
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(seal_existing_view(&state)),
+    ))
+}

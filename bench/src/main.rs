@@ -925,6 +925,7 @@ async fn main() {
         }
     };
     let wharf_auth = arg(&args, "--wharf-auth");
+    let reference_auth = arg(&args, "--reference-auth");
     let targets = [
         Arc::new(Target {
             label: "wharf",
@@ -936,11 +937,20 @@ async fn main() {
         Arc::new(Target {
             label: "reference",
             base: required(&args, "--reference"),
-            client: client(None),
+            client: client(reference_auth.as_deref()),
             pid: required(&args, "--reference-pid").parse().expect("pid"),
-            auth: None,
+            auth: reference_auth.clone(),
         }),
     ];
+    // The two columns' names and what the reference is: by default wharf against CNCF
+    // distribution; `bench/run --encryption` puts wharf with encryption off in its place.
+    let columns: Vec<String> = arg(&args, "--columns")
+        .map(|c| c.split(',').map(str::to_string).collect())
+        .filter(|c: &Vec<String>| c.len() == 2)
+        .unwrap_or_else(|| vec!["wharf".to_string(), "reference".to_string()]);
+    let reference_name = arg(&args, "--reference-name").unwrap_or_else(|| {
+        "CNCF distribution (Debian docker-registry 2.8.2), filesystem storage".to_string()
+    });
     let work = PathBuf::from(required(&args, "--work"));
     let out_path = PathBuf::from(required(&args, "--out"));
     let commit = arg(&args, "--commit").unwrap_or_default();
@@ -988,8 +998,8 @@ async fn main() {
     let _ = writeln!(
         md,
         "- date: {date}\n- machine: {cores} cores, {mem:.0} GiB\n- wharf commit: {commit}\n\
-         - mode: {}{}\n- reference: CNCF distribution (Debian docker-registry 2.8.2), filesystem \
-         storage\n- throughput and load rows: median of {} runs\n",
+         - mode: {}{}\n- reference: {reference_name}\n- throughput and load rows: median of {} \
+         runs\n",
         if full { "full" } else { "quick" },
         if only.len() < GROUPS.len() {
             format!(" (only {})", only.join(", "))
@@ -1000,11 +1010,13 @@ async fn main() {
     );
     let _ = writeln!(
         md,
-        "Ratio: how many times better wharf is (above 1: wharf ahead).\n"
+        "Ratio: how many times better the {} column is (above 1: it is ahead).\n",
+        columns[0]
     );
     let _ = writeln!(
         md,
-        "| scenario | unit | wharf | reference | ratio |\n|---|---|---:|---:|---:|"
+        "| scenario | unit | {} | {} | ratio |\n|---|---|---:|---:|---:|",
+        columns[0], columns[1]
     );
     for r in &table.rows {
         let _ = writeln!(

@@ -242,7 +242,7 @@ impl ObjectBlobStore {
         let e_tag = got.meta.e_tag.clone();
         let head = got.bytes().await.map_err(|e| self.error(e))?;
         self.seal
-            .open_range(name, &head, stored, offset, len, |offset, len| {
+            .open_range(name, &head, stored, offset, len, |offset, len, _| {
                 self.read_range(path, name, offset, len, e_tag)
             })
             .await

@@ -14,7 +14,6 @@
 //! - Stored length: a [`HEADER`], then every segment grows by [`TAG`] bytes. An empty object is
 //!   stored empty: it holds nothing to protect.
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
@@ -32,6 +31,11 @@ pub const SEGMENT: usize = 64 * 1024;
 pub const TAG: usize = 16;
 /// Sealed bytes per full segment.
 pub const SEALED_SEGMENT: usize = SEGMENT + TAG;
+/// Segments opened together, on the blocking pool.
+pub const BATCH_SEGMENTS: usize = 8;
+/// Sealed bytes per batch: what a store should hand over per chunk when it reads a sealed
+/// object, so that batches need no copy.
+pub const SEALED_BATCH: usize = BATCH_SEGMENTS * SEALED_SEGMENT;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
@@ -535,8 +539,9 @@ impl Sealing {
     }
 
     /// Streams plaintext bytes `offset..offset + len` of a stored object of `stored_len`
-    /// bytes whose first bytes are `head` (up to [`HEADER`]); `fetch(offset, len)` streams a
-    /// range of the stored bytes. The first segment is opened before this returns, so that a
+    /// bytes whose first bytes are `head` (up to [`HEADER`]); `fetch(offset, len, chunk)`
+    /// streams a range of the stored bytes, best in chunks of `chunk` bytes (`None`: the
+    /// store's own). The first segment is opened before this returns, so that a
     /// damaged object is refused before a response starts.
     pub async fn open_range<F, Fut>(
         &self,
@@ -548,11 +553,11 @@ impl Sealing {
         fetch: F,
     ) -> crate::Result<ByteStream>
     where
-        F: FnOnce(u64, u64) -> Fut,
+        F: FnOnce(u64, u64, Option<usize>) -> Fut,
         Fut: std::future::Future<Output = crate::Result<ByteStream>>,
     {
         let Some(id) = KeyId::from_header(head) else {
-            return fetch(offset, len).await;
+            return fetch(offset, len, None).await;
         };
         let key = self.key(name, &id).await?;
         let total = plain_len(stored_len).ok_or_else(|| integrity_failure(name))?;
@@ -564,7 +569,12 @@ impl Sealing {
             return Ok(Box::pin(futures_util::stream::empty()));
         }
         let r = sealed_range(offset, len, total);
-        let sealed = fetch(HEADER as u64 + r.sealed_offset, r.sealed_len).await?;
+        let sealed = fetch(
+            HEADER as u64 + r.sealed_offset,
+            r.sealed_len,
+            Some(SEALED_BATCH),
+        )
+        .await?;
         let mut opened = Box::pin(open_stream(
             sealed,
             OpenState {
@@ -573,6 +583,7 @@ impl Sealing {
                 key,
                 total,
                 index: r.first_segment,
+                sealed_len: r.sealed_len,
                 skip: r.skip,
                 left: len,
             },
@@ -619,97 +630,107 @@ fn seal_stream(
     key: Arc<DataKey>,
     expected: Option<u64>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    struct State {
-        body: ByteStream,
-        key: Arc<DataKey>,
-        id: KeyId,
-        object: String,
-        buf: BytesMut,
-        out: VecDeque<Bytes>,
-        index: u64,
-        plain: u64,
-        expected: Option<u64>,
-        done: bool,
-    }
-    impl State {
-        fn seal(&mut self, mut segment: BytesMut, last: bool) {
-            if self.index == 0 {
-                self.out.push_back(self.id.header());
+    let object = id.hex();
+    let sealed = plain_batches(body, expected)
+        .map(move |batch| {
+            let (key, object) = (key.clone(), object.clone());
+            async move {
+                let (first, plain, last) = batch?;
+                tokio::task::spawn_blocking(move || seal_batch(&key, &object, first, last, plain))
+                    .await
+                    .map_err(io::Error::other)
             }
-            let tag = self
-                .key
-                .seal_segment(&self.object, self.index, last, &mut segment);
-            self.index += 1;
-            self.out.push_back(segment.freeze());
-            self.out.push_back(Bytes::copy_from_slice(&tag));
-        }
-        fn size_error(&self) -> io::Error {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                BodySize {
-                    expected: self.expected.unwrap_or_default(),
-                    actual: self.plain,
-                },
-            )
-        }
-    }
-    let state = State {
-        body,
-        key,
-        object: id.hex(),
-        id,
-        buf: BytesMut::new(),
-        out: VecDeque::new(),
-        index: 0,
-        plain: 0,
-        expected,
-        done: false,
+        })
+        .buffered(2);
+    // The header goes first, with the first sealed bytes (an empty body stores nothing).
+    let mut header = Some(id.header());
+    sealed.flat_map(move |segments| {
+        let items: Vec<io::Result<Bytes>> = match segments {
+            Ok(list) => header.take().into_iter().chain(list).map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures_util::stream::iter(items)
+    })
+}
+
+/// Cuts a body into batches of [`BATCH_SEGMENTS`] plaintext segments: (first segment index,
+/// bytes, whether it is the last batch). A batch is cut only once a byte after it shows it is
+/// not the last; the body's length is checked against `expected` on the way.
+fn plain_batches(
+    body: ByteStream,
+    expected: Option<u64>,
+) -> impl Stream<Item = io::Result<(u64, BytesMut, bool)>> + Send {
+    const BATCH: usize = BATCH_SEGMENTS * SEGMENT;
+    let size_error = move |actual: u64| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            BodySize {
+                expected: expected.unwrap_or_default(),
+                actual,
+            },
+        )
     };
-    futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(next) = s.out.pop_front() {
-                return Some((Ok(next), s));
-            }
-            if s.done {
+    futures_util::stream::unfold(
+        (body, BytesMut::new(), 0u64, 0u64, false),
+        move |(mut body, mut buf, index, mut plain, done)| async move {
+            if done {
                 return None;
             }
-            // A full segment is sealed once a byte after it shows it is not the last.
-            if s.buf.len() > SEGMENT {
-                let segment = s.buf.split_to(SEGMENT);
-                s.seal(segment, false);
-                continue;
-            }
-            match s.body.next().await {
-                Some(Ok(chunk)) => {
-                    s.plain += chunk.len() as u64;
-                    if s.expected.is_some_and(|e| s.plain > e) {
-                        s.done = true;
-                        let e = s.size_error();
-                        return Some((Err(e), s));
-                    }
-                    if s.buf.is_empty() && s.buf.capacity() < SEGMENT {
-                        s.buf.reserve(SEGMENT + chunk.len());
-                    }
-                    s.buf.extend_from_slice(&chunk);
+            loop {
+                if buf.len() > BATCH {
+                    let batch = buf.split_to(BATCH);
+                    let next = index + BATCH_SEGMENTS as u64;
+                    return Some((Ok((index, batch, false)), (body, buf, next, plain, false)));
                 }
-                Some(Err(e)) => {
-                    s.done = true;
-                    return Some((Err(e), s));
-                }
-                None => {
-                    s.done = true;
-                    if s.expected.is_some_and(|e| s.plain != e) {
-                        let e = s.size_error();
-                        return Some((Err(e), s));
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        plain += chunk.len() as u64;
+                        if expected.is_some_and(|e| plain > e) {
+                            let e = size_error(plain);
+                            return Some((Err(e), (body, buf, index, plain, true)));
+                        }
+                        if buf.capacity() - buf.len() < chunk.len() {
+                            buf.reserve((BATCH + 1).max(chunk.len()));
+                        }
+                        buf.extend_from_slice(&chunk);
                     }
-                    if s.plain > 0 {
-                        let segment = std::mem::take(&mut s.buf);
-                        s.seal(segment, true);
+                    Some(Err(e)) => return Some((Err(e), (body, buf, index, plain, true))),
+                    None => {
+                        if expected.is_some_and(|e| plain != e) {
+                            let e = size_error(plain);
+                            return Some((Err(e), (body, buf, index, plain, true)));
+                        }
+                        if buf.is_empty() {
+                            return None;
+                        }
+                        let batch = std::mem::take(&mut buf);
+                        return Some((Ok((index, batch, true)), (body, buf, index, plain, true)));
                     }
                 }
             }
-        }
-    })
+        },
+    )
+}
+
+/// Seals a batch of plaintext segments (from segment `first`; the batch's last segment is
+/// the object's last when `last`) in place: each segment, then its tag.
+fn seal_batch(
+    key: &DataKey,
+    object: &str,
+    first: u64,
+    last: bool,
+    mut plain: BytesMut,
+) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(2 * BATCH_SEGMENTS);
+    let mut index = first;
+    while !plain.is_empty() {
+        let mut segment = plain.split_to(SEGMENT.min(plain.len()));
+        let tag = key.seal_segment(object, index, last && plain.is_empty(), &mut segment);
+        out.push(segment.freeze());
+        out.push(Bytes::copy_from_slice(&tag));
+        index += 1;
+    }
+    out
 }
 
 struct OpenState {
@@ -718,75 +739,147 @@ struct OpenState {
     key: Arc<DataKey>,
     /// Plaintext length of the whole object.
     total: u64,
-    /// Index of the next segment.
+    /// Index of the first segment the stream holds.
     index: u64,
-    /// Plaintext bytes of the next segment not to hand out.
+    /// Sealed bytes the stream holds (whole segments).
+    sealed_len: u64,
+    /// Plaintext bytes of the first segment not to hand out.
     skip: u64,
-    /// Plaintext bytes still to hand out.
+    /// Plaintext bytes to hand out.
     left: u64,
 }
 
-/// Opens the sealed segments of `sealed` (starting at segment `state.index`) one by one;
+/// Opens the sealed segments of `sealed` a batch at a time on the blocking pool, the next
+/// batch while the socket takes this one (so that decryption and sending use both cores);
 /// only authenticated bytes are handed on, and a stream that ends early is an error.
-fn open_stream(
-    sealed: ByteStream,
-    state: OpenState,
-) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    let count = segment_count(state.total);
-    futures_util::stream::unfold(
-        (sealed, state, BytesMut::new(), false),
-        move |(mut sealed, mut s, mut buf, mut done)| async move {
-            loop {
-                if done || s.left == 0 {
-                    return None;
-                }
-                let last = s.index + 1 == count;
-                let want = if last {
-                    (s.total - s.index * SEGMENT as u64) as usize + TAG
+fn open_stream(sealed: ByteStream, s: OpenState) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    let count = segment_count(s.total);
+    let (key, object, total, name) = (s.key.clone(), s.object.clone(), s.total, s.name.clone());
+    let opened = batches(sealed, s.index, s.sealed_len)
+        .map(move |batch| {
+            let (key, object) = (key.clone(), object.clone());
+            async move {
+                let (first, buf) = batch?;
+                tokio::task::spawn_blocking(move || {
+                    open_batch(&key, &object, first, count, total, buf)
+                })
+                .await
+                .unwrap_or(None)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, String::new()))
+            }
+        })
+        .buffered(2);
+    // Only the plaintext asked for: the first segment's head skipped, the end cut.
+    let (mut skip, mut left) = (s.skip as usize, s.left);
+    opened
+        .map(move |segments| {
+            segments.map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    io::Error::new(io::ErrorKind::InvalidData, integrity_message(&name))
                 } else {
-                    SEALED_SEGMENT
-                };
+                    e
+                }
+            })
+        })
+        .flat_map(|segments| {
+            futures_util::stream::iter(match segments {
+                Ok(list) => list.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        })
+        .filter_map(move |segment| {
+            let out = match segment {
+                Ok(mut plain) if left > 0 => {
+                    plain = plain.slice(skip.min(plain.len())..);
+                    skip = 0;
+                    plain.truncate(left.min(plain.len() as u64) as usize);
+                    left -= plain.len() as u64;
+                    Some(Ok(plain))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(out)
+        })
+}
+
+/// Cuts a stream of sealed bytes (`sealed_len` of them, from segment `first`) into batches of
+/// whole segments, [`SEALED_BATCH`] bytes but the last; a chunk that is a batch already (as
+/// the file store reads them) is taken without a copy. A stream that ends early, or holds more,
+/// is an integrity error (empty message: the caller names the object).
+fn batches(
+    sealed: ByteStream,
+    first: u64,
+    sealed_len: u64,
+) -> impl Stream<Item = io::Result<(u64, BytesMut)>> + Send {
+    let cut = || io::Error::new(io::ErrorKind::InvalidData, String::new());
+    futures_util::stream::unfold(
+        (sealed, BytesMut::new(), first, sealed_len, false),
+        move |(mut sealed, mut buf, index, remaining, done)| async move {
+            if done || remaining == 0 {
+                return None;
+            }
+            let want = remaining.min(SEALED_BATCH as u64) as usize;
+            loop {
                 if buf.len() >= want {
-                    let mut segment = buf.split_to(want);
-                    let opened = s
-                        .key
-                        .open_segment(&s.object, s.index, last, &mut segment)
-                        .map(|p| p.len());
-                    let Ok(plain) = opened else {
-                        done = true;
-                        let e =
-                            io::Error::new(io::ErrorKind::InvalidData, integrity_message(&s.name));
-                        return Some((Err(e), (sealed, s, buf, done)));
-                    };
-                    segment.truncate(plain);
-                    let mut plain = segment.freeze();
-                    plain = plain.slice((s.skip as usize).min(plain.len())..);
-                    s.skip = 0;
-                    plain.truncate(s.left.min(plain.len() as u64) as usize);
-                    s.left -= plain.len() as u64;
-                    s.index += 1;
-                    return Some((Ok(plain), (sealed, s, buf, done)));
+                    let batch = buf.split_to(want);
+                    let next = index + (want as u64).div_ceil(SEALED_SEGMENT as u64);
+                    let state = (sealed, buf, next, remaining - want as u64, false);
+                    return Some((Ok((index, batch)), state));
                 }
                 match sealed.next().await {
+                    Some(Ok(chunk)) if buf.is_empty() && chunk.len() == want => {
+                        buf = chunk
+                            .try_into_mut()
+                            .unwrap_or_else(|c| BytesMut::from(&c[..]));
+                    }
                     Some(Ok(chunk)) => {
-                        if buf.is_empty() && buf.capacity() < want {
+                        if buf.capacity() - buf.len() < chunk.len() {
                             buf.reserve(want.max(chunk.len()));
                         }
                         buf.extend_from_slice(&chunk);
                     }
-                    Some(Err(e)) => {
-                        done = true;
-                        return Some((Err(e), (sealed, s, buf, done)));
-                    }
-                    None => {
-                        done = true;
-                        let e =
-                            io::Error::new(io::ErrorKind::InvalidData, integrity_message(&s.name));
-                        return Some((Err(e), (sealed, s, buf, done)));
-                    }
+                    Some(Err(e)) => return Some((Err(e), (sealed, buf, index, remaining, true))),
+                    None => return Some((Err(cut()), (sealed, buf, index, remaining, true))),
                 }
             }
         },
+    )
+}
+
+/// Opens the segments of a batch (from segment `first` of `count`, of an object of `total`
+/// plaintext bytes) in place; their plaintexts, without a copy. `None` if one fails.
+fn open_batch(
+    key: &DataKey,
+    object: &str,
+    first: u64,
+    count: u64,
+    total: u64,
+    mut buf: BytesMut,
+) -> Option<Vec<Bytes>> {
+    let mut spans = Vec::with_capacity(BATCH_SEGMENTS);
+    let (mut at, mut index) = (0usize, first);
+    while at < buf.len() {
+        let last = index + 1 == count;
+        let len = if last {
+            usize::try_from(total.checked_sub(index * SEGMENT as u64)?).ok()? + TAG
+        } else {
+            SEALED_SEGMENT
+        };
+        let end = at.checked_add(len).filter(|e| *e <= buf.len())?;
+        let plain = key
+            .open_segment(object, index, last, &mut buf[at..end])
+            .ok()?
+            .len();
+        spans.push((at, plain));
+        (at, index) = (end, index + 1);
+    }
+    let opened = buf.freeze();
+    Some(
+        spans
+            .into_iter()
+            .map(|(at, len)| opened.slice(at..at + len))
+            .collect(),
     )
 }
 

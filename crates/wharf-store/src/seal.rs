@@ -14,6 +14,7 @@
 //! - Stored length: a [`HEADER`], then every segment grows by [`TAG`] bytes. An empty object is
 //!   stored empty: it holds nothing to protect.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
@@ -646,7 +647,7 @@ fn seal_stream(
     let mut header = Some(id.header());
     sealed.flat_map(move |segments| {
         let items: Vec<io::Result<Bytes>> = match segments {
-            Ok(list) => header.take().into_iter().chain(list).map(Ok).collect(),
+            Ok(sealed) => header.take().into_iter().chain([sealed]).map(Ok).collect(),
             Err(e) => vec![Err(e)],
         };
         futures_util::stream::iter(items)
@@ -654,12 +655,13 @@ fn seal_stream(
 }
 
 /// Cuts a body into batches of [`BATCH_SEGMENTS`] plaintext segments: (first segment index,
-/// bytes, whether it is the last batch). A batch is cut only once a byte after it shows it is
-/// not the last; the body's length is checked against `expected` on the way.
+/// the chunks holding them, whether it is the last batch), without copying a byte. A batch is
+/// cut only once a byte after it shows it is not the last; the body's length is checked
+/// against `expected` on the way.
 fn plain_batches(
     body: ByteStream,
     expected: Option<u64>,
-) -> impl Stream<Item = io::Result<(u64, BytesMut, bool)>> + Send {
+) -> impl Stream<Item = io::Result<(u64, Vec<Bytes>, bool)>> + Send {
     const BATCH: usize = BATCH_SEGMENTS * SEGMENT;
     let size_error = move |actual: u64| {
         io::Error::new(
@@ -670,41 +672,59 @@ fn plain_batches(
             },
         )
     };
+    /// Takes the first `n` bytes of the held chunks.
+    fn take(held: &mut VecDeque<Bytes>, held_len: &mut usize, mut n: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let Some(mut chunk) = held.pop_front() else {
+                break;
+            };
+            if chunk.len() > n {
+                held.push_front(chunk.split_off(n));
+            }
+            n -= chunk.len();
+            *held_len -= chunk.len();
+            out.push(chunk);
+        }
+        out
+    }
     futures_util::stream::unfold(
-        (body, BytesMut::new(), 0u64, 0u64, false),
-        move |(mut body, mut buf, index, mut plain, done)| async move {
+        (body, VecDeque::new(), 0usize, 0u64, 0u64, false),
+        move |(mut body, mut held, mut held_len, index, mut plain, done)| async move {
             if done {
                 return None;
             }
             loop {
-                if buf.len() > BATCH {
-                    let batch = buf.split_to(BATCH);
+                if held_len > BATCH {
+                    let batch = take(&mut held, &mut held_len, BATCH);
                     let next = index + BATCH_SEGMENTS as u64;
-                    return Some((Ok((index, batch, false)), (body, buf, next, plain, false)));
+                    let state = (body, held, held_len, next, plain, false);
+                    return Some((Ok((index, batch, false)), state));
                 }
                 match body.next().await {
                     Some(Ok(chunk)) => {
                         plain += chunk.len() as u64;
                         if expected.is_some_and(|e| plain > e) {
                             let e = size_error(plain);
-                            return Some((Err(e), (body, buf, index, plain, true)));
+                            return Some((Err(e), (body, held, held_len, index, plain, true)));
                         }
-                        if buf.capacity() - buf.len() < chunk.len() {
-                            buf.reserve((BATCH + 1).max(chunk.len()));
-                        }
-                        buf.extend_from_slice(&chunk);
+                        held_len += chunk.len();
+                        held.push_back(chunk);
                     }
-                    Some(Err(e)) => return Some((Err(e), (body, buf, index, plain, true))),
+                    Some(Err(e)) => {
+                        return Some((Err(e), (body, held, held_len, index, plain, true)))
+                    }
                     None => {
                         if expected.is_some_and(|e| plain != e) {
                             let e = size_error(plain);
-                            return Some((Err(e), (body, buf, index, plain, true)));
+                            return Some((Err(e), (body, held, held_len, index, plain, true)));
                         }
-                        if buf.is_empty() {
+                        if held_len == 0 {
                             return None;
                         }
-                        let batch = std::mem::take(&mut buf);
-                        return Some((Ok((index, batch, true)), (body, buf, index, plain, true)));
+                        let batch = take(&mut held, &mut held_len, usize::MAX);
+                        let state = (body, held, held_len, index, plain, true);
+                        return Some((Ok((index, batch, true)), state));
                     }
                 }
             }
@@ -713,24 +733,36 @@ fn plain_batches(
 }
 
 /// Seals a batch of plaintext segments (from segment `first`; the batch's last segment is
-/// the object's last when `last`) in place: each segment, then its tag.
-fn seal_batch(
-    key: &DataKey,
-    object: &str,
-    first: u64,
-    last: bool,
-    mut plain: BytesMut,
-) -> Vec<Bytes> {
-    let mut out = Vec::with_capacity(2 * BATCH_SEGMENTS);
-    let mut index = first;
-    while !plain.is_empty() {
-        let mut segment = plain.split_to(SEGMENT.min(plain.len()));
-        let tag = key.seal_segment(object, index, last && plain.is_empty(), &mut segment);
-        out.push(segment.freeze());
-        out.push(Bytes::copy_from_slice(&tag));
-        index += 1;
+/// the object's last when `last`) into one buffer: each segment, then its tag. The one copy
+/// the bytes take on the way to storage.
+fn seal_batch(key: &DataKey, object: &str, first: u64, last: bool, plain: Vec<Bytes>) -> Bytes {
+    let len: usize = plain.iter().map(Bytes::len).sum();
+    let segments = len.div_ceil(SEGMENT);
+    let mut out = Vec::with_capacity(len + segments * TAG);
+    let (mut index, mut start) = (first, 0usize);
+    let seal = |out: &mut Vec<u8>, start: &mut usize, index: &mut u64| {
+        let is_last = last && *index + 1 == first + segments as u64;
+        let tag = key.seal_segment(object, *index, is_last, &mut out[*start..]);
+        out.extend_from_slice(&tag);
+        *start = out.len();
+        *index += 1;
+    };
+    for chunk in &plain {
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let room = SEGMENT - (out.len() - start);
+            let n = room.min(rest.len());
+            out.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if out.len() - start == SEGMENT {
+                seal(&mut out, &mut start, &mut index);
+            }
+        }
     }
-    out
+    if out.len() > start {
+        seal(&mut out, &mut start, &mut index);
+    }
+    Bytes::from(out)
 }
 
 struct OpenState {

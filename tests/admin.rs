@@ -926,8 +926,98 @@ fn ref_check_names_the_wrong_part() {
     }
 }
 
+/// Maintenance mode: an administrator makes a registry read-only; pulls go on, every kind of
+/// write gets the read-only error, and ending it lets pushes in again.
+async fn maintenance_mode_refuses_writes_while_pulls_go_on(b: Backend) {
+    let s = Server::start(b).await;
+    let digest = s.push_blob("maint/app", b"layer bytes").await;
+    let config = s.push_blob("maint/app", b"{}").await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2 },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": 11 }],
+    })
+    .to_string();
+    let media = "application/vnd.oci.image.manifest.v1+json";
+    let r = s
+        .push_manifest("maint/app", "v1", media, manifest.as_bytes())
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let open = s.start_upload("maint/app").await;
+
+    let out = cli_ok(
+        &s,
+        &["registry", "update", "default", "--read-only", "true"],
+    );
+    assert!(out.contains("read-only"), "{out}");
+    let shown = cli_ok(&s, &["registry", "show", "default", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&shown).unwrap()["read_only"],
+        true
+    );
+
+    // Reads go on.
+    let r = s
+        .send(Method::GET, &format!("/v2/maint/app/blobs/{digest}"))
+        .await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"layer bytes");
+    let r = s.send(Method::GET, "/v2/maint/app/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        s.send(Method::GET, &open).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // Every write is refused, saying why.
+    let writes = [
+        s.send(Method::POST, "/v2/maint/app/blobs/uploads/").await,
+        s.client.patch(s.url(&open)).body("x").send().await.unwrap(),
+        s.push_manifest("maint/app", "v2", media, manifest.as_bytes())
+            .await,
+        s.send(Method::DELETE, &format!("/v2/maint/app/blobs/{digest}"))
+            .await,
+        s.send(Method::DELETE, "/v2/maint/app/manifests/v1").await,
+    ];
+    for r in writes {
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("read-only for maintenance"), "{message}");
+    }
+    // Bad input.
+    let err = cli_err(
+        &s,
+        Some(OWNER_KEY),
+        &["registry", "update", "default", "--read-only", "maybe"],
+    );
+    assert!(err.contains("maybe"), "{err}");
+    let r = s
+        .anon
+        .patch(s.url("/api/v1/registries/default"))
+        .bearer_auth(OWNER_KEY)
+        .json(&json!({ "read_only": "yes" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    // Ended: pushes are taken again, the session opened before included.
+    cli_ok(
+        &s,
+        &["registry", "update", "default", "--read-only", "false"],
+    );
+    s.push_blob("maint/app", b"after").await;
+    let r = s
+        .push_manifest("maint/app", "v2", media, manifest.as_bytes())
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 on_both_backends!(
     registries_are_isolated_tenants,
     registry_rules_and_bad_input,
-    admin_key_permission_matrix
+    admin_key_permission_matrix,
+    maintenance_mode_refuses_writes_while_pulls_go_on,
 );

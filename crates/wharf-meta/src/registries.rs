@@ -16,6 +16,8 @@ pub struct Registry {
     /// Requests per second each of its tokens may make; `None` takes the server's setting,
     /// 0 is unlimited.
     pub rate_limit: Option<i64>,
+    /// Maintenance mode: writes are refused, reads go on.
+    pub read_only: bool,
 }
 
 /// Usage figures of a registry.
@@ -46,7 +48,8 @@ pub struct RepositoryInfo {
     pub public: bool,
 }
 
-const REGISTRY_COLUMNS: &str = "id, name, location, scanning, gc_schedule, created_at, rate_limit";
+const REGISTRY_COLUMNS: &str =
+    "id, name, location, scanning, gc_schedule, created_at, rate_limit, read_only";
 
 fn registry(r: &AnyRow) -> Result<Registry> {
     Ok(Registry {
@@ -57,6 +60,7 @@ fn registry(r: &AnyRow) -> Result<Registry> {
         gc_schedule: r.try_get("gc_schedule")?,
         created_at: r.try_get("created_at")?,
         rate_limit: r.try_get("rate_limit")?,
+        read_only: r.try_get::<i64, _>("read_only")? != 0,
     })
 }
 
@@ -153,14 +157,22 @@ impl Meta {
     }
 
     /// Switches scanning on, sets the GC schedule and/or the rate limit (`Some(None)` clears
-    /// either).
+    /// either), and switches maintenance mode (read-only) on or off.
     pub async fn update_registry(
         &self,
         id: i64,
         scanning: Option<bool>,
         gc_schedule: Option<Option<&str>>,
         rate_limit: Option<Option<i64>>,
+        read_only: Option<bool>,
     ) -> Result<()> {
+        if let Some(read_only) = read_only {
+            sqlx::query("UPDATE registries SET read_only = $1 WHERE id = $2")
+                .bind(i64::from(read_only))
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+        }
         if let Some(scanning) = scanning {
             sqlx::query("UPDATE registries SET scanning = $1 WHERE id = $2")
                 .bind(i64::from(scanning))

@@ -434,11 +434,12 @@ async fn registries_count_usage_and_delete_frees_unshared_blobs() {
         let (list, more) = m.list_registries(None, 1).await.unwrap();
         assert_eq!((list[0].name.as_str(), more), ("alpha", true));
 
-        m.update_registry(a.id, Some(true), Some(None), Some(Some(5)))
+        assert!(!a.read_only);
+        m.update_registry(a.id, Some(true), Some(None), Some(Some(5)), Some(true))
             .await
             .unwrap();
         let a2 = m.registry("alpha").await.unwrap().unwrap();
-        assert!(a2.scanning);
+        assert!(a2.scanning && a2.read_only);
         assert_eq!(a2.gc_schedule, None);
         assert_eq!(a2.rate_limit, Some(5));
 

@@ -192,6 +192,7 @@ type VerifiedSecrets =
 pub(crate) struct RegistryRef {
     pub id: i64,
     pub rate_limit: Option<i64>,
+    pub read_only: bool,
 }
 
 pub struct AppState {
@@ -335,6 +336,7 @@ impl AppState {
         let found = self.meta.registry(name).await?.map(|r| RegistryRef {
             id: r.id,
             rate_limit: r.rate_limit,
+            read_only: r.read_only,
         });
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
         match found {

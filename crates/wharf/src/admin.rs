@@ -58,6 +58,10 @@ pub enum RegistryCommand {
         /// server's setting.
         #[arg(long, value_parser = rate_limit)]
         rate_limit: Option<RateLimit>,
+        /// Maintenance mode: `true` refuses pushes and deletes while pulls go on, `false`
+        /// ends it.
+        #[arg(long, value_name = "true|false")]
+        read_only: Option<bool>,
     },
     /// Delete a registry with all its repositories, tokens and data (irreversible).
     Delete {
@@ -666,13 +670,19 @@ fn registry_rows(items: &[Value]) -> Vec<Vec<String>> {
                     Some(0) => "none".to_string(),
                     Some(n) => format!("{n}/s"),
                 },
+                if r["read_only"] == true {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
+                .to_string(),
                 text(&r["created_at"]),
             ]
         })
         .collect()
 }
 
-const REGISTRY_HEADERS: [&str; 10] = [
+const REGISTRY_HEADERS: [&str; 11] = [
     "NAME",
     "LOCATION",
     "HOSTNAME",
@@ -682,6 +692,7 @@ const REGISTRY_HEADERS: [&str; 10] = [
     "SCANNING",
     "GC",
     "RATE LIMIT",
+    "MODE",
     "CREATED",
 ];
 
@@ -752,8 +763,12 @@ pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
             gc,
             gc_off,
             rate_limit,
+            read_only,
         } => {
             let mut body = json!({});
+            if let Some(read_only) = read_only {
+                body["read_only"] = json!(read_only);
+            }
             match rate_limit {
                 Some(RateLimit::PerSecond(n)) => body["rate_limit"] = json!(n),
                 Some(RateLimit::ServerDefault) => body["rate_limit"] = Value::Null,

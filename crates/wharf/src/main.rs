@@ -204,7 +204,23 @@ fn quit_on_closed_pipe() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A usage error in one line: what is wrong and the values allowed, without the usage
+        // block (scripts read the first line of standard error).
+        Err(e) => {
+            let text = e.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("wharf: {}", line.join(" "));
+            return ExitCode::from(2);
+        }
+    };
     if !matches!(cli.command, Command::Serve(_)) {
         quit_on_closed_pipe();
     }

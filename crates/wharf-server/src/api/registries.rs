@@ -34,6 +34,8 @@ pub struct RegistryView {
     /// Requests per second each of its tokens may make (0: no limit); `null` takes the
     /// server's setting.
     pub rate_limit: Option<i64>,
+    /// Maintenance mode: pushes and deletes are refused, pulls go on.
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -166,6 +168,8 @@ pub struct UpdateRegistry {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000)]
     pub rate_limit: Option<Option<i64>>,
+    /// Maintenance mode: `true` refuses pushes and deletes (pulls go on), `false` ends it.
+    pub read_only: Option<bool>,
 }
 
 /// Tells a field sent as `null` (Some(None)) from one left out (None).
@@ -274,6 +278,7 @@ async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
         repository_count: stats.repositories,
         artifact_count: stats.artifacts,
         rate_limit: r.rate_limit,
+        read_only: r.read_only,
     })
 }
 
@@ -457,6 +462,7 @@ pub async fn update(
             body.scanning,
             schedule.as_ref().map(|s| s.as_deref()),
             body.rate_limit,
+            body.read_only,
         )
         .await?;
     // This node applies the new limit at once; the others within their cache's second.

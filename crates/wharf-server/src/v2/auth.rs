@@ -20,6 +20,8 @@ pub(crate) struct Target {
     pub name: String,
     /// Requests per second each of its tokens may make; `None`: the server's setting.
     pub rate_limit: Option<i64>,
+    /// Maintenance mode: writes are refused.
+    pub read_only: bool,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.

@@ -114,6 +114,19 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         _ => Need::Login,
     };
     auth::authorize(state, &target, &caller, need).await?;
+    // Maintenance mode refuses writes as the reference registry's read-only mode does (405
+    // UNSUPPORTED, which clients show); an upload's status still reads.
+    if target.read_only && matches!(action, Some(Action::Push | Action::Delete)) {
+        return Err(ApiError::with_message(
+            ErrorCode::Unsupported,
+            format!(
+                "registry {:?} is read-only for maintenance: pulls go on, pushes and deletes are refused until an administrator ends it",
+                target.name
+            ),
+            None,
+        )
+        .status(StatusCode::METHOD_NOT_ALLOWED));
+    }
 
     let repo = name.map(|name| Repo {
         state,
@@ -207,6 +220,7 @@ pub(crate) async fn resolve_target(
     Ok(Target {
         id: registry.id,
         rate_limit: registry.rate_limit,
+        read_only: registry.read_only,
         service: format!("{name}.{}", state.settings.base_domain),
         name,
         host,

@@ -656,11 +656,150 @@ async fn rotation_is_refused_without_encryption_or_a_key_file(b: Backend) {
     assert!(err.contains("encryption at rest is off"), "{err}");
 }
 
+/// One value from the server's database, as text.
+fn db_value(s: &Server, sql: &str) -> String {
+    let out = match s.database_url() {
+        Some(url) => Command::new("psql").arg(url).args(["-Atc", sql]).output().expect("psql"),
+        None => Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; r=sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone(); print('' if r is None else r[0])")
+            .arg(s.data_dir().join("wharf.db"))
+            .arg(sql)
+            .output()
+            .expect("python3"),
+    };
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The data key id a sealed object's header names.
+fn header_key(bytes: &[u8]) -> Option<String> {
+    bytes
+        .strip_prefix(b"WHARFSE1")
+        .and_then(|rest| rest.get(..16))
+        .map(hex::encode)
+}
+
+/// Every stored object of a registry with its own key: files or S3 objects under `scopes/`.
+async fn scoped_objects(s: &Server) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = match std::fs::metadata(s.data_dir().join("scopes")) {
+        Ok(_) => files_under(&s.data_dir().join("scopes"))
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.extend(
+        s.s3_objects()
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.contains("/scopes/"))
+            .map(|(_, b)| b),
+    );
+    out
+}
+
+async fn a_registry_with_its_own_key_keeps_its_content_apart(b: Backend) {
+    let mut s = Server::start_with(b, &["--base-domain", "wharf.test"]).await;
+    let instance = key_file_ids(&s)[0].clone();
+    // A bad key creates nothing.
+    let err = common::cli_err(
+        &s,
+        Some(common::OWNER_KEY),
+        &["registry", "create", "beta", "--own-key", "zz"],
+    );
+    assert!(err.contains("64 hex digits"), "{err}");
+    let r = s
+        .anon
+        .get(s.url("/api/v1/registries/beta"))
+        .bearer_auth(common::OWNER_KEY)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let out = common::cli_ok(&s, &["registry", "create", "alpha", "--own-key"]);
+    let own = out
+        .split("its own master key ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(own.starts_with("r-"), "{out}");
+
+    // The same image in the default registry (instance key) and in alpha (its own key).
+    let (layer, layer_digest, _, _, _) = push_marked_image(&s, "shared/app").await;
+    let (name, secret) = s
+        .create_token("alpha", "pusher", common::ALL_SCOPES())
+        .await
+        .expect("alpha exists");
+    let (base, client) = (s.base.clone(), s.client.clone());
+    s.base = format!("http://alpha.wharf.test:{}", s.port);
+    s.client = common::basic_client(&name, &secret);
+    let (_, alpha_digest, _, _, manifest) = push_marked_image(&s, "shared/app").await;
+    assert_eq!(alpha_digest, layer_digest);
+    let r = s.send(Method::GET, "/v2/shared/app/manifests/v1").await;
+    assert_eq!(r.bytes().await.expect("manifest").to_vec(), manifest);
+    let path = format!("/v2/shared/app/blobs/{layer_digest}");
+    assert!(get_bytes(&s, &path, None).await.1 == layer);
+    assert_marker_nowhere(&s).await;
+
+    // Stored once per key: alpha's objects are its own, and their data keys are wrapped by
+    // its key, not the instance's.
+    let copies = scoped_objects(&s).await;
+    assert!(copies.len() >= 2, "alpha's blobs are stored apart");
+    for object in &copies {
+        let id = header_key(object).expect("sealed");
+        let by = db_value(
+            &s,
+            &format!("select master_key from data_keys where id = '{id}'"),
+        );
+        assert_eq!(by, own, "data key {id}");
+        assert_ne!(by, instance);
+    }
+
+    // A rotation of the instance key rewraps alpha's key: after the old key is retired (and
+    // a restart, so that nothing is cached), alpha's content still opens.
+    let (alpha_base, alpha_client) = (s.base.clone(), s.client.clone());
+    s.base = base.clone();
+    s.client = client.clone();
+    let out = common::cli_ok(&s, &["keys", "rotate"]);
+    assert!(out.contains("the old key is retired"), "{out}");
+    s.restart().await;
+    s.base = alpha_base;
+    s.client = alpha_client;
+    assert!(get_bytes(&s, &path, None).await.1 == layer);
+
+    // Deleting alpha destroys its key: nothing wharf holds opens the copies taken before.
+    s.base = base;
+    s.client = client;
+    common::cli_ok(&s, &["registry", "delete", "alpha", "--yes"]);
+    for object in &copies {
+        let id = header_key(object).expect("sealed");
+        let left = db_value(
+            &s,
+            &format!("select count(*) from data_keys where id = '{id}'"),
+        );
+        assert_eq!(left, "0", "data key {id} is gone");
+    }
+    let keys = db_value(
+        &s,
+        &format!("select count(*) from registries where key_id = '{own}'"),
+    );
+    assert_eq!(keys, "0");
+    assert!(!key_file_ids(&s).contains(&own));
+    assert!(
+        scoped_objects(&s).await.is_empty(),
+        "alpha's content is removed"
+    );
+    // The default registry's copy is its own and still pulls.
+    assert!(get_bytes(&s, &path, None).await.1 == layer);
+}
+
 mod content {
     use super::*;
     on_every_configuration!(
         content_is_sealed_at_rest_and_pulls_unchanged,
         tampered_content_is_refused_logged_and_counted,
+        a_registry_with_its_own_key_keeps_its_content_apart,
     );
 }
 

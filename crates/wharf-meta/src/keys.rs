@@ -38,7 +38,7 @@ impl Meta {
     ) -> Result<Vec<(String, Vec<u8>)>> {
         let rows = sqlx::query(
             "SELECT id, wrapped FROM data_keys WHERE master_key <> $1 AND id > $2 \
-             ORDER BY id LIMIT $3",
+             AND master_key NOT LIKE 'r-%' ORDER BY id LIMIT $3",
         )
         .bind(current)
         .bind(after)
@@ -160,5 +160,85 @@ impl Meta {
             }
         }
         Ok(())
+    }
+
+    /// Gives registry `id` a master key of its own (`wrapped` by the instance's); only while it
+    /// holds no content, since what it stored before stays under the instance's key.
+    pub async fn set_registry_key(&self, id: i64, key_id: &str, wrapped: &[u8]) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE registries SET key_id = $1, wrapped_key = $2 WHERE id = $3 AND key_id IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM repositories WHERE registry_id = $3)",
+        )
+        .bind(key_id)
+        .bind(wrapped.to_vec())
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A registry's own master key as stored (wrapped), by its id.
+    pub async fn registry_key(&self, key_id: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT wrapped_key FROM registries WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<Vec<u8>>, _>("wrapped_key"))
+            .transpose()?
+            .flatten())
+    }
+
+    /// Every registry's own master key: ids and wrapped keys.
+    pub async fn registry_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT key_id, wrapped_key FROM registries WHERE key_id IS NOT NULL ORDER BY key_id",
+        )
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("key_id")?, r.try_get("wrapped_key")?)))
+            .collect()
+    }
+
+    /// Replaces registry key `key_id` as stored (`from`) with `to` (the same key, wrapped by
+    /// the new instance master key); false when it changed meanwhile.
+    pub async fn rewrap_registry_key(
+        &self,
+        key_id: &str,
+        from: &[u8],
+        to: Vec<u8>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE registries SET wrapped_key = $1 WHERE key_id = $2 AND wrapped_key = $3",
+        )
+        .bind(to)
+        .bind(key_id)
+        .bind(from.to_vec())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes the data keys a master key wraps (a deleted registry's): what they sealed can
+    /// no longer be opened.
+    pub async fn delete_data_keys_of(&self, master_key: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM data_keys WHERE master_key = $1")
+            .bind(master_key)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Digests of every blob registry `id` links.
+    pub async fn registry_digests(&self, id: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT rb.digest FROM repository_blobs rb \
+             JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("digest")?)).collect()
     }
 }

@@ -18,6 +18,9 @@ pub struct Registry {
     pub rate_limit: Option<i64>,
     /// Maintenance mode: writes are refused, reads go on.
     pub read_only: bool,
+    /// The id of the registry's own master key, if it has one (else the instance's wraps its
+    /// data keys).
+    pub key_id: Option<String>,
 }
 
 /// Usage figures of a registry.
@@ -49,7 +52,7 @@ pub struct RepositoryInfo {
 }
 
 const REGISTRY_COLUMNS: &str =
-    "id, name, location, scanning, gc_schedule, created_at, rate_limit, read_only";
+    "id, name, location, scanning, gc_schedule, created_at, rate_limit, read_only, key_id";
 
 fn registry(r: &AnyRow) -> Result<Registry> {
     Ok(Registry {
@@ -61,6 +64,7 @@ fn registry(r: &AnyRow) -> Result<Registry> {
         created_at: r.try_get("created_at")?,
         rate_limit: r.try_get("rate_limit")?,
         read_only: r.try_get::<i64, _>("read_only")? != 0,
+        key_id: r.try_get("key_id")?,
     })
 }
 

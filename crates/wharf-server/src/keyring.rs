@@ -70,6 +70,8 @@ pub struct ContentKeys {
     source: KeySource,
     ring: RwLock<Ring>,
     opened: Mutex<HashMap<KeyId, Arc<DataKey>>>,
+    /// Registries' own master keys, opened, by id.
+    registry_keys: Mutex<HashMap<String, Arc<MasterKey>>>,
     /// Data keys rewrapped per second at most (0: no limit), so that a rotation does not load
     /// the database.
     rewrap_rate: u32,
@@ -92,6 +94,7 @@ impl ContentKeys {
                 checked: Instant::now(),
             }),
             opened: Mutex::new(HashMap::new()),
+            registry_keys: Mutex::new(HashMap::new()),
             rewrap_rate,
             rewrapping: tokio::sync::Mutex::new(()),
         }
@@ -167,6 +170,90 @@ impl ContentKeys {
             .map_err(|e| format!("{name} does not open with master key {by:?}: {e}"))
     }
 
+    /// A new data key wrapped by `master`, recorded before it seals anything.
+    async fn create_under(&self, master: &MasterKey) -> wharf_store::Result<(KeyId, Arc<DataKey>)> {
+        let seal = |e: wharf_store::seal::SealError| StoreError::Key(e.to_string());
+        let id = KeyId::random().map_err(seal)?;
+        let (key, wrapped) = master.new_data_key(&id.hex()).map_err(seal)?;
+        self.meta
+            .insert_data_key(&id.hex(), &wrapped, master.id())
+            .await
+            .map_err(meta_error)?;
+        let key = Arc::new(key);
+        self.remember(id, key.clone());
+        Ok((id, key))
+    }
+
+    /// A registry's own master key, opened with the instance's.
+    pub async fn registry_master(&self, key_id: &str) -> wharf_store::Result<Arc<MasterKey>> {
+        let cached = self
+            .registry_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key_id)
+            .cloned();
+        if let Some(key) = cached {
+            return Ok(key);
+        }
+        let wrapped = self
+            .meta
+            .registry_key(key_id)
+            .await
+            .map_err(meta_error)?
+            .ok_or_else(|| {
+                StoreError::Key(format!(
+                    "master key {key_id:?} belonged to a deleted registry: what it sealed cannot be opened"
+                ))
+            })?;
+        let secret = self
+            .open_secret(&registry_key_name(key_id), &wrapped)
+            .map_err(StoreError::Key)?;
+        let key =
+            Arc::new(MasterKey::new(key_id, &secret).map_err(|e| StoreError::Key(e.to_string()))?);
+        self.registry_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// A new master key for a registry: its id and the key wrapped by the current instance
+    /// key (to store with the registry), or the one the administrator gives (64 hex digits).
+    pub fn new_registry_key(&self, given: Option<&str>) -> Result<(String, Vec<u8>), String> {
+        let id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let secret: [u8; 32] = match given {
+            Some(hex) => {
+                let text = format!("{id}:{}", hex.trim());
+                let _ = wharf_store::seal::parse_master_key(&text)
+                    .map_err(|_| "a registry key is 64 hex digits (32 random bytes)".to_string())?;
+                (0..32)
+                    .map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or("a registry key is 64 hex digits (32 random bytes)")?
+            }
+            None => MasterKey::generate_secret().map_err(|e| e.to_string())?,
+        };
+        let wrapped = self
+            .current()
+            .wrap(&registry_key_name(&id), &secret)
+            .map_err(|e| e.to_string())?;
+        Ok((id, wrapped))
+    }
+
+    /// Forgets a deleted registry's key and every data key opened with it, at once.
+    pub fn forget_registry_key(&self, key_id: &str) {
+        self.registry_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key_id);
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn remember(&self, id: KeyId, key: Arc<DataKey>) {
         let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
         if opened.len() >= CACHED_KEYS {
@@ -203,9 +290,10 @@ impl ContentKeys {
     pub async fn status(&self) -> Result<KeyStatus, MetaError> {
         let current = self.current();
         let data_keys = self.meta.data_key_counts().await?;
+        // Registries' own keys wrap their data keys; a rotation rewraps those registry keys.
         let pending = data_keys
             .iter()
-            .filter(|(k, _)| k != current.id())
+            .filter(|(k, _)| k != current.id() && !is_registry_key(k))
             .map(|(_, n)| n)
             .sum();
         let loaded = {
@@ -288,6 +376,7 @@ impl ContentKeys {
             }
         }
         self.reseal_signing_key().await?;
+        self.rewrap_registry_keys().await?;
         if moved > 0 || stuck > 0 {
             tracing::info!(
                 rewrapped = moved,
@@ -302,6 +391,30 @@ impl ContentKeys {
             ));
         }
         self.retire().await
+    }
+
+    /// Wraps the registries' own keys with the current master key where another one did.
+    async fn rewrap_registry_keys(&self) -> Result<(), String> {
+        let db = |e: MetaError| format!("metadata database: {e}");
+        let to = self.current();
+        for (key_id, wrapped) in self.meta.registry_keys().await.map_err(db)? {
+            let by = MasterKey::wrapped_by(&wrapped).unwrap_or("?").to_string();
+            if by == to.id() {
+                continue;
+            }
+            let name = registry_key_name(&key_id);
+            let from = self.master(&by).ok_or_else(|| {
+                format!("{name} is wrapped by master key {by:?}, which this node does not hold")
+            })?;
+            let rewrapped = from
+                .rewrap(&to, &name, &wrapped)
+                .map_err(|e| format!("{name} does not open with {by:?}: {e}"))?;
+            self.meta
+                .rewrap_registry_key(&key_id, &wrapped, rewrapped)
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
     }
 
     /// Seals the JWT signing keys with the current master key where another one sealed them.
@@ -387,6 +500,34 @@ impl ContentKeys {
     }
 }
 
+/// Registries' own master keys are named `r-...`; the instance's never are.
+pub fn is_registry_key(id: &str) -> bool {
+    id.starts_with("r-")
+}
+
+/// The name a registry's key is wrapped under (bound into the wrapped bytes).
+fn registry_key_name(key_id: &str) -> String {
+    format!("registry-key-{key_id}")
+}
+
+/// A registry's view of the data keys: new ones are wrapped by its own master key.
+pub struct RegistryKeys {
+    pub keys: Arc<ContentKeys>,
+    pub key_id: String,
+}
+
+#[async_trait]
+impl KeyRing for RegistryKeys {
+    async fn create(&self) -> wharf_store::Result<(KeyId, Arc<DataKey>)> {
+        let master = self.keys.registry_master(&self.key_id).await?;
+        self.keys.create_under(&master).await
+    }
+
+    async fn get(&self, id: &KeyId) -> wharf_store::Result<Arc<DataKey>> {
+        self.keys.get(id).await
+    }
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -424,17 +565,7 @@ fn meta_error(e: MetaError) -> StoreError {
 #[async_trait]
 impl KeyRing for ContentKeys {
     async fn create(&self) -> wharf_store::Result<(KeyId, Arc<DataKey>)> {
-        let seal = |e: wharf_store::seal::SealError| StoreError::Key(e.to_string());
-        let master = self.current();
-        let id = KeyId::random().map_err(seal)?;
-        let (key, wrapped) = master.new_data_key(&id.hex()).map_err(seal)?;
-        self.meta
-            .insert_data_key(&id.hex(), &wrapped, master.id())
-            .await
-            .map_err(meta_error)?;
-        let key = Arc::new(key);
-        self.remember(id, key.clone());
-        Ok((id, key))
+        self.create_under(&self.current()).await
     }
 
     async fn get(&self, id: &KeyId) -> wharf_store::Result<Arc<DataKey>> {
@@ -457,11 +588,15 @@ impl KeyRing for ContentKeys {
                 StoreError::Key(format!("data key {hex} is not in the metadata store"))
             })?;
         let by = MasterKey::wrapped_by(&wrapped).unwrap_or("?").to_string();
-        let master = self.master(&by).ok_or_else(|| {
-            StoreError::Key(format!(
-                "data key {hex} is wrapped by master key {by:?}, which this node does not hold"
-            ))
-        })?;
+        let master = if is_registry_key(&by) {
+            self.registry_master(&by).await?
+        } else {
+            self.master(&by).ok_or_else(|| {
+                StoreError::Key(format!(
+                    "data key {hex} is wrapped by master key {by:?}, which this node does not hold"
+                ))
+            })?
+        };
         let key = master.unwrap(&hex, &wrapped).map_err(|e| {
             StoreError::Key(format!(
                 "data key {hex} does not open with master key {by:?}: {e}"

@@ -187,12 +187,16 @@ impl Settings {
 type VerifiedSecrets =
     std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), std::time::Instant>>;
 
+/// A registry's content store and sealing (its own, where it has a key of its own).
+pub(crate) type Scoped = (Arc<dyn BlobStore>, wharf_store::seal::Sealing);
+
 /// What every `/v2/` request needs of its registry (cached by name).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct RegistryRef {
     pub id: i64,
     pub rate_limit: Option<i64>,
     pub read_only: bool,
+    pub key_id: Option<String>,
 }
 
 pub struct AppState {
@@ -207,6 +211,8 @@ pub struct AppState {
     pub(crate) sealing: wharf_store::seal::Sealing,
     /// The master and data keys behind `sealing`; `None` where encryption is off.
     pub(crate) content_keys: Option<Arc<ContentKeys>>,
+    /// The content store and sealing of each registry with a key of its own, by key id.
+    scoped: std::sync::Mutex<std::collections::HashMap<String, Scoped>>,
     /// Sealing what was stored in the clear, when it was started on this node.
     pub(crate) seal_progress: Arc<service::SealProgress>,
     pub(crate) verified: VerifiedSecrets,
@@ -265,6 +271,7 @@ impl AppState {
             ),
             content_keys,
             seal_progress: Default::default(),
+            scoped: Default::default(),
             verified: Default::default(),
             secret_checks: locks::KeyedLocks::default(),
             hashing: tokio::sync::Semaphore::new(
@@ -276,6 +283,39 @@ impl AppState {
 }
 
 impl AppState {
+    /// Where a registry's content goes and how it is sealed: the instance's store and keys, or,
+    /// for a registry with its own master key, addresses of its own sealed under that key.
+    pub(crate) fn scoped(&self, key_id: Option<&str>) -> Result<Scoped, wharf_store::StoreError> {
+        let Some(key_id) = key_id else {
+            return Ok((self.store.clone(), self.sealing.clone()));
+        };
+        let mut scoped = self.scoped.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = scoped.get(key_id) {
+            return Ok(found.clone());
+        }
+        let keys = self.content_keys.clone().ok_or_else(|| {
+            wharf_store::StoreError::Key(format!(
+                "the registry's content is sealed under its own key {key_id} and encryption is off"
+            ))
+        })?;
+        let ring = keyring::RegistryKeys {
+            keys,
+            key_id: key_id.to_string(),
+        };
+        let sealing = wharf_store::seal::Sealing::new(Some(Arc::new(ring)));
+        let store = self.store.scoped(key_id, sealing.clone())?;
+        scoped.insert(key_id.to_string(), (store.clone(), sealing.clone()));
+        Ok((store, sealing))
+    }
+
+    /// Drops a deleted registry's store and sealing.
+    pub(crate) fn forget_scoped(&self, key_id: &str) {
+        self.scoped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key_id);
+    }
+
     /// The JWT signing keys as last read.
     pub(crate) fn jwt(&self) -> Arc<jwt::JwtKeys> {
         self.jwt_keys
@@ -329,7 +369,7 @@ impl AppState {
             let cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((r, at)) = cache.get(name) {
                 if at.elapsed() < Self::REGISTRY_ID_TTL {
-                    return Ok(Some(*r));
+                    return Ok(Some(r.clone()));
                 }
             }
         }
@@ -337,14 +377,15 @@ impl AppState {
             id: r.id,
             rate_limit: r.rate_limit,
             read_only: r.read_only,
+            key_id: r.key_id,
         });
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
-        match found {
+        match &found {
             Some(r) => {
                 if cache.len() > 10_000 {
                     cache.clear();
                 }
-                cache.insert(name.to_string(), (r, std::time::Instant::now()));
+                cache.insert(name.to_string(), (r.clone(), std::time::Instant::now()));
             }
             None => {
                 cache.remove(name);

@@ -41,6 +41,8 @@ const SEALED_TEXT: &str = "sealed:";
 /// names the actor.
 pub(crate) struct Scope<'a> {
     pub registry_id: i64,
+    /// The registry's own master key, if it has one: its content is stored and sealed apart.
+    pub key_id: Option<&'a str>,
     pub repository: &'a str,
     pub actor: String,
 }
@@ -87,6 +89,15 @@ pub struct SealProgress {
     pub failed: std::sync::atomic::AtomicU64,
     /// When the last run ended (milliseconds), and what stopped it early, if anything.
     pub finished: Mutex<Option<(i64, Option<String>)>>,
+}
+
+/// Text kept in a database column, sealed when encryption is on: `sealed:` and base64.
+async fn seal_text(sealing: &wharf_store::seal::Sealing, text: &str) -> Result<String> {
+    if !sealing.is_on() {
+        return Ok(text.to_string());
+    }
+    let sealed = sealing.seal_bytes(text.as_bytes()).await?;
+    Ok(format!("{SEALED_TEXT}{}", BASE64.encode(sealed)))
 }
 
 /// Borrowed from the server's state: the service keeps nothing of its own.
@@ -224,6 +235,7 @@ impl Service<'_> {
     /// caller finishes the upload with them (a PUT).
     pub async fn append(
         &self,
+        scope: &Scope<'_>,
         upload: &Upload,
         body: ByteStream,
         expected: Option<u64>,
@@ -248,9 +260,8 @@ impl Service<'_> {
                 .unwrap_or_else(|e| e.into_inner())
                 .update(chunk)
         });
-        let appended = self
-            .state
-            .store
+        let (store, sealing) = self.state.scoped(scope.key_id)?;
+        let appended = store
             .append_upload(&upload.id, offset, Box::pin(body), expected)
             .await?;
         grown.size = appended.size;
@@ -258,11 +269,7 @@ impl Service<'_> {
         grown.parts.extend(appended.part.clone());
         if record {
             // The state holds the last bytes not yet hashed (up to 63): plaintext, so sealed.
-            let state = self
-                .state
-                .sealing
-                .seal_bytes(&grown.hash.to_bytes())
-                .await?;
+            let state = sealing.seal_bytes(&grown.hash.to_bytes()).await?;
             let moved = !self
                 .state
                 .meta
@@ -291,7 +298,7 @@ impl Service<'_> {
         digest: &Digest,
     ) -> Result<()> {
         let id = upload.id.as_str();
-        let store = &self.state.store;
+        let (store, _) = self.state.scoped(scope.key_id)?;
         let actual = match digest.algorithm() {
             Algorithm::Sha256 => grown.hash.finish(),
             // sha256 runs while the bytes stream in; other algorithms read them once more.
@@ -360,8 +367,15 @@ impl Service<'_> {
     }
 
     /// Streams `len` bytes of a blob from `offset`; the caller checked it is in the repository.
-    pub async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
-        Ok(self.state.store.read(digest, offset, len).await?)
+    pub async fn read_blob(
+        &self,
+        scope: &Scope<'_>,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        let (store, _) = self.state.scoped(scope.key_id)?;
+        Ok(store.read(digest, offset, len).await?)
     }
 
     /// Removes a blob from the repository (its bytes stay while anything else links them).
@@ -430,16 +444,6 @@ impl Service<'_> {
         Ok(rows)
     }
 
-    /// Text kept in a database column, sealed when encryption is on: `sealed:` and base64.
-    async fn seal_text(&self, text: &str) -> Result<String> {
-        let sealing = &self.state.sealing;
-        if !sealing.is_on() {
-            return Ok(text.to_string());
-        }
-        let sealed = sealing.seal_bytes(text.as_bytes()).await?;
-        Ok(format!("{SEALED_TEXT}{}", BASE64.encode(sealed)))
-    }
-
     async fn open_text(&self, name: &str, text: &str) -> Result<String> {
         let Some(encoded) = text.strip_prefix(SEALED_TEXT) else {
             return Ok(text.to_string());
@@ -466,9 +470,10 @@ impl Service<'_> {
     ) -> Result<()> {
         let mut manifest = manifest;
         let digest = manifest.digest.clone();
-        manifest.content = self.state.sealing.seal_bytes(&manifest.content).await?;
+        let (_, sealing) = self.state.scoped(scope.key_id)?;
+        manifest.content = sealing.seal_bytes(&manifest.content).await?;
         if let Some(text) = &manifest.annotations {
-            manifest.annotations = Some(self.seal_text(text).await?);
+            manifest.annotations = Some(seal_text(&sealing, text).await?);
         }
         self.state
             .meta
@@ -558,7 +563,7 @@ impl Service<'_> {
                 let sealed = self.state.sealing.seal_bytes(&content).await?;
                 let annotations = match annotations {
                     Some(text) if !text.starts_with(SEALED_TEXT) => {
-                        Some(self.seal_text(&text).await?)
+                        Some(seal_text(&self.state.sealing, &text).await?)
                     }
                     other => other,
                 };
@@ -589,19 +594,36 @@ impl Service<'_> {
     /// Deletes a registry with everything it holds, and the content no other registry links;
     /// false if there was none.
     pub async fn delete_registry(&self, name: &str) -> Result<bool> {
+        // A registry with a key of its own keeps its content apart: all of it goes.
+        let own = match self.state.meta.registry(name).await? {
+            Some(r) => match r.key_id {
+                Some(key_id) => Some((key_id, self.state.meta.registry_digests(r.id).await?)),
+                None => None,
+            },
+            None => None,
+        };
         let Some(freed) = self.state.meta.delete_registry(name).await? else {
             return Ok(false);
         };
         self.state.forget_registry(name);
+        let (store, freed) = match &own {
+            Some((key_id, digests)) => {
+                // Its key went with its row; its data keys go now, and this node forgets both:
+                // whatever of its content is still stored (or in a backup) cannot be opened.
+                self.state.meta.delete_data_keys_of(key_id).await?;
+                if let Some(keys) = &self.state.content_keys {
+                    keys.forget_registry_key(key_id);
+                }
+                let (store, _) = self.state.scoped(Some(key_id))?;
+                self.state.forget_scoped(key_id);
+                (store, digests.clone())
+            }
+            None => (self.state.store.clone(), freed),
+        };
         // The database no longer names these blobs; their bytes can go.
         for digest in &freed {
             let removed = match Digest::parse(digest) {
-                Ok(d) => self
-                    .state
-                    .store
-                    .delete_blob(&d)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(d) => store.delete_blob(&d).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = removed {

@@ -29,8 +29,11 @@ const READ_CHUNK: u64 = 512 << 10;
 /// Blobs on the local filesystem: `blobs/<alg>/<first two hex>/<hex>`, and each upload's parts
 /// in `uploads/<id>/`. Nodes sharing the directory (NFS) share the store: it keeps nothing in
 /// memory between requests.
+#[derive(Clone)]
 pub struct FsStore {
     root: PathBuf,
+    /// Where blobs are: `blobs/`, or `scopes/<scope>/blobs/` for a registry's own key.
+    blobs: PathBuf,
     seal: Sealing,
 }
 
@@ -40,6 +43,7 @@ impl FsStore {
         fs::create_dir_all(root.join("blobs")).await?;
         fs::create_dir_all(root.join("uploads")).await?;
         Ok(FsStore {
+            blobs: root.join("blobs"),
             root,
             seal: Sealing::default(),
         })
@@ -52,8 +56,7 @@ impl FsStore {
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.root
-            .join("blobs")
+        self.blobs
             .join(digest.algorithm().as_str())
             .join(&hex[..2])
             .join(hex)
@@ -480,6 +483,15 @@ impl BlobStore for FsStore {
         .await;
         let _ = fs::remove_dir_all(&dir).await;
         outcome.map(|()| true)
+    }
+
+    fn scoped(&self, scope: &str, seal: Sealing) -> Result<Arc<dyn BlobStore>> {
+        check_upload_id(scope)?;
+        Ok(Arc::new(FsStore {
+            blobs: self.root.join("scopes").join(scope).join("blobs"),
+            root: self.root.clone(),
+            seal,
+        }))
     }
 
     async fn check(&self) -> Result<()> {

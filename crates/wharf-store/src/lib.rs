@@ -131,6 +131,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Checks that the backend is usable (readiness probe).
     async fn check(&self) -> Result<()>;
+
+    /// The same store with blobs at addresses of their own under `scope` (a registry with a
+    /// key of its own: content is deduplicated only within a key), sealed with `seal`. Uploads
+    /// stay shared.
+    fn scoped(&self, scope: &str, seal: seal::Sealing) -> Result<std::sync::Arc<dyn BlobStore>>;
 }
 
 /// Refuses an upload id that is not a plain token: ids come from URLs and become file and

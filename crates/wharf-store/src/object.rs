@@ -84,12 +84,16 @@ impl S3Config {
     }
 }
 
+#[derive(Clone)]
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     /// Names the bucket in errors.
     location: String,
     seal: Sealing,
+    /// Where blobs are under the prefix: `blobs`, or `scopes/<scope>/blobs` for a registry's
+    /// own key.
+    blobs: String,
 }
 
 impl ObjectBlobStore {
@@ -140,6 +144,7 @@ impl ObjectBlobStore {
             prefix: prefix.trim_matches('/').to_string(),
             location,
             seal: Sealing::default(),
+            blobs: "blobs".to_string(),
         }
     }
 
@@ -159,7 +164,8 @@ impl ObjectBlobStore {
     fn blob_path(&self, digest: &Digest) -> ObjectPath {
         let hex = digest.hex();
         self.path(&format!(
-            "blobs/{}/{}/{hex}",
+            "{}/{}/{}/{hex}",
+            self.blobs,
             digest.algorithm().as_str(),
             &hex[..2]
         ))
@@ -547,6 +553,15 @@ impl BlobStore for ObjectBlobStore {
         // next range (its ETag no longer matches) instead of reading the new one's bytes.
         self.write_object(&path, sealed, None).await?;
         Ok(true)
+    }
+
+    fn scoped(&self, scope: &str, seal: Sealing) -> Result<Arc<dyn BlobStore>> {
+        check_upload_id(scope)?;
+        Ok(Arc::new(ObjectBlobStore {
+            blobs: format!("scopes/{scope}/blobs"),
+            seal,
+            ..self.clone()
+        }))
     }
 
     async fn check(&self) -> Result<()> {

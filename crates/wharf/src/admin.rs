@@ -38,6 +38,10 @@ pub enum RegistryCommand {
         scanning: bool,
         #[command(flatten)]
         gc: GcArgs,
+        /// Give the registry a master key of its own (generated, or the 64 hex digits given):
+        /// no other registry shares it, and deleting the registry destroys it.
+        #[arg(long, num_args = 0..=1, default_missing_value = "generate", value_name = "HEX")]
+        own_key: Option<String>,
     },
     /// List registries.
     List,
@@ -724,18 +728,26 @@ pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
             location,
             scanning,
             gc,
+            own_key,
         } => {
             let mut body = json!({ "name": name, "scanning": scanning });
             if let Some(location) = location {
                 body["location"] = json!(location);
+            }
+            if let Some(key) = own_key {
+                body["own_key"] = json!(key);
             }
             if let Some(s) = gc.schedule() {
                 body["gc_schedule"] = s;
             }
             let r = client.call(Method::POST, "/api/v1/registries", Some(body))?;
             client.print(&r, |r| {
+                let key = match r["own_key"].as_str() {
+                    Some(id) => format!(" (its own master key {id})"),
+                    None => String::new(),
+                };
                 println!(
-                    "created registry {} at {}",
+                    "created registry {} at {}{key}",
                     text(&r["name"]),
                     text(&r["hostname"])
                 )

@@ -36,6 +36,9 @@ pub struct RegistryView {
     pub rate_limit: Option<i64>,
     /// Maintenance mode: pushes and deletes are refused, pulls go on.
     pub read_only: bool,
+    /// The id of the registry's own master key; `null` where the instance's key wraps its data
+    /// keys.
+    pub own_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -152,6 +155,11 @@ pub struct CreateRegistry {
     pub scanning: bool,
     #[serde(default)]
     pub gc_schedule: Option<GcSchedule>,
+    /// A master key of the registry's own, so that its content and secrets are wrapped under a
+    /// key no other registry shares, and deleting the registry destroys it: `generate`, or the
+    /// key itself as 64 hex digits. Left out, the instance's key wraps them. Fixed at creation.
+    #[serde(default)]
+    pub own_key: Option<String>,
 }
 
 /// Changes to a registry. Absent fields stay as they are; `gc_schedule: null` clears it.
@@ -279,6 +287,7 @@ async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
         artifact_count: stats.artifacts,
         rate_limit: r.rate_limit,
         read_only: r.read_only,
+        own_key: r.key_id,
     })
 }
 
@@ -364,6 +373,22 @@ pub async fn create(
         }
         None => None,
     };
+    // The key is made (or checked) before the registry, so that a bad one creates nothing.
+    let own_key = match body.own_key.as_deref() {
+        None => None,
+        Some(given) => {
+            let keys = state.content_keys.as_ref().ok_or_else(|| {
+                Problem::conflict("encryption at rest is off: a registry cannot have its own key")
+            })?;
+            let given = (given != "generate").then_some(given);
+            Some(keys.new_registry_key(given).map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("own_key: {e}, or \"generate\""),
+                )
+            })?)
+        }
+    };
     let registry = state
         .meta
         .create_registry(&NewRegistry {
@@ -373,6 +398,21 @@ pub async fn create(
             gc_schedule: schedule.as_deref(),
         })
         .await?;
+    let registry = match own_key {
+        Some((key_id, wrapped)) => {
+            if !state
+                .meta
+                .set_registry_key(registry.id, &key_id, &wrapped)
+                .await?
+            {
+                return Err(Problem::conflict(
+                    "the registry changed while its key was being set",
+                ));
+            }
+            find(&state, name.as_str()).await?
+        }
+        None => registry,
+    };
     super::audit_change(
         &state,
         &admin,

@@ -22,6 +22,8 @@ pub(crate) struct Target {
     pub rate_limit: Option<i64>,
     /// Maintenance mode: writes are refused.
     pub read_only: bool,
+    /// The registry's own master key, if it has one.
+    pub key_id: Option<String>,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.

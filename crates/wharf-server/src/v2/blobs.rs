@@ -86,7 +86,11 @@ pub(super) async fn get(
     let body = if head {
         Body::empty()
     } else {
-        Body::from_stream(service.read_blob(&digest, start, len).await?)
+        Body::from_stream(
+            service
+                .read_blob(&repo.scope(), &digest, start, len)
+                .await?,
+        )
     };
     let mut resp = Response::builder()
         .status(status)

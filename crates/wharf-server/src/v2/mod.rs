@@ -29,6 +29,8 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub(crate) struct Repo<'a> {
     state: &'a AppState,
     registry_id: i64,
+    /// The registry's own master key, if it has one.
+    key_id: Option<&'a str>,
     name: RepositoryName,
     caller: &'a Caller,
 }
@@ -38,6 +40,7 @@ impl Repo<'_> {
     fn scope(&self) -> crate::service::Scope<'_> {
         crate::service::Scope {
             registry_id: self.registry_id,
+            key_id: self.key_id,
             repository: self.name.as_str(),
             actor: self.caller.actor(),
         }
@@ -131,6 +134,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
     let repo = name.map(|name| Repo {
         state,
         registry_id: target.id,
+        key_id: target.key_id.as_deref(),
         name,
         caller: &caller,
     });
@@ -221,6 +225,7 @@ pub(crate) async fn resolve_target(
         id: registry.id,
         rate_limit: registry.rate_limit,
         read_only: registry.read_only,
+        key_id: registry.key_id,
         service: format!("{name}.{}", state.settings.base_domain),
         name,
         host,

@@ -149,7 +149,7 @@ async fn append(
     let body = body_stream(body, repo.state.settings.idle_timeout);
     repo.state
         .service()
-        .append(upload, body, expected, record)
+        .append(&repo.scope(), upload, body, expected, record)
         .await
         .map_err(on_upload(repo, &upload.id))
 }

@@ -186,13 +186,7 @@ impl ContentKeys {
 
     /// A registry's own master key, opened with the instance's.
     pub async fn registry_master(&self, key_id: &str) -> wharf_store::Result<Arc<MasterKey>> {
-        let cached = self
-            .registry_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key_id)
-            .cloned();
-        if let Some(key) = cached {
+        if let Some(key) = cached(&self.registry_keys, key_id) {
             return Ok(key);
         }
         let wrapped = self
@@ -528,6 +522,20 @@ impl KeyRing for RegistryKeys {
     }
 }
 
+/// An opened key from a cache.
+fn cached<K, Q, V>(cache: &Mutex<HashMap<K, V>>, key: &Q) -> Option<V>
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Clone,
+{
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned()
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -569,13 +577,7 @@ impl KeyRing for ContentKeys {
     }
 
     async fn get(&self, id: &KeyId) -> wharf_store::Result<Arc<DataKey>> {
-        let cached = self
-            .opened
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        if let Some(key) = cached {
+        if let Some(key) = cached(&self.opened, id) {
             return Ok(key);
         }
         let hex = id.hex();

@@ -390,54 +390,49 @@ impl ContentKeys {
     /// Wraps the registries' own keys with the current master key where another one did.
     async fn rewrap_registry_keys(&self) -> Result<(), String> {
         let db = |e: MetaError| format!("metadata database: {e}");
-        let to = self.current();
         for (key_id, wrapped) in self.meta.registry_keys().await.map_err(db)? {
-            let by = MasterKey::wrapped_by(&wrapped).unwrap_or("?").to_string();
-            if by == to.id() {
-                continue;
+            if let Some(to) = self.rewrapped(&registry_key_name(&key_id), &wrapped)? {
+                self.meta
+                    .rewrap_registry_key(&key_id, &wrapped, to)
+                    .await
+                    .map_err(db)?;
             }
-            let name = registry_key_name(&key_id);
-            let from = self.master(&by).ok_or_else(|| {
-                format!("{name} is wrapped by master key {by:?}, which this node does not hold")
-            })?;
-            let rewrapped = from
-                .rewrap(&to, &name, &wrapped)
-                .map_err(|e| format!("{name} does not open with {by:?}: {e}"))?;
-            self.meta
-                .rewrap_registry_key(&key_id, &wrapped, rewrapped)
-                .await
-                .map_err(db)?;
         }
         Ok(())
     }
 
-    /// Seals the JWT signing keys with the current master key where another one sealed them.
+    /// Seals the JWT signing keys with the current master key where another one sealed them
+    /// (one stored in the clear is left to the start, which seals it).
     async fn reseal_signing_key(&self) -> Result<(), String> {
         let db = |e: MetaError| format!("metadata database: {e}");
-        let to = self.current();
         for (id, stored) in self.meta.signing_keys().await.map_err(db)? {
-            let Some(by) = MasterKey::wrapped_by(&stored)
-                .filter(|_| MasterKey::is_wrapped(&stored))
-                .map(String::from)
-            else {
-                continue;
-            };
-            if by == to.id() {
+            if !MasterKey::is_wrapped(&stored) {
                 continue;
             }
-            let name = crate::jwt::sealed_name(id);
-            let from = self.master(&by).ok_or_else(|| {
-                format!("{name} is sealed with master key {by:?}, which this node does not hold")
-            })?;
-            let resealed = from
-                .rewrap(&to, &name, &stored)
-                .map_err(|e| format!("{name} does not open with {by:?}: {e}"))?;
-            self.meta
-                .reseal_signing_key(id, &stored, resealed)
-                .await
-                .map_err(db)?;
+            if let Some(to) = self.rewrapped(&crate::jwt::sealed_name(id), &stored)? {
+                self.meta
+                    .reseal_signing_key(id, &stored, to)
+                    .await
+                    .map_err(db)?;
+            }
         }
         Ok(())
+    }
+
+    /// A secret wrapped for `name` by an older master key, wrapped by the current one instead;
+    /// `None` when the current key wraps it already.
+    fn rewrapped(&self, name: &str, wrapped: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let to = self.current();
+        let by = MasterKey::wrapped_by(wrapped).unwrap_or("?").to_string();
+        if by == to.id() {
+            return Ok(None);
+        }
+        let from = self.master(&by).ok_or_else(|| {
+            format!("{name} is wrapped by master key {by:?}, which this node does not hold")
+        })?;
+        from.rewrap(&to, name, wrapped)
+            .map(Some)
+            .map_err(|e| format!("{name} does not open with {by:?}: {e}"))
     }
 
     /// Drops the master keys nothing is wrapped by any more from the key file (or says which

@@ -95,27 +95,42 @@ impl FsStore {
     }
 }
 
-/// Streams plaintext bytes `offset..offset + len` of a stored file, sealed or not; `name` says
-/// which object in errors.
-async fn read_object(
-    seal: &Sealing,
-    path: PathBuf,
-    name: &str,
-    offset: u64,
-    len: u64,
-) -> Result<ByteStream> {
+/// A stored file, open: its length and first bytes (a sealed object's header, if it is one).
+struct Opened {
+    file: Arc<std::fs::File>,
+    stored: u64,
+    head: Bytes,
+}
+
+async fn open_stored(path: PathBuf) -> Result<Opened> {
     let opened = blocking(move || {
         let file = std::fs::File::open(&path)?;
         let stored = file.metadata()?.len();
         let head = read_at(&file, 0, stored.min(HEADER as u64) as usize)?;
-        Ok((Arc::new(file), stored, head))
+        Ok(Opened {
+            file: Arc::new(file),
+            stored,
+            head,
+        })
     })
     .await;
-    let (file, stored, head) = match opened {
-        Ok(v) => v,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-        Err(e) => return Err(e.into()),
-    };
+    match opened {
+        Ok(o) => Ok(o),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Streams plaintext bytes `offset..offset + len` of an opened file, sealed or not; `name`
+/// says which object in errors.
+async fn read_opened(
+    seal: &Sealing,
+    opened: Opened,
+    name: &str,
+    offset: u64,
+    len: u64,
+) -> Result<ByteStream> {
+    let Opened { file, stored, head } = opened;
     seal.open_range(name, &head, stored, offset, len, |offset, len, chunk| {
         stream_file(
             file,
@@ -125,6 +140,26 @@ async fn read_object(
         )
     })
     .await
+}
+
+async fn read_object(
+    seal: &Sealing,
+    path: PathBuf,
+    name: &str,
+    offset: u64,
+    len: u64,
+) -> Result<ByteStream> {
+    read_opened(seal, open_stored(path).await?, name, offset, len).await
+}
+
+/// Writes a stream into a new file, through the batching appender; not yet synced.
+async fn write_new_file(path: &Path, mut bytes: ByteStream) -> Result<()> {
+    let mut appender = Appender::new(std::fs::File::create(path)?, 0);
+    while let Some(chunk) = bytes.next().await {
+        appender.push(chunk.map_err(StoreError::body)?).await?;
+    }
+    appender.finish().await?;
+    Ok(())
 }
 
 /// Streams an upload's plaintext: its parts in order.
@@ -322,12 +357,7 @@ impl BlobStore for FsStore {
             let _ = fs::remove_file(&path).await;
         }
         outcome?;
-        // Sealing checked the plaintext it sealed: its stored length maps back.
-        let plain = self.seal.plain_len(written).unwrap_or(written);
-        Ok(Appended {
-            size: offset + plain,
-            part: (written > 0).then_some(part),
-        })
+        Ok(self.seal.appended(offset, written, part))
     }
 
     async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
@@ -356,13 +386,8 @@ impl BlobStore for FsStore {
             let built = dir.join(format!("{}.blob", uuid::Uuid::new_v4().simple()));
             let parts: Vec<(PathBuf, u64)> = if self.seal.is_on() && parts.len() > 1 {
                 let plain = read_parts(self.seal.clone(), parts);
-                let (mut sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
-                let file = std::fs::File::create(&built)?;
-                let mut appender = Appender::new(file, 0);
-                while let Some(chunk) = sealed.next().await {
-                    appender.push(chunk.map_err(StoreError::body)?).await?;
-                }
-                appender.finish().await?;
+                let (sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
+                write_new_file(&built, sealed).await?;
                 vec![(built.clone(), size)]
             } else {
                 parts
@@ -442,21 +467,8 @@ impl BlobStore for FsStore {
             return Ok(false);
         }
         let path = self.blob_path(digest);
-        let head = {
-            let path = path.clone();
-            blocking(move || {
-                let file = std::fs::File::open(&path)?;
-                let stored = file.metadata()?.len();
-                read_at(&file, 0, stored.min(HEADER as u64) as usize)
-            })
-            .await
-        };
-        let head = match head {
-            Ok(h) => h,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-            Err(e) => return Err(e.into()),
-        };
-        if size == 0 || KeyId::from_header(&head).is_some() {
+        let opened = open_stored(path.clone()).await?;
+        if size == 0 || KeyId::from_header(&opened.head).is_some() {
             return Ok(false);
         }
         // Built beside the uploads (a directory the stale-upload sweep removes if this stops
@@ -465,13 +477,10 @@ impl BlobStore for FsStore {
         fs::create_dir(&dir).await?;
         let built = dir.join("blob");
         let outcome: Result<()> = async {
-            let plain = read_object(&self.seal, path.clone(), "blob", 0, size).await?;
-            let mut sealed = self.seal.seal_verified(plain, digest, size).await?;
-            let mut appender = Appender::new(std::fs::File::create(&built)?, 0);
-            while let Some(chunk) = sealed.next().await {
-                appender.push(chunk.map_err(StoreError::body)?).await?;
-            }
-            appender.finish().await?;
+            let name = format!("blob {digest}");
+            let plain = read_opened(&self.seal, opened, &name, 0, size).await?;
+            let sealed = self.seal.seal_verified(plain, digest, size).await?;
+            write_new_file(&built, sealed).await?;
             let (from, to) = (built.clone(), path.clone());
             blocking(move || {
                 std::fs::File::open(&from)?.sync_all()?;

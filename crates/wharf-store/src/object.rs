@@ -84,6 +84,13 @@ impl S3Config {
     }
 }
 
+/// An object's first bytes, as read before the rest.
+struct Head {
+    stored: u64,
+    e_tag: Option<String>,
+    bytes: bytes::Bytes,
+}
+
 #[derive(Clone)]
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
@@ -235,6 +242,13 @@ impl ObjectBlobStore {
             self.store.head(path).await.map_err(|e| self.error(e))?;
             return Ok(Box::pin(stream::empty()));
         }
+        let head = self.head_of(path).await?;
+        self.read_from(path, head, name, offset, len).await
+    }
+
+    /// A (non-empty) object's first bytes (a sealed object's header, if it is one), with its
+    /// length and ETag.
+    async fn head_of(&self, path: &ObjectPath) -> Result<Head> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(0..HEADER as u64)),
             ..GetOptions::default()
@@ -244,11 +258,32 @@ impl ObjectBlobStore {
             .get_opts(path, options)
             .await
             .map_err(|e| self.error(e))?;
-        let stored = got.meta.size;
-        let e_tag = got.meta.e_tag.clone();
-        let head = got.bytes().await.map_err(|e| self.error(e))?;
+        let (stored, e_tag) = (got.meta.size, got.meta.e_tag.clone());
+        let bytes = got.bytes().await.map_err(|e| self.error(e))?;
+        Ok(Head {
+            stored,
+            e_tag,
+            bytes,
+        })
+    }
+
+    /// Streams plaintext bytes `offset..offset + len` (`len` > 0) of the object whose first
+    /// bytes were read: the ranges read after are pinned to its ETag.
+    async fn read_from(
+        &self,
+        path: &ObjectPath,
+        head: Head,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        let Head {
+            stored,
+            e_tag,
+            bytes,
+        } = head;
         self.seal
-            .open_range(name, &head, stored, offset, len, |offset, len, _| {
+            .open_range(name, &bytes, stored, offset, len, |offset, len, _| {
                 self.read_range(path, name, offset, len, e_tag)
             })
             .await
@@ -406,12 +441,7 @@ impl BlobStore for ObjectBlobStore {
         let path = self.part_path(id, &part)?;
         let (body, expected_len) = self.seal.seal_body(body, expected_len).await?;
         let written = self.write_object(&path, body, expected_len).await?;
-        // Sealing checked the plaintext it sealed: its stored length maps back.
-        let plain = self.seal.plain_len(written).unwrap_or(written);
-        Ok(Appended {
-            size: offset + plain,
-            part: (written > 0).then_some(part),
-        })
+        Ok(self.seal.appended(offset, written, part))
     }
 
     async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
@@ -533,21 +563,12 @@ impl BlobStore for ObjectBlobStore {
             return Ok(false);
         }
         let path = self.blob_path(digest);
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(0..HEADER as u64)),
-            ..GetOptions::default()
-        };
-        let got = self
-            .store
-            .get_opts(&path, options)
-            .await
-            .map_err(|e| self.error(e))?;
-        let head = got.bytes().await.map_err(|e| self.error(e))?;
-        if KeyId::from_header(&head).is_some() {
+        let head = self.head_of(&path).await?;
+        if KeyId::from_header(&head.bytes).is_some() {
             return Ok(false);
         }
         let name = format!("blob {digest}");
-        let plain = self.read_object(&path, &name, 0, size).await?;
+        let plain = self.read_from(&path, head, &name, 0, size).await?;
         let sealed = self.seal.seal_verified(plain, digest, size).await?;
         // A put replaces the object at once; a reader that began on the old one fails its
         // next range (its ETag no longer matches) instead of reading the new one's bytes.

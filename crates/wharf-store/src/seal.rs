@@ -476,6 +476,16 @@ impl Sealing {
         Ok(sealed)
     }
 
+    /// Where an append of `written` stored bytes at plaintext `offset` left the upload; an
+    /// empty body makes no part. Sealing checked the plaintext it sealed, so its stored length
+    /// maps back.
+    pub(crate) fn appended(&self, offset: u64, written: u64, part: String) -> crate::Appended {
+        crate::Appended {
+            size: offset + self.plain_len(written).unwrap_or(written),
+            part: (written > 0).then_some(part),
+        }
+    }
+
     /// Plaintext length of an object stored (by this store, as it is set) in `stored` bytes.
     pub fn plain_len(&self, stored: u64) -> Option<u64> {
         if self.is_on() {

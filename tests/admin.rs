@@ -54,7 +54,7 @@ fn header_of(r: &reqwest::Response, name: &str) -> String {
 
 async fn registries_are_isolated_tenants(b: Backend) {
     require_test_hosts();
-    let s = Server::start_with(b, TENANT_ARGS).await;
+    let s = Server::start_with(b, &[TENANT_ARGS, &["--gc-grace", "1s"]].concat()).await;
     let work = tempfile::tempdir().unwrap();
     let skopeo = Skopeo::new(work.path());
 
@@ -175,6 +175,11 @@ async fn registries_are_isolated_tenants(b: Backend) {
     }
     let out = cli_ok(&s, &["registry", "delete", "alpha", "--yes"]);
     assert!(out.contains("deleted registry alpha"));
+    // Deleting drops references; the instance's collection frees the content (its grace
+    // period of a second has passed since the push).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let out = cli_ok(&s, &["gc", "run", "--instance"]);
+    assert!(out.contains("succeeded: freed 0 manifests"), "{out}");
     for f in &only_alpha {
         assert!(
             !blob_file(&format!("sha256:{f}")).exists(),

@@ -699,7 +699,7 @@ async fn scoped_objects(s: &Server) -> Vec<Vec<u8>> {
 }
 
 async fn a_registry_with_its_own_key_keeps_its_content_apart(b: Backend) {
-    let mut s = Server::start_with(b, &["--base-domain", "wharf.test"]).await;
+    let mut s = Server::start_with(b, &["--base-domain", "wharf.test", "--gc-grace", "1s"]).await;
     let instance = key_file_ids(&s)[0].clone();
     // A bad key creates nothing.
     let err = common::cli_err(
@@ -786,6 +786,11 @@ async fn a_registry_with_its_own_key_keeps_its_content_apart(b: Backend) {
     );
     assert_eq!(keys, "0");
     assert!(!key_file_ids(&s).contains(&own));
+    assert!(
+        !scoped_objects(&s).await.is_empty(),
+        "content waits for collection"
+    );
+    common::cli_ok(&s, &["gc", "run", "--instance"]);
     assert!(
         scoped_objects(&s).await.is_empty(),
         "alpha's content is removed"

@@ -13,6 +13,7 @@ const TABLES: &[&str] = &[
     "registries",
     "repositories",
     "blobs",
+    "blob_objects",
     "repository_blobs",
     "manifests",
     "manifest_references",
@@ -29,6 +30,7 @@ const TABLES: &[&str] = &[
     "vuln_scores",
     "vuln_sources",
     "scan_inventories",
+    "gc_runs",
 ];
 
 /// Tables whose `id` a counter hands out on PostgreSQL.
@@ -40,6 +42,7 @@ const IDENTITY_TABLES: &[&str] = &[
     "audit_log",
     "tokens",
     "token_scopes",
+    "gc_runs",
 ];
 
 /// Rows per INSERT statement, within PostgreSQL's 65,535 parameters for the widest table.

@@ -6,6 +6,7 @@
 mod admin;
 mod copy;
 mod db;
+mod gc;
 mod keys;
 mod manifests;
 mod registries;
@@ -15,8 +16,9 @@ mod vulndb;
 
 pub use admin::{AdminKey, AuditEntry, AuditRecord, OwnedAuditEntry};
 pub use db::{Backend, Meta};
+pub use gc::{Collector, Garbage, GcCounts, GcPhase, GcRun, Pin};
 pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
-pub use registries::{NewRegistry, Registry, RegistryStats, RepositoryInfo};
+pub use registries::{NewRegistry, Registry, RegistryChanges, RegistryStats, RepositoryInfo};
 pub use tokens::{NewScope, ScopeRecord, TokenRecord};
 pub use uploads::Upload;
 pub use vulndb::{AdvisoryRow, ImportCounts, ScoreRow, SourceStatus};
@@ -35,6 +37,10 @@ pub enum MetaError {
     Commit(String),
     #[error("manifest references content missing from the repository: {}", .0.join(", "))]
     MissingReferences(Vec<String>),
+    /// A blob's stored object was claimed by garbage collection while it was being linked
+    /// (its grace period ran out during the upload).
+    #[error("blob {0} was collected as garbage while it was being uploaded; upload it again")]
+    Collected(String),
 }
 
 impl MetaError {
@@ -51,6 +57,13 @@ impl MetaError {
                     | sqlx::Error::WorkerCrashed
             )
         ) || matches!(self, MetaError::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
+
+    /// Whether PostgreSQL gave up the transaction to let a concurrent one go on (a deadlock's
+    /// victim, a serialization failure): running it again is the remedy.
+    pub fn is_conflict_retry(&self) -> bool {
+        matches!(self, MetaError::Database(sqlx::Error::Database(e))
+            if e.code().is_some_and(|c| c == "40P01" || c == "40001"))
     }
 }
 

@@ -90,8 +90,16 @@ impl Meta {
     ) -> Result<()> {
         let repository = repository.to_string();
         let tag = tag.map(str::to_string);
+        let share = self.lock("SHARE");
         self.transaction(move |conn| {
-            Box::pin(store_manifest(conn, registry_id, repository, manifest, tag))
+            Box::pin(store_manifest(
+                conn,
+                registry_id,
+                repository,
+                manifest,
+                tag,
+                share,
+            ))
         })
         .await
     }
@@ -238,13 +246,16 @@ fn stored_manifest(r: sqlx::any::AnyRow) -> Result<StoredManifest> {
     })
 }
 
-/// The body of [`Meta::put_manifest`], inside its transaction.
+/// The body of [`Meta::put_manifest`], inside its transaction. `share` locks (on PostgreSQL)
+/// what the manifest references until it is committed, so that garbage collection, which
+/// locks before it checks again, sees the new references (or this sees the content gone).
 async fn store_manifest(
     tx: &mut sqlx::AnyConnection,
     registry_id: i64,
     repository: String,
     manifest: NewManifest,
     tag: Option<String>,
+    share: String,
 ) -> Result<()> {
     let now = now_millis();
     let repo_id = ensure_repository(tx, registry_id, &repository).await?;
@@ -252,16 +263,21 @@ async fn store_manifest(
     let mut missing = Vec::new();
     let present = [
         (
-            "SELECT 1 AS found FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
+            format!(
+                "SELECT 1 AS found FROM repository_blobs WHERE repository_id = $1 \
+                 AND digest = $2{share}"
+            ),
             &manifest.blobs,
         ),
         (
-            "SELECT 1 AS found FROM manifests WHERE repository_id = $1 AND digest = $2",
+            format!(
+                "SELECT 1 AS found FROM manifests WHERE repository_id = $1 AND digest = $2{share}"
+            ),
             &manifest.manifests,
         ),
     ];
-    for (sql, digests) in present {
-        for digest in digests {
+    for (sql, digests) in &present {
+        for digest in *digests {
             let found = sqlx::query(sql)
                 .bind(repo_id)
                 .bind(digest.as_str())
@@ -277,31 +293,49 @@ async fn store_manifest(
         return Err(MetaError::MissingReferences(missing));
     }
 
-    let inserted = sqlx::query(
-        "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, \
-             annotations, size, content, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    // A manifest pushed again is young again. A collection may delete it between the insert
+    // (which found it) and the update (which then finds nothing): insert it once more.
+    let mut found = None;
+    for _ in 0..3 {
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, \
+             annotations, size, content, created_at, pushed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
              ON CONFLICT (repository_id, digest) DO NOTHING",
-    )
-    .bind(repo_id)
-    .bind(&manifest.digest)
-    .bind(&manifest.media_type)
-    .bind(&manifest.artifact_type)
-    .bind(&manifest.subject)
-    .bind(manifest.annotations.as_deref())
-    .bind(manifest.size)
-    .bind(&manifest.content)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let manifest_id: i64 =
-        sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
-            .bind(repo_id)
-            .bind(&manifest.digest)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("id")?;
+        )
+        .bind(repo_id)
+        .bind(&manifest.digest)
+        .bind(&manifest.media_type)
+        .bind(&manifest.artifact_type)
+        .bind(&manifest.subject)
+        .bind(manifest.annotations.as_deref())
+        .bind(manifest.size)
+        .bind(&manifest.content)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let row = sqlx::query(
+            "UPDATE manifests SET pushed_at = $1 WHERE repository_id = $2 AND digest = $3 \
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(repo_id)
+        .bind(&manifest.digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            found = Some((row.try_get::<i64, _>("id")?, inserted));
+            break;
+        }
+    }
+    let Some((manifest_id, inserted)) = found else {
+        return Err(MetaError::Conflict(format!(
+            "manifest {} was deleted while it was being pushed; push it again",
+            manifest.digest
+        )));
+    };
     if inserted {
         let refs = manifest
             .blobs

@@ -21,6 +21,12 @@ pub struct Registry {
     /// The id of the registry's own master key, if it has one (else the instance's wraps its
     /// data keys).
     pub key_id: Option<String>,
+    /// Whether collections remove manifests nothing refers to.
+    pub gc_untagged: bool,
+    /// When the GC schedule next falls (milliseconds).
+    pub gc_next_run: Option<i64>,
+    /// Bytes the registry may store; `None`: no quota.
+    pub quota_bytes: Option<i64>,
 }
 
 /// Usage figures of a registry.
@@ -40,6 +46,19 @@ pub struct NewRegistry<'a> {
     pub gc_schedule: Option<&'a str>,
 }
 
+/// Changes to a registry: each field that is `Some` is set (`Some(None)` clears it).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryChanges<'a> {
+    pub scanning: Option<bool>,
+    pub read_only: Option<bool>,
+    /// The schedule as the API stores it (JSON).
+    pub gc_schedule: Option<Option<&'a str>>,
+    pub gc_next_run: Option<Option<i64>>,
+    pub gc_untagged: Option<bool>,
+    pub rate_limit: Option<Option<i64>>,
+    pub quota_bytes: Option<Option<i64>>,
+}
+
 /// A repository with its usage figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryInfo {
@@ -51,8 +70,8 @@ pub struct RepositoryInfo {
     pub public: bool,
 }
 
-const REGISTRY_COLUMNS: &str =
-    "id, name, location, scanning, gc_schedule, created_at, rate_limit, read_only, key_id";
+const REGISTRY_COLUMNS: &str = "id, name, location, scanning, gc_schedule, created_at, \
+     rate_limit, read_only, key_id, gc_untagged, gc_next_run, quota_bytes";
 
 fn registry(r: &AnyRow) -> Result<Registry> {
     Ok(Registry {
@@ -65,6 +84,9 @@ fn registry(r: &AnyRow) -> Result<Registry> {
         rate_limit: r.try_get("rate_limit")?,
         read_only: r.try_get::<i64, _>("read_only")? != 0,
         key_id: r.try_get("key_id")?,
+        gc_untagged: r.try_get::<i64, _>("gc_untagged")? != 0,
+        gc_next_run: r.try_get("gc_next_run")?,
+        quota_bytes: r.try_get("quota_bytes")?,
     })
 }
 
@@ -160,86 +182,105 @@ impl Meta {
         })
     }
 
-    /// Switches scanning on, sets the GC schedule and/or the rate limit (`Some(None)` clears
-    /// either), and switches maintenance mode (read-only) on or off.
-    pub async fn update_registry(
-        &self,
-        id: i64,
-        scanning: Option<bool>,
-        gc_schedule: Option<Option<&str>>,
-        rate_limit: Option<Option<i64>>,
-        read_only: Option<bool>,
-    ) -> Result<()> {
-        if let Some(read_only) = read_only {
-            sqlx::query("UPDATE registries SET read_only = $1 WHERE id = $2")
-                .bind(i64::from(read_only))
-                .bind(id)
-                .execute(&self.write)
-                .await?;
+    /// Applies `changes` (the fields that are `Some`) in one statement.
+    pub async fn update_registry(&self, id: i64, changes: &RegistryChanges<'_>) -> Result<()> {
+        enum Value<'v> {
+            Int(Option<i64>),
+            Text(Option<&'v str>),
         }
-        if let Some(scanning) = scanning {
-            sqlx::query("UPDATE registries SET scanning = $1 WHERE id = $2")
-                .bind(i64::from(scanning))
-                .bind(id)
-                .execute(&self.write)
-                .await?;
+        let c = changes;
+        let fields = [
+            (
+                "scanning",
+                c.scanning.map(|v| Value::Int(Some(i64::from(v)))),
+            ),
+            (
+                "read_only",
+                c.read_only.map(|v| Value::Int(Some(i64::from(v)))),
+            ),
+            ("gc_schedule", c.gc_schedule.map(Value::Text)),
+            ("gc_next_run", c.gc_next_run.map(Value::Int)),
+            (
+                "gc_untagged",
+                c.gc_untagged.map(|v| Value::Int(Some(i64::from(v)))),
+            ),
+            ("rate_limit", c.rate_limit.map(Value::Int)),
+            ("quota_bytes", c.quota_bytes.map(Value::Int)),
+        ];
+        let set: Vec<(&str, Value)> = fields
+            .into_iter()
+            .filter_map(|(name, v)| v.map(|v| (name, v)))
+            .collect();
+        if set.is_empty() {
+            return Ok(());
         }
-        if let Some(schedule) = gc_schedule {
-            sqlx::query("UPDATE registries SET gc_schedule = $1 WHERE id = $2")
-                .bind(schedule)
-                .bind(id)
-                .execute(&self.write)
-                .await?;
+        let assignments: Vec<String> = set
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| format!("{name} = ${}", i + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE registries SET {} WHERE id = ${}",
+            assignments.join(", "),
+            set.len() + 1
+        );
+        let mut query = sqlx::query(&sql);
+        for (_, value) in set {
+            query = match value {
+                Value::Int(v) => query.bind(v),
+                Value::Text(v) => query.bind(v),
+            };
         }
-        if let Some(limit) = rate_limit {
-            sqlx::query("UPDATE registries SET rate_limit = $1 WHERE id = $2")
-                .bind(limit)
-                .bind(id)
-                .execute(&self.write)
-                .await?;
-        }
+        query.bind(id).execute(&self.write).await?;
         Ok(())
     }
 
-    /// Deletes a registry with everything it holds. Returns the digests of blobs no other
-    /// registry links, whose content the caller then removes; `None` if there was no such
-    /// registry.
-    pub async fn delete_registry(&self, name: &str) -> Result<Option<Vec<String>>> {
+    /// Registries whose GC schedule fell due at or before `now` (milliseconds).
+    pub async fn due_gc(&self, now: i64) -> Result<Vec<Registry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REGISTRY_COLUMNS} FROM registries \
+             WHERE gc_next_run IS NOT NULL AND gc_next_run <= $1 ORDER BY id"
+        ))
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(registry).collect()
+    }
+
+    /// Moves a registry's next scheduled collection from `from` to `to`; false when another
+    /// node moved it first (and runs that collection).
+    pub async fn advance_gc(&self, id: i64, from: i64, to: Option<i64>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE registries SET gc_next_run = $1 WHERE id = $2 AND gc_next_run = $3",
+        )
+        .bind(to)
+        .bind(id)
+        .bind(from)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a registry with everything it holds; false if there was no such registry. Its
+    /// content is left to garbage collection, like a deleted repository's: a push elsewhere
+    /// may be linking the same blobs at this moment.
+    pub async fn delete_registry(&self, name: &str) -> Result<bool> {
         let mut tx = self.write.begin().await?;
-        let Some(row) = sqlx::query("SELECT id FROM registries WHERE name = $1")
+        let done = sqlx::query("DELETE FROM registries WHERE name = $1 RETURNING id")
             .bind(name)
             .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
+            .await?;
+        let Some(row) = done else {
+            return Ok(false);
         };
-        let id: i64 = row.try_get("id")?;
-        let rows = sqlx::query(
-            "SELECT DISTINCT rb.digest FROM repository_blobs rb \
-             JOIN repositories r ON r.id = rb.repository_id \
-             WHERE r.registry_id = $1 AND NOT EXISTS ( \
-               SELECT 1 FROM repository_blobs o JOIN repositories orr ON orr.id = o.repository_id \
-               WHERE o.digest = rb.digest AND orr.registry_id <> $1)",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let freed = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("digest"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        sqlx::query("DELETE FROM registries WHERE id = $1")
-            .bind(id)
+        // Its collections' history goes with it (runs name registries without a foreign key:
+        // the instance's runs are registry 0).
+        sqlx::query("DELETE FROM gc_runs WHERE registry_id = $1")
+            .bind(row.try_get::<i64, _>("id")?)
             .execute(&mut *tx)
             .await?;
-        for digest in &freed {
-            sqlx::query("DELETE FROM blobs WHERE digest = $1")
-                .bind(digest)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
-        Ok(Some(freed))
+        Ok(true)
     }
 
     /// Repository names of a registry in lexical order, after `last`, at most `limit`; only

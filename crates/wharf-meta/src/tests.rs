@@ -45,6 +45,22 @@ async fn finish(stores: Vec<TestStore>) {
     }
 }
 
+impl Meta {
+    /// An upload's last steps: its object pinned, then linked.
+    async fn pin_and_commit(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+        size: i64,
+        upload: Option<(&str, i64)>,
+    ) -> crate::Result<bool> {
+        assert_eq!(self.pin_object("", digest, size).await?, crate::Pin::Pinned);
+        self.commit_blob(registry_id, "", repository, digest, size, upload)
+            .await
+    }
+}
+
 fn digest(n: u8) -> String {
     format!("sha256:{}", format!("{n:02x}").repeat(32))
 }
@@ -80,7 +96,7 @@ async fn metadata_copies_into_an_empty_store_with_its_ids() {
         .unwrap();
     assert!(sqlite.create_upload(r.id, "app", "up1", 10).await.unwrap());
     assert!(sqlite
-        .commit_blob(r.id, "app", &digest(1), 10, Some(("up1", 0)))
+        .pin_and_commit(r.id, "app", &digest(1), 10, Some(("up1", 0)))
         .await
         .unwrap());
     sqlite
@@ -258,7 +274,7 @@ async fn blobs_are_visible_per_repository_and_registry() {
 
         // A commit from a stale recorded size changes nothing.
         assert!(!m
-            .commit_blob(a.id, "app", &digest(1), 10, Some(("up1", 0)))
+            .pin_and_commit(a.id, "app", &digest(1), 10, Some(("up1", 0)))
             .await
             .unwrap());
         assert_eq!(
@@ -266,7 +282,7 @@ async fn blobs_are_visible_per_repository_and_registry() {
             None
         );
         assert!(m
-            .commit_blob(a.id, "app", &digest(1), 10, Some(("up1", 10)))
+            .pin_and_commit(a.id, "app", &digest(1), 10, Some(("up1", 10)))
             .await
             .unwrap());
         assert!(m.get_upload(a.id, "app", "up1").await.unwrap().is_none());
@@ -284,17 +300,21 @@ async fn blobs_are_visible_per_repository_and_registry() {
         );
 
         assert_eq!(
-            m.mount_blob(a.id, "app", "copy", &digest(1)).await.unwrap(),
+            m.mount_blob(a.id, "", "app", "copy", &digest(1))
+                .await
+                .unwrap(),
             Some(10)
         );
         assert_eq!(
-            m.mount_blob(a.id, "nope", "copy2", &digest(1))
+            m.mount_blob(a.id, "", "nope", "copy2", &digest(1))
                 .await
                 .unwrap(),
             None
         );
         assert_eq!(
-            m.mount_blob(b.id, "app", "copy", &digest(1)).await.unwrap(),
+            m.mount_blob(b.id, "", "app", "copy", &digest(1))
+                .await
+                .unwrap(),
             None
         );
         assert!(m.unlink_blob(a.id, "app", &digest(1)).await.unwrap());
@@ -333,7 +353,9 @@ async fn manifests_need_their_references_and_tags_list_in_order() {
         // A refused manifest does not create the repository.
         assert!(m.list_tags(r.id, "app", None, 10).await.unwrap().is_none());
 
-        m.commit_blob(r.id, "app", &layer, 5, None).await.unwrap();
+        m.pin_and_commit(r.id, "app", &layer, 5, None)
+            .await
+            .unwrap();
         for tag in ["b", "a", "C", "c"] {
             m.put_manifest(r.id, "app", manifest(&d1, vec![&layer], None), Some(tag))
                 .await
@@ -404,11 +426,13 @@ async fn registries_count_usage_and_delete_frees_unshared_blobs() {
             Err(MetaError::Conflict(_))
         ));
         let (shared, only_a) = (digest(1), digest(2));
-        m.commit_blob(a.id, "app", &shared, 100, None)
+        m.pin_and_commit(a.id, "app", &shared, 100, None)
             .await
             .unwrap();
-        m.commit_blob(a.id, "app", &only_a, 10, None).await.unwrap();
-        m.commit_blob(b.id, "app", &shared, 100, None)
+        m.pin_and_commit(a.id, "app", &only_a, 10, None)
+            .await
+            .unwrap();
+        m.pin_and_commit(b.id, "app", &shared, 100, None)
             .await
             .unwrap();
         m.put_manifest(
@@ -435,18 +459,22 @@ async fn registries_count_usage_and_delete_frees_unshared_blobs() {
         assert_eq!((list[0].name.as_str(), more), ("alpha", true));
 
         assert!(!a.read_only);
-        m.update_registry(a.id, Some(true), Some(None), Some(Some(5)), Some(true))
-            .await
-            .unwrap();
+        let changes = crate::RegistryChanges {
+            scanning: Some(true),
+            gc_schedule: Some(None),
+            rate_limit: Some(Some(5)),
+            read_only: Some(true),
+            ..Default::default()
+        };
+        m.update_registry(a.id, &changes).await.unwrap();
         let a2 = m.registry("alpha").await.unwrap().unwrap();
         assert!(a2.scanning && a2.read_only);
         assert_eq!(a2.gc_schedule, None);
         assert_eq!(a2.rate_limit, Some(5));
 
-        let freed = m.delete_registry("alpha").await.unwrap().unwrap();
-        assert_eq!(freed, vec![only_a.clone()]);
+        assert!(m.delete_registry("alpha").await.unwrap());
         assert!(m.registry("alpha").await.unwrap().is_none());
-        assert!(m.delete_registry("alpha").await.unwrap().is_none());
+        assert!(!m.delete_registry("alpha").await.unwrap());
         assert_eq!(
             m.repository_blob(b.id, "app", &shared).await.unwrap(),
             Some(100)
@@ -671,7 +699,7 @@ async fn concurrent_writes_land_or_fail_each_on_their_own() {
                     let id = format!("up{i}");
                     assert!(m.create_upload(r.id, &repo, &id, 10).await.unwrap());
                     assert!(m
-                        .commit_blob(r.id, &repo, &layer, 7, Some((&id, 0)))
+                        .pin_and_commit(r.id, &repo, &layer, 7, Some((&id, 0)))
                         .await
                         .unwrap());
                 }
@@ -716,6 +744,260 @@ async fn concurrent_writes_land_or_fail_each_on_their_own() {
         }
         // Upload sessions closed by their blob's commit are gone.
         assert!(m.get_upload(r.id, "app1", "up1").await.unwrap().is_none());
+    }
+    finish(stores).await;
+}
+
+/// Runs every phase of a collection of `registry` to its end, leaving alone what is younger
+/// than `cutoff`; returns what was freed (objects are claimed, then forgotten as the server
+/// does once their content is deleted).
+async fn collect(m: &Meta, registry: i64, cutoff: i64, dry_run: bool) -> Vec<crate::Garbage> {
+    let mut c = m.collector(registry, cutoff, dry_run).await.unwrap();
+    let mut freed = Vec::new();
+    for phase in [
+        crate::GcPhase::Manifests,
+        crate::GcPhase::Links,
+        crate::GcPhase::Objects,
+    ] {
+        loop {
+            let marked = c.mark(phase, 2).await.unwrap();
+            if marked.is_empty() {
+                break;
+            }
+            freed.extend(c.sweep(&marked).await.unwrap());
+        }
+    }
+    c.end().await.unwrap();
+    if !dry_run {
+        for g in &freed {
+            if let crate::Garbage::Object { scope, digest, .. } = g {
+                m.forget_object(scope, digest).await.unwrap();
+            }
+        }
+    }
+    freed
+}
+
+fn freed_digests(freed: &[crate::Garbage]) -> (Vec<String>, Vec<String>) {
+    let mut manifests = Vec::new();
+    let mut objects = Vec::new();
+    for g in freed {
+        match g {
+            crate::Garbage::Manifest { digest, .. } => manifests.push(digest.clone()),
+            crate::Garbage::Object { digest, .. } => objects.push(digest.clone()),
+            crate::Garbage::Link { .. } => {}
+        }
+    }
+    manifests.sort();
+    objects.sort();
+    (manifests, objects)
+}
+
+#[tokio::test]
+async fn collection_frees_what_nothing_references_and_keeps_the_rest() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("gc", "eu").await.unwrap();
+        let other = m.ensure_registry("other", "eu").await.unwrap();
+        let (shared, only_old, only_kept, sig_layer, young) =
+            (digest(1), digest(2), digest(3), digest(4), digest(5));
+        for (reg, repo, d) in [
+            (r.id, "app", &shared),
+            (r.id, "app", &only_old),
+            (r.id, "app", &only_kept),
+            (r.id, "app", &sig_layer),
+            (other.id, "app", &shared),
+        ] {
+            m.pin_and_commit(reg, repo, d, 10, None).await.unwrap();
+        }
+        // old: untagged once v1 moves; kept: tagged; sig: a referrer of kept.
+        let (old, kept, sig, orphan_ref) = (digest(10), digest(11), digest(12), digest(13));
+        m.put_manifest(
+            r.id,
+            "app",
+            manifest(&old, vec![&shared, &only_old], None),
+            Some("v1"),
+        )
+        .await
+        .unwrap();
+        m.put_manifest(
+            r.id,
+            "app",
+            manifest(&kept, vec![&shared, &only_kept], None),
+            Some("v1"),
+        )
+        .await
+        .unwrap();
+        m.put_manifest(
+            r.id,
+            "app",
+            manifest(&sig, vec![&sig_layer], Some(&kept)),
+            None,
+        )
+        .await
+        .unwrap();
+        // A referrer of `old`: it goes with its subject.
+        m.put_manifest(
+            r.id,
+            "app",
+            manifest(&orphan_ref, vec![&sig_layer], Some(&old)),
+            None,
+        )
+        .await
+        .unwrap();
+        m.put_manifest(
+            other.id,
+            "app",
+            manifest(&old, vec![&shared], None),
+            Some("x"),
+        )
+        .await
+        .unwrap();
+        let cutoff = crate::now_millis() + 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // Uploaded after the cutoff: protected by the grace period though nothing uses it.
+        m.pin_and_commit(r.id, "app", &young, 10, None)
+            .await
+            .unwrap();
+
+        let dry = collect(m, r.id, cutoff, true).await;
+        let want_manifests = {
+            let mut v = vec![old.clone(), orphan_ref.clone()];
+            v.sort();
+            v
+        };
+        assert_eq!(
+            freed_digests(&dry),
+            (want_manifests.clone(), vec![only_old.clone()])
+        );
+        // The dry run changed nothing.
+        assert!(m
+            .manifest_by_digest(r.id, "app", &old)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            m.repository_blob(r.id, "app", &only_old).await.unwrap(),
+            Some(10)
+        );
+
+        let freed = collect(m, r.id, cutoff, false).await;
+        assert_eq!(
+            freed_digests(&freed),
+            (want_manifests, vec![only_old.clone()])
+        );
+        assert!(m
+            .manifest_by_digest(r.id, "app", &old)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(m
+            .manifest_by_digest(other.id, "app", &old)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(m
+            .manifest_by_digest(r.id, "app", &sig)
+            .await
+            .unwrap()
+            .is_some());
+        for (d, linked) in [
+            (&shared, true),
+            (&only_kept, true),
+            (&sig_layer, true),
+            (&young, true),
+            (&only_old, false),
+        ] {
+            assert_eq!(
+                m.repository_blob(r.id, "app", d).await.unwrap().is_some(),
+                linked,
+                "{d}"
+            );
+        }
+        // Nothing left to free; a second run is empty.
+        assert!(collect(m, r.id, cutoff, false).await.is_empty());
+
+        // Deleting the repository frees everything only it used, after the grace period.
+        assert!(m.delete_repository(r.id, "app").await.unwrap());
+        let cutoff = crate::now_millis() + 1;
+        let (_, objects) = freed_digests(&collect(m, r.id, cutoff, false).await);
+        let mut want = vec![only_kept.clone(), sig_layer.clone(), young.clone()];
+        want.sort();
+        assert_eq!(objects, want);
+        // The other registry's shared layer stays.
+        assert_eq!(
+            m.repository_blob(other.id, "app", &shared).await.unwrap(),
+            Some(10)
+        );
+        assert_eq!(m.stored_bytes().await.unwrap(), 10);
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
+async fn a_manifest_pushed_between_mark_and_sweep_keeps_its_blob() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("race", "eu").await.unwrap();
+        let layer = digest(1);
+        m.pin_and_commit(r.id, "app", &layer, 10, None)
+            .await
+            .unwrap();
+        let cutoff = crate::now_millis() + 1;
+        let mut c = m.collector(r.id, cutoff, false).await.unwrap();
+        let marked = c.mark(crate::GcPhase::Links, 10).await.unwrap();
+        assert_eq!(marked.len(), 1, "the unreferenced link is marked");
+        // Meanwhile a push references it.
+        m.put_manifest(
+            r.id,
+            "app",
+            manifest(&digest(9), vec![&layer], None),
+            Some("v1"),
+        )
+        .await
+        .unwrap();
+        assert!(c.sweep(&marked).await.unwrap().is_empty());
+        // And its object is linked, so not garbage either.
+        assert!(c
+            .mark(crate::GcPhase::Objects, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        c.end().await.unwrap();
+        assert_eq!(
+            m.repository_blob(r.id, "app", &layer).await.unwrap(),
+            Some(10)
+        );
+
+        // The other way round: a claimed object cannot be linked, and an upload of the same
+        // blob waits for its deletion (pin reports it).
+        let gone = digest(2);
+        m.pin_and_commit(r.id, "tmp", &gone, 5, None).await.unwrap();
+        assert!(m.delete_repository(r.id, "tmp").await.unwrap());
+        let cutoff = crate::now_millis() + 1;
+        let mut c = m.collector(r.id, cutoff, false).await.unwrap();
+        let marked = c.mark(crate::GcPhase::Objects, 10).await.unwrap();
+        assert_eq!(c.sweep(&marked).await.unwrap().len(), 1);
+        c.end().await.unwrap();
+        assert!(matches!(
+            m.pin_object("", &gone, 5).await.unwrap(),
+            crate::Pin::Deleting(_)
+        ));
+        assert!(matches!(
+            m.commit_blob(r.id, "", "tmp", &gone, 5, None).await,
+            Err(MetaError::Collected(_))
+        ));
+        m.forget_object("", &gone).await.unwrap();
+        assert_eq!(
+            m.pin_object("", &gone, 5).await.unwrap(),
+            crate::Pin::Pinned
+        );
+        assert!(m
+            .commit_blob(r.id, "", "tmp", &gone, 5, None)
+            .await
+            .unwrap());
     }
     finish(stores).await;
 }

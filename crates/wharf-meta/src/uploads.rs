@@ -1,7 +1,7 @@
 use sqlx::Row;
 
 use crate::registries::ensure_repository;
-use crate::{now_millis, Meta, Result};
+use crate::{now_millis, Meta, MetaError, Result};
 
 /// The size of a blob linked into a repository: $1 registry id, $2 repository name, $3 digest.
 const REPOSITORY_BLOB_SIZE: &str = "SELECT b.size FROM repository_blobs rb \
@@ -169,19 +169,27 @@ impl Meta {
     }
 
     /// Makes a verified, durable blob visible in a repository, creating the repository on first
-    /// push, and closes the upload session it came from, all in one transaction. `upload` is the
-    /// session's id and the size recorded for it when the request began: the final request's
-    /// bytes are not recorded separately (one durable write fewer per blob). If the session has
-    /// moved on or is gone, nothing changes and `false` comes back.
+    /// push, and closes the upload session it came from, all in one transaction. `scope` names
+    /// where its object is stored ('' or the registry's own key id): the object must have been
+    /// pinned ([`Meta::pin_object`]) before it was stored, and a collection that claimed it
+    /// since (the grace period ran out meanwhile) fails this with [`MetaError::Collected`].
+    /// `upload` is the session's id and the size recorded for it when the request began: the
+    /// final request's bytes are not recorded separately (one durable write fewer per blob). If
+    /// the session has moved on or is gone, nothing changes and `false` comes back.
     pub async fn commit_blob(
         &self,
         registry_id: i64,
+        scope: &str,
         repository: &str,
         digest: &str,
         size: i64,
         upload: Option<(&str, i64)>,
     ) -> Result<bool> {
-        let (repository, digest) = (repository.to_string(), digest.to_string());
+        let (scope, repository, digest) = (
+            scope.to_string(),
+            repository.to_string(),
+            digest.to_string(),
+        );
         let upload = upload.map(|(id, recorded)| (id.to_string(), recorded));
         self.transaction(move |conn| {
             Box::pin(async move {
@@ -195,6 +203,9 @@ impl Meta {
                     if closed.rows_affected() != 1 {
                         return Ok(false);
                     }
+                }
+                if !repin(conn, &scope, &digest, now).await? {
+                    return Err(MetaError::Collected(digest));
                 }
                 sqlx::query(
                     "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
@@ -232,10 +243,12 @@ impl Meta {
         })
     }
 
-    /// Links `digest` into `repository` if `from` (same registry) links it; returns its size.
+    /// Links `digest` into `repository` if `from` (same registry, objects stored in `scope`)
+    /// links it and a collection has not claimed its object; returns its size.
     pub async fn mount_blob(
         &self,
         registry_id: i64,
+        scope: &str,
         from: &str,
         repository: &str,
         digest: &str,
@@ -251,8 +264,12 @@ impl Meta {
             return Ok(None);
         };
         let size: i64 = row.try_get("size")?;
+        let now = now_millis();
+        if !repin(&mut tx, scope, digest, now).await? {
+            return Ok(None);
+        }
         let repo_id = ensure_repository(&mut tx, registry_id, repository).await?;
-        link_blob(&mut tx, repo_id, digest, now_millis()).await?;
+        link_blob(&mut tx, repo_id, digest, now).await?;
         tx.commit().await?;
         Ok(Some(size))
     }
@@ -277,6 +294,29 @@ impl Meta {
     }
 }
 
+/// Pins a blob's object again inside a transaction that links it: the update holds its row
+/// (on PostgreSQL) until the link is committed, so a collection waiting to claim it sees the
+/// link. False when a collection has claimed it (or it was never stored in this scope).
+async fn repin(
+    conn: &mut sqlx::AnyConnection,
+    scope: &str,
+    digest: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE blob_objects SET pinned_at = $1 WHERE scope = $2 AND digest = $3 \
+         AND deleting_since IS NULL",
+    )
+    .bind(now)
+    .bind(scope)
+    .bind(digest)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Links a blob into a repository; a link made again is young again (the grace period
+/// protects it from its last upload or mount).
 async fn link_blob(
     tx: &mut sqlx::AnyConnection,
     repo_id: i64,
@@ -285,7 +325,7 @@ async fn link_blob(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (repository_id, digest) DO NOTHING",
+         ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
     )
     .bind(repo_id)
     .bind(digest)

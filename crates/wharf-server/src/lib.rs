@@ -3,6 +3,8 @@
 
 mod api;
 mod error;
+mod gc;
+pub use gc::schedule_gc;
 pub mod jwt;
 mod keyring;
 mod locks;
@@ -59,6 +61,13 @@ pub struct Settings {
     pub rate_limit: u32,
     /// Where content is stored, as shown to operators: `file` or `s3://bucket/prefix`.
     pub storage: String,
+    /// Garbage collection leaves alone what was pushed, uploaded or mounted this recently.
+    pub gc_grace: std::time::Duration,
+    /// How often the instance's collection frees what deleted registries and repositories
+    /// left behind.
+    pub gc_instance_interval: std::time::Duration,
+    /// Tests only: a collection waits between marking and sweeping while this file exists.
+    pub gc_pause_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -76,6 +85,9 @@ impl Default for Settings {
             upload_max_age: std::time::Duration::from_secs(24 * 3600),
             rate_limit: 0,
             storage: "file".to_string(),
+            gc_grace: std::time::Duration::from_secs(3600),
+            gc_instance_interval: std::time::Duration::from_secs(3600),
+            gc_pause_file: None,
         }
     }
 }
@@ -197,6 +209,7 @@ pub(crate) struct RegistryRef {
     pub rate_limit: Option<i64>,
     pub read_only: bool,
     pub key_id: Option<String>,
+    pub quota_bytes: Option<i64>,
 }
 
 pub struct AppState {
@@ -378,6 +391,7 @@ impl AppState {
             rate_limit: r.rate_limit,
             read_only: r.read_only,
             key_id: r.key_id,
+            quota_bytes: r.quota_bytes,
         });
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
         match &found {
@@ -498,6 +512,21 @@ impl AppState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+    }
+}
+
+/// Bytes for people: `1.5 MiB` (powers of 1024), `812 B`.
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{v:.1} {}", UNITS[unit]),
     }
 }
 

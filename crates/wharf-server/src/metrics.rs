@@ -60,6 +60,23 @@ pub(crate) fn database_error() {
     ::metrics::counter!("wharf_database_errors_total").increment(1);
 }
 
+/// A finished garbage collection: runs by outcome, and what they freed.
+pub(crate) fn gc_run(
+    registry: &str,
+    succeeded: bool,
+    freed: wharf_meta::GcCounts,
+    took: std::time::Duration,
+) {
+    let outcome = if succeeded { "succeeded" } else { "failed" };
+    ::metrics::counter!("wharf_gc_runs_total", "outcome" => outcome).increment(1);
+    let registry = registry.to_string();
+    ::metrics::counter!("wharf_gc_freed_bytes_total", "registry" => registry.clone())
+        .increment(freed.bytes.max(0) as u64);
+    ::metrics::counter!("wharf_gc_freed_blobs_total", "registry" => registry)
+        .increment(freed.blobs.max(0) as u64);
+    ::metrics::histogram!("wharf_gc_run_duration_seconds").record(took.as_secs_f64());
+}
+
 pub(crate) fn storage_error() {
     ::metrics::counter!("wharf_storage_errors_total").increment(1);
 }

@@ -317,6 +317,9 @@ impl Service<'_> {
             }
             .into());
         }
+        let object_scope = scope.key_id.unwrap_or_default();
+        self.pin_object(object_scope, digest, grown.size as i64)
+            .await?;
         store
             .commit_upload(id, &grown.parts, grown.size, digest)
             .await?;
@@ -325,6 +328,7 @@ impl Service<'_> {
             .meta
             .commit_blob(
                 scope.registry_id,
+                object_scope,
                 scope.repository,
                 digest.as_str(),
                 grown.size as i64,
@@ -340,13 +344,46 @@ impl Service<'_> {
         Ok(())
     }
 
+    /// Protects a blob's stored object from garbage collection before it is (re)stored. When a
+    /// collection has claimed it, the upload waits for the deletion to end so that it stores
+    /// the blob anew; a deletion left unfinished by a stopped node is completed here.
+    async fn pin_object(&self, object_scope: &str, digest: &Digest, size: i64) -> Result<()> {
+        let meta = &self.state.meta;
+        let waited = std::time::Instant::now();
+        loop {
+            let since = match meta.pin_object(object_scope, digest.as_str(), size).await? {
+                wharf_meta::Pin::Pinned => return Ok(()),
+                wharf_meta::Pin::Deleting(since) => since,
+            };
+            if wharf_meta::now_millis() - since > crate::gc::STALE_CLAIM_MS {
+                crate::gc::remove_content(self.state, object_scope, digest.as_str())
+                    .await
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+                meta.forget_object(object_scope, digest.as_str()).await?;
+                continue;
+            }
+            if waited.elapsed()
+                > std::time::Duration::from_millis(2 * crate::gc::STALE_CLAIM_MS as u64)
+            {
+                return Err(MetaError::Collected(digest.to_string()).into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Links a blob of `from` into the scope's repository; false when `from` does not hold it.
     /// The caller has checked that the actor may read `from`.
     pub async fn mount(&self, scope: &Scope<'_>, from: &str, digest: &Digest) -> Result<bool> {
         let mounted = self
             .state
             .meta
-            .mount_blob(scope.registry_id, from, scope.repository, digest.as_str())
+            .mount_blob(
+                scope.registry_id,
+                scope.key_id.unwrap_or_default(),
+                from,
+                scope.repository,
+                digest.as_str(),
+            )
             .await?;
         if mounted.is_some() {
             self.emit(scope, Event::BlobCommitted { digest }).await;
@@ -591,44 +628,22 @@ impl Service<'_> {
         Ok(self.state.meta.delete_repository(registry_id, name).await?)
     }
 
-    /// Deletes a registry with everything it holds, and the content no other registry links;
-    /// false if there was none.
+    /// Deletes a registry with everything it holds; false if there was none. Its content goes
+    /// with the next garbage collection, like any other that nothing references.
     pub async fn delete_registry(&self, name: &str) -> Result<bool> {
-        // A registry with a key of its own keeps its content apart: all of it goes.
-        let own = match self.state.meta.registry(name).await? {
-            Some(r) => match r.key_id {
-                Some(key_id) => Some((key_id, self.state.meta.registry_digests(r.id).await?)),
-                None => None,
-            },
-            None => None,
-        };
-        let Some(freed) = self.state.meta.delete_registry(name).await? else {
+        let key_id = self.state.meta.registry(name).await?.and_then(|r| r.key_id);
+        if !self.state.meta.delete_registry(name).await? {
             return Ok(false);
-        };
+        }
         self.state.forget_registry(name);
-        let (store, freed) = match &own {
-            Some((key_id, digests)) => {
-                // Its key went with its row; its data keys go now, and this node forgets both:
-                // whatever of its content is still stored (or in a backup) cannot be opened.
-                self.state.meta.delete_data_keys_of(key_id).await?;
-                if let Some(keys) = &self.state.content_keys {
-                    keys.forget_registry_key(key_id);
-                }
-                let (store, _) = self.state.scoped(Some(key_id))?;
-                self.state.forget_scoped(key_id);
-                (store, digests.clone())
+        if let Some(key_id) = &key_id {
+            // Its key went with its row; its data keys go now, and this node forgets both:
+            // whatever of its content is still stored (or in a backup) cannot be opened.
+            self.state.meta.delete_data_keys_of(key_id).await?;
+            if let Some(keys) = &self.state.content_keys {
+                keys.forget_registry_key(key_id);
             }
-            None => (self.state.store.clone(), freed),
-        };
-        // The database no longer names these blobs; their bytes can go.
-        for digest in &freed {
-            let removed = match Digest::parse(digest) {
-                Ok(d) => store.delete_blob(&d).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = removed {
-                tracing::warn!(%digest, error = %e, "blob content not removed; garbage collection will retry");
-            }
+            self.state.forget_scoped(key_id);
         }
         Ok(true)
     }

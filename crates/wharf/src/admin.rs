@@ -66,6 +66,13 @@ pub enum RegistryCommand {
         /// ends it.
         #[arg(long, value_name = "true|false")]
         read_only: Option<bool>,
+        /// Whether garbage collection removes manifests that no tag, index or present subject
+        /// refers to.
+        #[arg(long, value_name = "true|false")]
+        gc_untagged: Option<bool>,
+        /// Storage quota, e.g. 500MiB or 20GB (pushes beyond it are refused), or `none`.
+        #[arg(long, value_parser = quota, value_name = "SIZE|none")]
+        quota: Option<Quota>,
     },
     /// Delete a registry with all its repositories, tokens and data (irreversible).
     Delete {
@@ -89,6 +96,47 @@ fn rate_limit(s: &str) -> Result<RateLimit, String> {
             format!("{n:?} is neither a number of requests per second nor \"default\"")
         }),
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Quota {
+    Bytes(i64),
+    None,
+}
+
+/// A size such as `500MiB`, `20GB` or `1048576` (bytes), or `none`.
+fn quota(s: &str) -> Result<Quota, String> {
+    if s == "none" {
+        return Ok(Quota::None);
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500MiB or 20GB, nor `none`"))?;
+    let bytes = (n * scale).round();
+    if !(1.0..9.0e18).contains(&bytes) {
+        return Err(format!("{s:?} is out of range: a quota is at least 1 byte"));
+    }
+    Ok(Quota::Bytes(bytes as i64))
 }
 
 #[derive(Args, Debug)]
@@ -600,18 +648,7 @@ fn encode(segment: &str) -> String {
 }
 
 fn bytes(n: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    wharf_server::human_bytes(n)
 }
 
 fn text(v: &Value) -> String {
@@ -663,7 +700,14 @@ fn registry_rows(items: &[Value]) -> Vec<Vec<String>> {
                 text(&r["hostname"]),
                 text(&r["repository_count"]),
                 text(&r["artifact_count"]),
-                bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
+                match r["quota_bytes"].as_i64() {
+                    Some(q) => format!(
+                        "{} of {}",
+                        bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
+                        bytes(q)
+                    ),
+                    None => bytes(r["storage_bytes"].as_i64().unwrap_or(0)),
+                },
                 if r["scanning"] == true { "on" } else { "off" }.to_string(),
                 match r["gc_next_run"].as_str() {
                     Some(next) => format!("{} (next {next})", schedule_text(&r["gc_schedule"])),
@@ -776,8 +820,18 @@ pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
             gc_off,
             rate_limit,
             read_only,
+            gc_untagged,
+            quota,
         } => {
             let mut body = json!({});
+            if let Some(untagged) = gc_untagged {
+                body["gc_untagged"] = json!(untagged);
+            }
+            match quota {
+                Some(Quota::Bytes(n)) => body["quota_bytes"] = json!(n),
+                Some(Quota::None) => body["quota_bytes"] = Value::Null,
+                None => {}
+            }
             if let Some(read_only) = read_only {
                 body["read_only"] = json!(read_only);
             }
@@ -1004,7 +1058,11 @@ pub fn system(conn: Connection) -> Result<(), String> {
             None => "off".to_string(),
         };
         println!("version:     {}", text(&r["version"]));
-        println!("storage:     {}", text(&r["storage"]));
+        println!(
+            "storage:     {} ({} stored)",
+            text(&r["storage"]),
+            bytes(r["stored_bytes"].as_i64().unwrap_or(0))
+        );
         println!("encryption:  {encrypted}");
     });
     Ok(())
@@ -1122,4 +1180,189 @@ fn print_keys(r: &Value) {
         })
         .unwrap_or_default();
     table(&["MASTER KEY", "DATA KEYS"], rows);
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GcCommand {
+    /// Collect a registry's garbage now: manifests nothing refers to, then blobs no manifest
+    /// uses; pushes and pulls go on meanwhile. Prints what was freed.
+    Run {
+        /// The registry; leave out with --instance.
+        #[arg(required_unless_present = "instance")]
+        registry: Option<String>,
+        /// Free only what deleted registries and repositories left behind, across the instance.
+        #[arg(long, conflicts_with = "registry")]
+        instance: bool,
+        /// List what would be freed, freeing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once the run started instead of following it to the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Past runs of a registry, newest first.
+    History {
+        /// The registry; leave out with --instance.
+        #[arg(required_unless_present = "instance")]
+        registry: Option<String>,
+        /// The instance's runs.
+        #[arg(long, conflicts_with = "registry")]
+        instance: bool,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=100))]
+        limit: i64,
+    },
+    /// One run with its report.
+    Show {
+        /// The registry, or `--instance`.
+        #[arg(required_unless_present = "instance")]
+        registry: Option<String>,
+        #[arg(long, conflicts_with = "registry")]
+        instance: bool,
+        #[arg(long)]
+        id: i64,
+    },
+}
+
+/// Where a registry's (or the instance's) collections are in the API.
+fn gc_base(registry: &Option<String>) -> String {
+    match registry {
+        Some(r) => format!("/api/v1/registries/{}/gc", encode(r)),
+        None => "/api/v1/system/gc".to_string(),
+    }
+}
+
+/// `wharf gc`: garbage collection on demand and its history.
+pub fn gc(conn: Connection, cmd: GcCommand) -> Result<(), String> {
+    let client = Client::new(conn)?;
+    match cmd {
+        GcCommand::Run {
+            registry,
+            dry_run,
+            no_wait,
+            ..
+        } => {
+            let base = gc_base(&registry);
+            let mut run = client.call(Method::POST, &base, Some(json!({ "dry_run": dry_run })))?;
+            let path = format!("{base}/runs/{}", text(&run["id"]));
+            let bar = indicatif::ProgressBar::new_spinner();
+            while !no_wait && run["status"] == "running" {
+                bar.set_message(format!(
+                    "collecting {}: {} manifests, {} blobs ({}) freed",
+                    text(&run["phase"]),
+                    text(&run["manifests_freed"]),
+                    text(&run["blobs_freed"]),
+                    bytes(run["bytes_freed"].as_i64().unwrap_or(0)),
+                ));
+                bar.tick();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                run = client.call(Method::GET, &path, None)?;
+            }
+            bar.finish_and_clear();
+            client.print(&run, print_run);
+            if let Some(e) = run["error"].as_str() {
+                return Err(format!(
+                    "garbage collection run {} failed: {e}",
+                    text(&run["id"])
+                ));
+            }
+        }
+        GcCommand::History {
+            registry, limit, ..
+        } => {
+            let r = client.call(
+                Method::GET,
+                &format!("{}/runs?limit={limit}", gc_base(&registry)),
+                None,
+            )?;
+            let items = r["items"].as_array().cloned().unwrap_or_default();
+            client.print(&Value::Array(items.clone()), |_| {
+                let rows = items
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            text(&r["id"]),
+                            text(&r["started_at"]),
+                            format!(
+                                "{}{}",
+                                text(&r["cause"]),
+                                if r["dry_run"] == true {
+                                    " (dry run)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                            text(&r["status"]),
+                            text(&r["manifests_freed"]),
+                            text(&r["blobs_freed"]),
+                            bytes(r["bytes_freed"].as_i64().unwrap_or(0)),
+                            format!("{:.1}s", r["duration_seconds"].as_f64().unwrap_or(0.0)),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "STARTED",
+                        "CAUSE",
+                        "STATUS",
+                        "MANIFESTS",
+                        "BLOBS",
+                        "FREED",
+                        "TOOK",
+                    ],
+                    rows,
+                )
+            });
+        }
+        GcCommand::Show { registry, id, .. } => {
+            let r = client.call(
+                Method::GET,
+                &format!("{}/runs/{id}", gc_base(&registry)),
+                None,
+            )?;
+            client.print(&r, print_run);
+        }
+    }
+    Ok(())
+}
+
+fn print_run(r: &Value) {
+    let would = if r["dry_run"] == true {
+        "would free"
+    } else {
+        "freed"
+    };
+    println!(
+        "run {} {}: {would} {} manifests and {} blobs ({}) in {:.1}s",
+        text(&r["id"]),
+        text(&r["status"]),
+        text(&r["manifests_freed"]),
+        text(&r["blobs_freed"]),
+        bytes(r["bytes_freed"].as_i64().unwrap_or(0)),
+        r["duration_seconds"].as_f64().unwrap_or(0.0),
+    );
+    let list = |key: &str| r["findings"][key].as_array().cloned().unwrap_or_default();
+    let manifests = list("manifests");
+    if !manifests.is_empty() {
+        let rows = manifests
+            .iter()
+            .map(|m| {
+                vec![
+                    text(&m["repository"]),
+                    text(&m["digest"]),
+                    bytes(m["size"].as_i64().unwrap_or(0)),
+                ]
+            })
+            .collect();
+        table(&["REPOSITORY", "MANIFEST", "SIZE"], rows);
+    }
+    let blobs = list("blobs");
+    if !blobs.is_empty() {
+        let rows = blobs
+            .iter()
+            .map(|b| vec![text(&b["digest"]), bytes(b["size"].as_i64().unwrap_or(0))])
+            .collect();
+        table(&["BLOB", "SIZE"], rows);
+    }
 }

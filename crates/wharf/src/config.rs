@@ -122,6 +122,13 @@ pub struct ServeArgs {
     /// Data keys a key rotation rewraps per second at most; 0 for no limit [default: 0].
     #[arg(long, env = "WHARF_REWRAP_RATE")]
     rewrap_rate: Option<u32>,
+    /// Garbage collection leaves alone content pushed, uploaded or mounted this recently: a
+    /// push's blobs wait this long for the manifest that references them [default: 1h].
+    #[arg(long, env = "WHARF_GC_GRACE", value_parser = duration)]
+    gc_grace: Option<Duration>,
+    /// Tests only: collections wait between marking and sweeping while this file exists.
+    #[arg(long, env = "WHARF_GC_PAUSE_FILE", hide = true)]
+    gc_pause_file: Option<PathBuf>,
 }
 
 /// `storage` in the configuration file: a URL, or a table with the S3 settings.
@@ -236,6 +243,8 @@ struct FileConfig {
     encryption: Option<bool>,
     master_key_file: Option<PathBuf>,
     rewrap_rate: Option<u32>,
+    #[serde(default, deserialize_with = "file_duration")]
+    gc_grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +269,8 @@ pub struct Config {
     pub encryption: bool,
     pub master_key_file: Option<PathBuf>,
     pub rewrap_rate: u32,
+    pub gc_grace: Duration,
+    pub gc_pause_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -392,6 +403,11 @@ impl Config {
             encryption: args.encryption.or(file.encryption).unwrap_or(true),
             master_key_file: args.master_key_file.or(file.master_key_file),
             rewrap_rate: args.rewrap_rate.or(file.rewrap_rate).unwrap_or(0),
+            gc_grace: args
+                .gc_grace
+                .or(file.gc_grace)
+                .unwrap_or(Duration::from_secs(3600)),
+            gc_pause_file: args.gc_pause_file,
         })
     }
 }

@@ -85,6 +85,13 @@ enum Command {
         #[command(flatten)]
         conn: admin::Connection,
     },
+    /// Garbage collection: run it now (or a dry run), see past runs.
+    Gc {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: admin::GcCommand,
+    },
     /// Encryption keys: rotate the master key, see what each key wraps.
     Keys {
         #[command(flatten)]
@@ -232,6 +239,7 @@ fn main() -> ExitCode {
         Command::Audit { conn, args } => admin::audit(conn, args),
         Command::System { conn } => admin::system(conn),
         Command::Keys { conn, command } => admin::keys(conn, command),
+        Command::Gc { conn, command } => admin::gc(conn, command),
         Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {
             command: RefCommand::Check { reference, json },
@@ -352,6 +360,9 @@ async fn run(config: Config) -> Result<(), String> {
                 Storage::S3(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
                 Storage::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
             },
+            gc_grace: config.gc_grace,
+            gc_instance_interval: std::time::Duration::from_secs(3600),
+            gc_pause_file: config.gc_pause_file.clone(),
         },
         jwt_keys,
         content_keys.clone(),
@@ -363,6 +374,7 @@ async fn run(config: Config) -> Result<(), String> {
         keys.spawn_rewrap();
     }
     tokio::spawn(wharf_server::expire_uploads(state.clone()));
+    tokio::spawn(wharf_server::schedule_gc(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -3,9 +3,10 @@
 
 mod audit;
 mod auth;
+mod gc;
 mod keys;
 mod problem;
-mod registries;
+pub(crate) mod registries;
 pub(crate) mod system;
 mod tokens;
 
@@ -39,7 +40,8 @@ pub const MAX_LIMIT: i64 = 100;
         registries::update_repository, tokens::list, tokens::create, tokens::show,
         tokens::update, tokens::remove, tokens::add_scope, tokens::remove_scope,
         keys::list, keys::create, keys::revoke, audit::list, system::show, system::keys,
-        system::rotate, system::sealing_existing, system::seal_existing,
+        system::rotate, system::sealing_existing, system::seal_existing, gc::start, gc::list,
+        gc::show, gc::start_instance, gc::list_instance, gc::show_instance,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -149,6 +151,15 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
             "/api/v1/registries/{name}/repositories/{*repository}",
             delete(registries::delete_repository).patch(registries::update_repository),
         )
+        .route(
+            "/api/v1/registries/{name}/gc",
+            axum::routing::post(gc::start),
+        )
+        .route("/api/v1/registries/{name}/gc/runs", get(gc::list))
+        .route("/api/v1/registries/{name}/gc/runs/{id}", get(gc::show))
+        .route("/api/v1/system/gc", axum::routing::post(gc::start_instance))
+        .route("/api/v1/system/gc/runs", get(gc::list_instance))
+        .route("/api/v1/system/gc/runs/{id}", get(gc::show_instance))
         .route(
             "/api/v1/registries/{name}/tokens",
             get(tokens::list).post(tokens::create),

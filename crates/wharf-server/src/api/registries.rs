@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wharf_auth::Permission;
-use wharf_meta::{NewRegistry, Registry};
+use wharf_meta::{NewRegistry, Registry, RegistryChanges};
 use wharf_oci::{RegistryName, RepositoryName};
 
 use super::auth::Admin;
@@ -28,7 +28,14 @@ pub struct RegistryView {
     pub gc_schedule: Option<GcSchedule>,
     /// When the garbage-collection schedule next falls (RFC 3339, UTC).
     pub gc_next_run: Option<String>,
+    /// Whether garbage collection removes manifests that no tag, no index and no present
+    /// subject refers to (on by default).
+    pub gc_untagged: bool,
+    /// Bytes of distinct blobs its repositories link plus its manifests (a blob shared by
+    /// several of its repositories counts once).
     pub storage_bytes: i64,
+    /// Storage the registry may use, in bytes; pushes beyond it are refused. `null`: no quota.
+    pub quota_bytes: Option<i64>,
     pub repository_count: i64,
     pub artifact_count: i64,
     /// Requests per second each of its tokens may make (0: no limit); `null` takes the
@@ -95,11 +102,16 @@ impl GcSchedule {
         }
     }
 
-    /// When the schedule next falls (RFC 3339, UTC), after `now`.
-    pub(crate) fn next_run(&self, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    /// When the schedule next falls after `now`, in milliseconds.
+    pub(crate) fn next_after(&self, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
         let cron: croner::Cron = self.cron().parse().ok()?;
         let next = cron.find_next_occurrence(&now, false).ok()?;
-        Some(next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        Some(next.timestamp_millis())
+    }
+
+    /// A stored schedule (JSON), if it reads as one.
+    pub(crate) fn stored(text: &str) -> Option<GcSchedule> {
+        serde_json::from_str(text).ok()
     }
 
     fn validate(&self) -> Result<(), Problem> {
@@ -178,6 +190,12 @@ pub struct UpdateRegistry {
     pub rate_limit: Option<Option<i64>>,
     /// Maintenance mode: `true` refuses pushes and deletes (pulls go on), `false` ends it.
     pub read_only: Option<bool>,
+    /// Whether garbage collection removes manifests nothing refers to.
+    pub gc_untagged: Option<bool>,
+    /// Storage the registry may use in bytes (at least 1); `null` removes the quota.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub quota_bytes: Option<Option<i64>>,
 }
 
 /// Tells a field sent as `null` (Some(None)) from one left out (None).
@@ -278,11 +296,15 @@ async fn view(state: &AppState, r: Registry) -> Result<RegistryView, Problem> {
         location: r.location,
         created_at: rfc3339(r.created_at),
         scanning: r.scanning,
-        gc_next_run: gc_schedule
-            .as_ref()
-            .and_then(|s: &GcSchedule| s.next_run(chrono::Utc::now())),
+        gc_next_run: r
+            .gc_next_run
+            .filter(|_| gc_schedule.is_some())
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         gc_schedule,
+        gc_untagged: r.gc_untagged,
         storage_bytes: stats.storage_bytes,
+        quota_bytes: r.quota_bytes,
         repository_count: stats.repositories,
         artifact_count: stats.artifacts,
         rate_limit: r.rate_limit,
@@ -373,6 +395,10 @@ pub async fn create(
         }
         None => None,
     };
+    let next_run = body
+        .gc_schedule
+        .as_ref()
+        .and_then(|s| s.next_after(chrono::Utc::now()));
     // The key is made (or checked) before the registry, so that a bad one creates nothing.
     let own_key = match body.own_key.as_deref() {
         None => None,
@@ -398,6 +424,13 @@ pub async fn create(
             gc_schedule: schedule.as_deref(),
         })
         .await?;
+    if next_run.is_some() {
+        let changes = RegistryChanges {
+            gc_next_run: Some(next_run),
+            ..Default::default()
+        };
+        state.meta.update_registry(registry.id, &changes).await?;
+    }
     let registry = match own_key {
         Some((key_id, wrapped)) => {
             if !state
@@ -411,6 +444,7 @@ pub async fn create(
             }
             find(&state, name.as_str()).await?
         }
+        None if next_run.is_some() => find(&state, name.as_str()).await?,
         None => registry,
     };
     super::audit_change(
@@ -495,16 +529,29 @@ pub async fn update(
             ));
         }
     }
-    state
-        .meta
-        .update_registry(
-            registry.id,
-            body.scanning,
-            schedule.as_ref().map(|s| s.as_deref()),
-            body.rate_limit,
-            body.read_only,
-        )
-        .await?;
+    if let Some(Some(quota)) = body.quota_bytes {
+        if quota < 1 {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "quota_bytes must be at least 1 byte, not {quota} (null removes the quota)"
+                ),
+            ));
+        }
+    }
+    let changes = RegistryChanges {
+        scanning: body.scanning,
+        read_only: body.read_only,
+        gc_schedule: schedule.as_ref().map(|s| s.as_deref()),
+        gc_next_run: body
+            .gc_schedule
+            .as_ref()
+            .map(|s| s.as_ref().and_then(|s| s.next_after(chrono::Utc::now()))),
+        gc_untagged: body.gc_untagged,
+        rate_limit: body.rate_limit,
+        quota_bytes: body.quota_bytes,
+    };
+    state.meta.update_registry(registry.id, &changes).await?;
     // This node applies the new limit at once; the others within their cache's second.
     state.forget_registry_ref(&name);
     super::audit_change(&state, &admin, "registry.update", Some(&name), None, None).await;
@@ -686,14 +733,17 @@ mod tests {
             time: "03:30".into(),
         });
         assert!(weekly.validate().is_ok());
-        assert_eq!(
-            weekly.next_run(now).as_deref(),
-            Some("2026-11-29T03:30:00Z")
-        );
+        let at = |y, mo, d, h, mi| {
+            chrono::Utc
+                .with_ymd_and_hms(y, mo, d, h, mi, 0)
+                .unwrap()
+                .timestamp_millis()
+        };
+        assert_eq!(weekly.next_after(now), Some(at(2026, 11, 29, 3, 30)));
         let cron = |c: &str| GcSchedule::Cron(CronSchedule { cron: c.into() });
         assert_eq!(
-            cron("0 12 * * 5").next_run(now).as_deref(),
-            Some("2026-11-27T12:00:00Z")
+            cron("0 12 * * 5").next_after(now),
+            Some(at(2026, 11, 27, 12, 0))
         );
         for bad in [
             "99 99 99 99 99",

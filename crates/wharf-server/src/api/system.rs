@@ -16,6 +16,9 @@ pub struct SystemView {
     pub version: String,
     /// Where content is stored: `file` (the data directory) or `s3://bucket/prefix`.
     pub storage: String,
+    /// Bytes of every stored blob (each stored once however many repositories and registries
+    /// share it; apart per registry key): the instance's physical total.
+    pub stored_bytes: i64,
     pub encryption: EncryptionView,
 }
 
@@ -66,6 +69,7 @@ pub async fn show(
     Ok(Json(SystemView {
         version: env!("CARGO_PKG_VERSION").to_string(),
         storage: state.settings.storage.clone(),
+        stored_bytes: state.meta.stored_bytes().await?,
         encryption: EncryptionView::of(&state),
     }))
 }

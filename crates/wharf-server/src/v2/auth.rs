@@ -24,6 +24,8 @@ pub(crate) struct Target {
     pub read_only: bool,
     /// The registry's own master key, if it has one.
     pub key_id: Option<String>,
+    /// Bytes the registry may store, if it has a quota.
+    pub quota_bytes: Option<i64>,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.

@@ -131,6 +131,11 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         .status(StatusCode::METHOD_NOT_ALLOWED));
     }
 
+    if let (Some(quota), Some(Action::Push), Some(repository)) = (target.quota_bytes, action, &name)
+    {
+        check_quota(state, &target, quota, &endpoint, repository, headers).await?;
+    }
+
     let repo = name.map(|name| Repo {
         state,
         registry_id: target.id,
@@ -186,6 +191,48 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
     }
 }
 
+/// Refuses a push that would take the registry past its storage quota, before its body is
+/// read: what the registry stores now, plus what the upload already holds, plus the request's
+/// declared length. A push of unknown length is refused only once the quota is reached.
+async fn check_quota(
+    state: &AppState,
+    target: &Target,
+    quota: i64,
+    endpoint: &Endpoint,
+    repository: &RepositoryName,
+    headers: &HeaderMap,
+) -> Result<()> {
+    let incoming: i64 = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let held = match endpoint {
+        Endpoint::Upload { id, .. } => state
+            .meta
+            .get_upload(target.id, repository.as_str(), id)
+            .await?
+            .map_or(0, |u| u.size),
+        _ => 0,
+    };
+    let used = state.meta.registry_stats(target.id).await?.storage_bytes;
+    let after = used.saturating_add(held).saturating_add(incoming);
+    if after > quota || used >= quota {
+        return Err(ApiError::with_message(
+            ErrorCode::Denied,
+            format!(
+                "registry {:?} has a storage quota of {}: {} is used and this push would add {}; delete what is not needed and run garbage collection, or ask an administrator to raise the quota",
+                target.name,
+                crate::human_bytes(quota),
+                crate::human_bytes(used),
+                crate::human_bytes(held + incoming),
+            ),
+            serde_json::json!({ "quota_bytes": quota, "used_bytes": used }),
+        ));
+    }
+    Ok(())
+}
+
 /// The registry a request addresses: `<name>.<base domain>` by its Host, any other host name
 /// the default registry if one is configured.
 pub(crate) async fn resolve_target(
@@ -226,6 +273,7 @@ pub(crate) async fn resolve_target(
         rate_limit: registry.rate_limit,
         read_only: registry.read_only,
         key_id: registry.key_id,
+        quota_bytes: registry.quota_bytes,
         service: format!("{name}.{}", state.settings.base_domain),
         name,
         host,

@@ -1,0 +1,421 @@
+//! Garbage collection end to end: what a run frees and keeps, dry runs and history, a push
+//! racing a run, and the content of deleted repositories.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{cli_ok, sha256, Backend, Server, OWNER_KEY};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const GRACE: &[&str] = &["--gc-grace", "1s"];
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The digests (hex) of every blob object in the content store, on disk or in S3.
+async fn stored(s: &Server) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut dirs = vec![s.data_dir()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.to_string_lossy().contains("/blobs/") {
+                out.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    for (key, _) in s.s3_objects().await {
+        if key.contains("blobs/") {
+            out.insert(key.rsplit('/').next().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+fn hex(digest: &str) -> String {
+    digest.trim_start_matches("sha256:").to_string()
+}
+
+/// An image manifest over `config` and `layers` (digest, size), optionally a referrer of
+/// `subject`.
+fn image(
+    config: &(String, usize),
+    layers: &[&(String, usize)],
+    subject: Option<&(String, usize)>,
+) -> Vec<u8> {
+    let d = |(digest, size): &(String, usize)| json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size });
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1 },
+        "layers": layers.iter().map(|l| d(l)).collect::<Vec<_>>(),
+    });
+    if let Some((digest, size)) = subject {
+        m["subject"] = json!({ "mediaType": MANIFEST, "digest": digest, "size": size });
+        m["artifactType"] = json!("application/vnd.example.signature");
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
+async fn blob(s: &Server, repo: &str, data: &[u8]) -> (String, usize) {
+    (s.push_blob(repo, data).await, data.len())
+}
+
+async fn manifest(s: &Server, repo: &str, reference: &str, body: &[u8]) -> (String, usize) {
+    let r = s.push_manifest(repo, reference, MANIFEST, body).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    (sha256(body), body.len())
+}
+
+/// Pulls a manifest and every blob it names, checking each digest; the status of the first
+/// request that fails, if any.
+async fn pull(s: &Server, repo: &str, reference: &str) -> Result<(), StatusCode> {
+    let r = s
+        .client
+        .get(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("accept", MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    if r.status() != StatusCode::OK {
+        return Err(r.status());
+    }
+    let m: Value = r.json().await.unwrap();
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+    for l in m["layers"].as_array().unwrap() {
+        digests.push(l["digest"].as_str().unwrap().to_string());
+    }
+    for d in digests {
+        let r = s
+            .client
+            .get(s.url(&format!("/v2/{repo}/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::OK {
+            return Err(r.status());
+        }
+        assert_eq!(
+            sha256(&r.bytes().await.unwrap()),
+            d,
+            "blob {d} pulls intact"
+        );
+    }
+    Ok(())
+}
+
+async fn blob_status(s: &Server, repo: &str, digest: &str) -> StatusCode {
+    s.client
+        .head(s.url(&format!("/v2/{repo}/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Runs a collection through the CLI to its end and returns its report.
+fn gc(s: &Server, target: &[&str]) -> Value {
+    let args = [&["gc", "run"], target, &["--json"]].concat();
+    serde_json::from_str(&cli_ok(s, &args)).unwrap()
+}
+
+async fn frees_what_nothing_references_and_keeps_the_rest(b: Backend) {
+    let s = Server::start_with(b, GRACE).await;
+    let before = stored(&s).await;
+    let config = blob(&s, "app", b"{\"architecture\":\"amd64\"}").await;
+    let shared = blob(&s, "app", b"layer shared by both images").await;
+    let only_old = blob(&s, "app", b"layer only the old image has").await;
+    let only_new = blob(&s, "app", b"layer only the new image has").await;
+    let sig_layer = blob(&s, "app", b"a signature").await;
+    let stray = blob(&s, "app", b"uploaded, never referenced").await;
+    let old = manifest(
+        &s,
+        "app",
+        "v1",
+        &image(&config, &[&shared, &only_old], None),
+    )
+    .await;
+    let new = manifest(
+        &s,
+        "app",
+        "v1",
+        &image(&config, &[&shared, &only_new], None),
+    )
+    .await;
+    let sig = manifest(
+        &s,
+        "app",
+        &sha256(&image(&config, &[&sig_layer], Some(&new))),
+        &image(&config, &[&sig_layer], Some(&new)),
+    )
+    .await;
+    // Another repository uses the old image's own layer: its object stays.
+    let config2 = blob(&s, "other", b"{\"os\":\"linux\"}").await;
+    let in_other = blob(&s, "other", b"layer only the old image has").await;
+    assert_eq!(in_other, only_old);
+    manifest(&s, "other", "latest", &image(&config2, &[&in_other], None)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // A dry run lists exactly what the run frees, and frees nothing.
+    let dry = gc(&s, &["default", "--dry-run"]);
+    assert_eq!(dry["status"], "succeeded", "{dry}");
+    assert_eq!(
+        (dry["manifests_freed"].as_i64(), dry["blobs_freed"].as_i64()),
+        (Some(1), Some(1)),
+        "{dry}"
+    );
+    assert_eq!(dry["findings"]["manifests"][0]["digest"], old.0.as_str());
+    assert_eq!(dry["findings"]["blobs"][0]["digest"], stray.0.as_str());
+    assert!(stored(&s).await.contains(&hex(&stray.0)));
+    assert_eq!(blob_status(&s, "app", &stray.0).await, StatusCode::OK);
+
+    let run = gc(&s, &["default"]);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        (
+            run["manifests_freed"].as_i64(),
+            run["blobs_freed"].as_i64(),
+            run["bytes_freed"].as_i64()
+        ),
+        (Some(1), Some(1), Some(stray.1 as i64)),
+        "{run}"
+    );
+    assert_eq!(pull(&s, "app", &old.0).await, Err(StatusCode::NOT_FOUND));
+    pull(&s, "app", "v1").await.expect("the tagged image pulls");
+    pull(&s, "app", &sig.0)
+        .await
+        .expect("its signature is kept with it");
+    pull(&s, "other", "latest")
+        .await
+        .expect("the other repository's image pulls");
+    assert_eq!(
+        blob_status(&s, "app", &stray.0).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        blob_status(&s, "app", &only_old.0).await,
+        StatusCode::NOT_FOUND
+    );
+    let now = stored(&s).await;
+    assert!(
+        !now.contains(&hex(&stray.0)),
+        "the stray blob's content is deleted"
+    );
+    assert!(
+        now.contains(&hex(&only_old.0)),
+        "a layer another repository uses stays"
+    );
+
+    // History: newest first, the dry run marked.
+    let history: Value =
+        serde_json::from_str(&cli_ok(&s, &["gc", "history", "default", "--json"])).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+    assert_eq!(
+        (
+            history[0]["dry_run"].as_bool(),
+            history[1]["dry_run"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    let table = cli_ok(&s, &["gc", "history", "default"]);
+    assert!(
+        table.contains("manual (dry run)") && table.contains("succeeded"),
+        "{table}"
+    );
+
+    // Deleting repositories only drops references; the instance's run frees the content, and
+    // storage is back where it started.
+    for repo in ["app", "other"] {
+        let r = s
+            .anon
+            .delete(s.url(&format!("/api/v1/registries/default/repositories/{repo}")))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    assert!(stored(&s).await.contains(&hex(&shared.0)));
+    let run = gc(&s, &["--instance"]);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["blobs_freed"].as_i64(), Some(6), "{run}");
+    assert_eq!(stored(&s).await, before, "no garbage left");
+    let r = s
+        .anon
+        .get(s.url("/api/v1/system/gc/runs"))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .unwrap();
+    let runs: Value = r.json().await.unwrap();
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1);
+}
+
+async fn a_push_during_a_run_keeps_its_blobs(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let pause = dir.path().join("pause");
+    let pause_arg = pause.to_string_lossy().into_owned();
+    let s = Server::start_with(b, &["--gc-grace", "1s", "--gc-pause-file", &pause_arg]).await;
+    let config = blob(&s, "app", b"{\"architecture\":\"arm64\"}").await;
+    let layer = blob(&s, "app", b"a layer uploaded before the run").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // The run marks both unreferenced blobs, then waits before sweeping them.
+    std::fs::write(&pause, b"").unwrap();
+    let start = |dry_run: bool| {
+        s.anon
+            .post(s.url("/api/v1/registries/default/gc"))
+            .bearer_auth(OWNER_KEY)
+            .json(&json!({ "dry_run": dry_run }))
+            .send()
+    };
+    let r = start(false).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run: Value = r.json().await.unwrap();
+    let reached = dir.path().join("pause.reached");
+    for _ in 0..200 {
+        if reached.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reached.exists(),
+        "the run reached the point between marking and sweeping"
+    );
+    // One run per registry at a time.
+    let r = start(true).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("still going"),
+        "{problem}"
+    );
+
+    // A manifest referencing the marked blobs is pushed meanwhile.
+    manifest(&s, "app", "v1", &image(&config, &[&layer], None)).await;
+    std::fs::remove_file(&pause).unwrap();
+    let path = format!("/api/v1/registries/default/gc/runs/{}", run["id"]);
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        let r = s
+            .anon
+            .get(s.url(&path))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .unwrap();
+        done = r.json().await.unwrap();
+        if done["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["blobs_freed"].as_i64(), Some(0), "{done}");
+    pull(&s, "app", "v1")
+        .await
+        .expect("the image pushed during the run pulls whole");
+    assert!(stored(&s).await.contains(&hex(&layer.0)));
+}
+
+async fn storage_is_counted_and_a_quota_refuses_pushes_beyond_it(b: Backend) {
+    let s = Server::start_with(b, GRACE).await;
+    let show = |s: &Server| -> Value {
+        serde_json::from_str(&cli_ok(s, &["registry", "show", "default", "--json"])).unwrap()
+    };
+    let a = blob(&s, "app", &[7u8; 600]).await;
+    let c = blob(&s, "app", b"{}").await;
+    manifest(&s, "app", "v1", &image(&c, &[&a], None)).await;
+    // The same layer in a second repository counts once for the registry.
+    let a2 = blob(&s, "tools", &[7u8; 600]).await;
+    let c2 = blob(&s, "tools", b"{}").await;
+    manifest(&s, "tools", "v1", &image(&c2, &[&a2], None)).await;
+    let used = show(&s)["storage_bytes"].as_i64().unwrap();
+    let manifests = image(&c, &[&a], None).len() * 2;
+    assert_eq!(used as usize, 600 + 2 + manifests);
+    let repos: Value =
+        serde_json::from_str(&cli_ok(&s, &["repo", "list", "default", "--json"])).unwrap();
+    assert_eq!(
+        repos[0]["storage_bytes"].as_i64().unwrap() as usize,
+        602 + manifests / 2
+    );
+    let system: Value = serde_json::from_str(&cli_ok(&s, &["system", "--json"])).unwrap();
+    assert_eq!(system["stored_bytes"].as_i64(), Some(602));
+
+    // A quota just above what is used: a 600-byte push is refused before it is read.
+    let quota = (used + 100).to_string();
+    cli_ok(&s, &["registry", "update", "default", "--quota", &quota]);
+    let table = cli_ok(&s, &["registry", "show", "default"]);
+    assert!(table.contains(" of "), "{table}");
+    let loc = s.start_upload("app").await;
+    let big = vec![9u8; 600];
+    let r = s
+        .client
+        .put(s.url(&format!("{loc}?digest={}", sha256(&big))))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("storage quota of"), "{message}");
+    // A small one still fits.
+    blob(&s, "app", b"small").await;
+    // Bad input, in the CLI and the API.
+    let err = common::cli_err(
+        &s,
+        Some(OWNER_KEY),
+        &["registry", "update", "default", "--quota", "12XB"],
+    );
+    assert!(err.contains("unknown unit"), "{err}");
+    let r = s
+        .anon
+        .patch(s.url("/api/v1/registries/default"))
+        .bearer_auth(OWNER_KEY)
+        .json(&json!({ "quota_bytes": 0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Freed storage makes room again: delete a repository, collect, push.
+    let r = s
+        .anon
+        .delete(s.url("/api/v1/registries/default/repositories/tools"))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    cli_ok(&s, &["registry", "update", "default", "--quota", "none"]);
+    assert_eq!(show(&s)["quota_bytes"], Value::Null);
+    blob(&s, "app", &big).await;
+}
+
+mod collection {
+    use super::*;
+    on_every_configuration!(frees_what_nothing_references_and_keeps_the_rest);
+}
+
+mod quota {
+    use super::*;
+    on_both_backends!(storage_is_counted_and_a_quota_refuses_pushes_beyond_it);
+}
+
+mod race {
+    use super::*;
+    on_both_backends!(a_push_during_a_run_keeps_its_blobs);
+}

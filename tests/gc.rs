@@ -405,6 +405,389 @@ async fn storage_is_counted_and_a_quota_refuses_pushes_beyond_it(b: Backend) {
     blob(&s, "app", &big).await;
 }
 
+/// A node as the stress test's tasks reach it: an HTTP client with credentials, its address,
+/// and the Host header naming the registry (`None`: the default registry).
+#[derive(Clone)]
+struct Node {
+    client: reqwest::Client,
+    base: String,
+    host: Option<String>,
+}
+
+impl Node {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.client.request(method, format!("{}{path}", self.base));
+        match &self.host {
+            Some(h) => r.header("host", h),
+            None => r,
+        }
+    }
+
+    async fn blob(&self, repo: &str, data: &[u8]) -> Result<(String, usize), String> {
+        let digest = sha256(data);
+        let r = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status() {
+            StatusCode::CREATED => Ok((digest, data.len())),
+            other => Err(format!(
+                "blob push {other}: {}",
+                r.text().await.unwrap_or_default()
+            )),
+        }
+    }
+
+    async fn manifest(&self, repo: &str, tag: &str, body: &[u8]) -> Result<(), String> {
+        let r = self
+            .request(reqwest::Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+            .header("content-type", MANIFEST)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status() {
+            StatusCode::CREATED => Ok(()),
+            other => Err(format!(
+                "manifest push {other}: {}",
+                r.text().await.unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift): the stress test needs variety, not secrecy.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Starts a collection through the API and waits for its end; its final state.
+async fn collect_once(owner: &reqwest::Client, base: &str, path: &str) -> Value {
+    loop {
+        let r = owner
+            .post(format!("{base}{path}"))
+            .bearer_auth(OWNER_KEY)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::CONFLICT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let run: Value = r.json().await.unwrap();
+        let runs = if path.starts_with("/api/v1/system") {
+            "/api/v1/system/gc/runs".to_string()
+        } else {
+            format!("{path}/runs")
+        };
+        loop {
+            let r = owner
+                .get(format!("{base}{runs}/{}", run["id"]))
+                .bearer_auth(OWNER_KEY)
+                .send()
+                .await
+                .unwrap();
+            let now: Value = r.json().await.unwrap();
+            if now["status"] != "running" {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Writers push images sharing layers through two nodes, into the default registry and one
+/// that is deleted whole half-way, while tags and repositories are deleted and collections run
+/// back to back on both nodes with a short grace period. Afterwards every tag pulls whole, and
+/// once everything is deleted and collected, storage is back where it started. Several nodes
+/// need PostgreSQL (an SQLite file is one process's database): on SQLite both "nodes" are one.
+async fn collection_under_concurrent_pushes_and_deletes_loses_nothing(b: Backend) {
+    let a = Server::start_with(b, &["--gc-grace", "2s"]).await;
+    let second = match b {
+        Backend::Sqlite => None,
+        _ => Some(a.second_node().await),
+    };
+    let bn = second.as_ref().unwrap_or(&a);
+    let before = stored(&a).await;
+    let owner = reqwest::Client::new();
+    let r = owner
+        .post(a.url("/api/v1/registries"))
+        .bearer_auth(OWNER_KEY)
+        .json(&json!({ "name": "doomed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (name, secret) = a
+        .create_token("doomed", "writer", common::ALL_SCOPES())
+        .await
+        .unwrap();
+    let doomed_client = common::basic_client(&name, &secret);
+    let nodes = [(a.base.clone(), a.port), (bn.base.clone(), bn.port)];
+    let node = |i: usize, doomed: bool| Node {
+        client: if doomed {
+            doomed_client.clone()
+        } else {
+            a.client.clone()
+        },
+        base: nodes[i % 2].0.clone(),
+        host: doomed.then(|| format!("doomed.localhost:{}", nodes[i % 2].1)),
+    };
+    let layers: Vec<Vec<u8>> = (0..6)
+        .map(|i| format!("shared layer {i} ").repeat(200).into_bytes())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = Duration::from_secs(12);
+
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let (stop, layers) = (stop.clone(), layers.clone());
+        let doomed = w == 3;
+        let nodes: Vec<Node> = (0..2).map(|i| node(i + w, doomed)).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+            let (mut pushed, mut refused) = (0u32, Vec::new());
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let n = &nodes[(k % 2) as usize];
+                let repo = format!("r{}", dice.roll(3));
+                let outcome = async {
+                    let config = n
+                        .blob(&repo, format!("{{\"w\":{w},\"k\":{k}}}").as_bytes())
+                        .await?;
+                    let mut used = Vec::new();
+                    for _ in 0..2 {
+                        used.push(n.blob(&repo, &layers[dice.roll(6) as usize]).await?);
+                    }
+                    used.push(
+                        n.blob(&repo, format!("own layer {w} {k}").as_bytes())
+                            .await?,
+                    );
+                    let refs: Vec<&(String, usize)> = used.iter().collect();
+                    n.manifest(
+                        &repo,
+                        &format!("t{}", dice.roll(4)),
+                        &image(&config, &refs, None),
+                    )
+                    .await
+                }
+                .await;
+                match outcome {
+                    Ok(()) => pushed += 1,
+                    // The doomed registry's pushes fail once it is gone (the upload session
+                    // or the token went with it), in whatever way the moment gives.
+                    Err(e) if doomed => {
+                        assert!(!e.contains(" 500 "), "{e}");
+                        break;
+                    }
+                    Err(e) => refused.push(e),
+                }
+            }
+            (pushed, refused)
+        }));
+    }
+    // Deleters: tags through /v2/, repositories through the API, the doomed registry half-way.
+    let deleter = {
+        let (stop, owner, nodes) = (
+            stop.clone(),
+            owner.clone(),
+            [node(0, false), node(1, false)],
+        );
+        let base = a.base.clone();
+        tokio::spawn(async move {
+            let mut dice = Dice(42);
+            let started = std::time::Instant::now();
+            let mut doomed_gone = false;
+            let mut deleted = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let repo = format!("r{}", dice.roll(3));
+                if dice.roll(8) == 0 {
+                    let r = owner
+                        .delete(format!(
+                            "{base}/api/v1/registries/default/repositories/{repo}"
+                        ))
+                        .bearer_auth(OWNER_KEY)
+                        .send()
+                        .await
+                        .unwrap();
+                    deleted += u32::from(r.status() == StatusCode::NO_CONTENT);
+                } else {
+                    let n = &nodes[dice.roll(2) as usize];
+                    let r = n
+                        .request(
+                            reqwest::Method::DELETE,
+                            &format!("/v2/{repo}/manifests/t{}", dice.roll(4)),
+                        )
+                        .send()
+                        .await
+                        .unwrap();
+                    deleted += u32::from(r.status() == StatusCode::ACCEPTED);
+                }
+                if !doomed_gone && started.elapsed() > Duration::from_secs(6) {
+                    let r = owner
+                        .delete(format!("{base}/api/v1/registries/doomed"))
+                        .bearer_auth(OWNER_KEY)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status();
+                    assert_eq!(
+                        status,
+                        StatusCode::NO_CONTENT,
+                        "{}",
+                        r.text().await.unwrap_or_default()
+                    );
+                    doomed_gone = true;
+                }
+            }
+            deleted
+        })
+    };
+    // Collections back to back, alternating nodes, the instance's every third time.
+    let collector = {
+        let (stop, owner) = (stop.clone(), owner.clone());
+        let bases = [a.base.clone(), bn.base.clone()];
+        tokio::spawn(async move {
+            let mut runs = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let path = if i % 3 == 0 {
+                    "/api/v1/system/gc"
+                } else {
+                    "/api/v1/registries/default/gc"
+                };
+                runs.push(collect_once(&owner, &bases[i % 2], path).await);
+            }
+            runs
+        })
+    };
+    tokio::time::sleep(churn).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pushed = 0;
+    for t in tasks {
+        let (n, refused) = t.await.unwrap();
+        pushed += n;
+        for e in &refused {
+            // A push may lose its own race (a layer linked more than the grace period ago,
+            // collected before its manifest, or a repository deleted under it): the client
+            // sees a clear error and pushes again. Anything else is a fault.
+            assert!(
+                e.contains("MANIFEST_BLOB_UNKNOWN")
+                    || e.contains("NAME_UNKNOWN")
+                    || e.contains("401")
+                    || e.contains("collected"),
+                "{e}\n{}",
+                [a.log(), bn.log()]
+                    .concat()
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    let deleted = deleter.await.unwrap();
+    let runs = collector.await.unwrap();
+    assert!(
+        pushed > 20 && deleted > 5 && runs.len() > 3,
+        "pushed {pushed}, deleted {deleted}, runs {}",
+        runs.len()
+    );
+    for run in &runs {
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let freed: i64 = runs.iter().filter_map(|r| r["blobs_freed"].as_i64()).sum();
+    eprintln!(
+        "stress ({b:?}): {pushed} images pushed, {deleted} tags and repositories deleted, {} collections freed {freed} blobs",
+        runs.len()
+    );
+
+    // Zero lost blobs: every tag left pulls whole, through either node.
+    let mut tags_checked = 0;
+    for repo in ["r0", "r1", "r2"] {
+        let r = a
+            .client
+            .get(a.url(&format!("/v2/{repo}/tags/list")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NOT_FOUND {
+            continue;
+        }
+        let list: Value = r.json().await.unwrap();
+        for tag in list["tags"].as_array().cloned().unwrap_or_default() {
+            let tag = tag.as_str().unwrap();
+            pull(&a, repo, tag)
+                .await
+                .unwrap_or_else(|e| panic!("{repo}:{tag} lost content: {e}"));
+            pull(bn, repo, tag)
+                .await
+                .unwrap_or_else(|e| panic!("{repo}:{tag} lost content: {e}"));
+            tags_checked += 1;
+        }
+    }
+    assert!(tags_checked > 0);
+
+    // No garbage left: delete everything, wait out the grace period, collect.
+    for repo in ["r0", "r1", "r2"] {
+        owner
+            .delete(a.url(&format!("/api/v1/registries/default/repositories/{repo}")))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let run = collect_once(&owner, &a.base, "/api/v1/system/gc").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        stored(&a).await,
+        before,
+        "storage is back to where it started"
+    );
+    let system: Value = owner
+        .get(a.url("/api/v1/system"))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(system["stored_bytes"], 0);
+}
+
+mod stress {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_disk() {
+        collection_under_concurrent_pushes_and_deletes_loses_nothing(Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        collection_under_concurrent_pushes_and_deletes_loses_nothing(Backend::PostgresS3).await
+    }
+}
+
 mod collection {
     use super::*;
     on_every_configuration!(frees_what_nothing_references_and_keeps_the_rest);

@@ -14,6 +14,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+mod gc;
+
 struct Target {
     label: &'static str,
     base: String,
@@ -34,6 +36,10 @@ struct Sizes {
     growth: [usize; 2],
     /// Each throughput figure is the median of this many runs.
     runs: usize,
+    /// Unreferenced blobs a collection frees, at two sizes.
+    gc: [usize; 2],
+    /// Images pushed with and without a collection running.
+    gc_pushes: usize,
 }
 
 /// One row of the results: a figure for each registry, and which direction is better.
@@ -887,7 +893,7 @@ fn machine() -> (usize, f64) {
     (cores, mem)
 }
 
-const GROUPS: [&str; 5] = ["blob", "small", "manifest", "listing", "growth"];
+const GROUPS: [&str; 6] = ["blob", "small", "manifest", "listing", "growth", "gc"];
 
 #[tokio::main]
 async fn main() {
@@ -912,6 +918,8 @@ async fn main() {
             wrk_seconds: 10,
             growth: [1_000, 100_000],
             runs: 3,
+            gc: [10_000, 100_000],
+            gc_pushes: 1000,
         }
     } else {
         Sizes {
@@ -922,6 +930,8 @@ async fn main() {
             wrk_seconds: 3,
             growth: [1_000, 5_000],
             runs: 3,
+            gc: [2_000, 10_000],
+            gc_pushes: 300,
         }
     };
     let wharf_auth = arg(&args, "--wharf-auth");
@@ -979,6 +989,30 @@ async fn main() {
     }
     if wanted("growth") {
         growth_rows(&targets, &sizes, &mut table).await;
+    }
+    if wanted("gc") {
+        // wharf collects through its API; the reference with its offline command, or, where
+        // the reference is another wharf, through that one's API.
+        let wharf = arg(&args, "--wharf-admin-key").map(|key| gc::Collect::Api { key });
+        let reference = match (
+            arg(&args, "--reference-config"),
+            arg(&args, "--reference-admin-key"),
+        ) {
+            (Some(config), _) => Some(gc::Collect::Offline {
+                config: PathBuf::from(config),
+            }),
+            (None, Some(key)) => Some(gc::Collect::Api { key }),
+            (None, None) => None,
+        };
+        match (wharf, reference) {
+            (Some(w), Some(r)) => {
+                gc::gc_rows(&targets, &[w, r], sizes.gc, sizes.gc_pushes, &mut table).await
+            }
+            _ => eprintln!(
+                "wharf-bench: the gc rows need --wharf-admin-key and --reference-config (or \
+                 --reference-admin-key); skipped"
+            ),
+        }
     }
     table.add(
         "resident memory after the run",

@@ -273,12 +273,13 @@ fn object_garbage(r: &AnyRow) -> Result<Garbage> {
     })
 }
 
-/// Groups `marked` by owner (a repository's id, an object's scope), keeping the digests or ids.
-fn grouped(marked: &[Garbage]) -> Vec<(Bind, Vec<Bind>)> {
+/// Groups `marked` by owner (the registry for manifests, a repository's id for links, an
+/// object's scope), keeping the ids or digests.
+fn grouped(marked: &[Garbage], registry: i64) -> Vec<(Bind, Vec<Bind>)> {
     let mut groups: Vec<(String, Bind, Vec<Bind>)> = Vec::new();
     for g in marked {
         let (key, owner, item): (String, Bind, Bind) = match g {
-            Garbage::Manifest { id, .. } => (String::new(), Bind::Int(0), Bind::Int(*id)),
+            Garbage::Manifest { id, .. } => (String::new(), Bind::Int(registry), Bind::Int(*id)),
             Garbage::Link {
                 repository_id,
                 digest,
@@ -300,6 +301,69 @@ fn grouped(marked: &[Garbage]) -> Vec<(Bind, Vec<Bind>)> {
     groups.into_iter().map(|(_, o, i)| (o, i)).collect()
 }
 
+/// Runs `sql`, whose `{in}` stands for an IN list of `items` bound after `leading`.
+async fn with_list(
+    tx: &mut AnyConnection,
+    sql: &str,
+    leading: &[Bind],
+    items: &[Bind],
+) -> Result<Vec<AnyRow>> {
+    let sql = sql.replace("{in}", &placeholders(leading.len() + 1, items.len()));
+    rows(tx, &sql, Binds([leading, items].concat())).await
+}
+
+/// What a sweep does with one kind of garbage: the rows to lock (`$1`: their owner), the
+/// check that they are still garbage (`$1` owner, `$2` cutoff: its rows are what is freed),
+/// and what frees them (`$1` owner; `$2` now where a claim records it), each over an IN list
+/// of ids or digests.
+struct SweepSql {
+    lock: &'static str,
+    check: String,
+    free: &'static str,
+    read: fn(&AnyRow) -> Result<Garbage>,
+}
+
+fn sweep_sql(kind: &Garbage) -> SweepSql {
+    match kind {
+        Garbage::Manifest { .. } => SweepSql {
+            lock: "SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+                   WHERE r.registry_id = $1 AND m.id IN ({in})",
+            check: format!(
+                "SELECT m.id, r.name, m.digest, m.size FROM manifests m \
+                 JOIN repositories r ON r.id = m.repository_id \
+                 WHERE r.registry_id = $1 AND m.pushed_at < $2 AND m.id IN ({{in}}) \
+                 AND {MANIFEST_GARBAGE}"
+            ),
+            free: "DELETE FROM manifests WHERE repository_id IN \
+                   (SELECT id FROM repositories WHERE registry_id = $1) AND id IN ({in})",
+            read: manifest_garbage,
+        },
+        Garbage::Link { .. } => SweepSql {
+            lock: "SELECT digest FROM repository_blobs WHERE repository_id = $1 \
+                   AND digest IN ({in})",
+            check: format!(
+                "SELECT rb.repository_id, r.name, rb.digest FROM repository_blobs rb \
+                 JOIN repositories r ON r.id = rb.repository_id \
+                 WHERE rb.repository_id = $1 AND rb.created_at < $2 \
+                 AND rb.digest IN ({{in}}) AND {LINK_GARBAGE}"
+            ),
+            free: "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest IN ({in})",
+            read: link_garbage,
+        },
+        Garbage::Object { .. } => SweepSql {
+            lock: "SELECT digest FROM blob_objects WHERE scope = $1 AND digest IN ({in})",
+            check: format!(
+                "SELECT o.scope, o.digest, o.size FROM blob_objects o \
+                 WHERE o.scope = $1 AND o.pinned_at < $2 AND o.digest IN ({{in}}) \
+                 AND {OBJECT_GARBAGE}"
+            ),
+            free: "UPDATE blob_objects SET deleting_since = $2 WHERE scope = $1 \
+                   AND digest IN ({in})",
+            read: object_garbage,
+        },
+    }
+}
+
 async fn sweep(
     meta: &Meta,
     tx: &mut AnyConnection,
@@ -307,116 +371,37 @@ async fn sweep(
     cutoff: i64,
     marked: &[Garbage],
 ) -> Result<Vec<Garbage>> {
-    let lock = meta.lock("UPDATE");
+    let Some(kind) = marked.first() else {
+        return Ok(Vec::new());
+    };
+    let sql = sweep_sql(kind);
+    let lock = format!("{}{}", sql.lock, meta.lock("UPDATE"));
     let mut freed = Vec::new();
-    for (owner, items) in grouped(marked) {
-        let n = items.len();
-        match marked.first() {
-            None => {}
-            Some(Garbage::Manifest { .. }) => {
-                let ids = placeholders(1, n);
-                let locked = format!("SELECT id FROM manifests WHERE id IN ({ids}){lock}");
-                rows(tx, &locked, Binds(items.clone())).await?;
-                let check = format!(
-                    "SELECT m.id, r.name, m.digest, m.size FROM manifests m \
-                     JOIN repositories r ON r.id = m.repository_id \
-                     WHERE m.id IN ({}) AND r.registry_id = $1 AND m.pushed_at < $2 \
-                     AND {MANIFEST_GARBAGE}",
-                    placeholders(3, n)
-                );
-                let binds = [vec![registry.into(), cutoff.into()], items].concat();
-                let garbage = rows(tx, &check, Binds(binds))
-                    .await?
-                    .iter()
-                    .map(manifest_garbage)
-                    .collect::<Result<Vec<_>>>()?;
-                for g in &garbage {
-                    if let Garbage::Manifest { id, .. } = g {
-                        sqlx::query("DELETE FROM manifests WHERE id = $1")
-                            .bind(*id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                freed.extend(garbage);
-            }
-            Some(Garbage::Link { .. }) => {
-                let Bind::Int(repository_id) = owner else {
-                    continue;
-                };
-                let digests = placeholders(2, n);
-                let locked = format!(
-                    "SELECT digest FROM repository_blobs WHERE repository_id = $1 \
-                     AND digest IN ({digests}){lock}"
-                );
-                let binds = [vec![repository_id.into()], items.clone()].concat();
-                rows(tx, &locked, Binds(binds)).await?;
-                let check = format!(
-                    "SELECT rb.repository_id, r.name, rb.digest FROM repository_blobs rb \
-                     JOIN repositories r ON r.id = rb.repository_id \
-                     WHERE rb.repository_id = $1 AND rb.created_at < $2 \
-                     AND rb.digest IN ({}) AND {LINK_GARBAGE}",
-                    placeholders(3, n)
-                );
-                let binds = [vec![repository_id.into(), cutoff.into()], items].concat();
-                let garbage = rows(tx, &check, Binds(binds))
-                    .await?
-                    .iter()
-                    .map(link_garbage)
-                    .collect::<Result<Vec<_>>>()?;
-                for g in &garbage {
-                    if let Garbage::Link { digest, .. } = g {
-                        sqlx::query(
-                            "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
-                        )
-                        .bind(repository_id)
-                        .bind(digest)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                freed.extend(garbage);
-            }
-            Some(Garbage::Object { .. }) => {
-                let Bind::Text(scope) = owner else {
-                    continue;
-                };
-                let digests = placeholders(2, n);
-                let locked = format!(
-                    "SELECT digest FROM blob_objects WHERE scope = $1 \
-                     AND digest IN ({digests}){lock}"
-                );
-                let binds = [vec![scope.as_str().into()], items.clone()].concat();
-                rows(tx, &locked, Binds(binds)).await?;
-                let check = format!(
-                    "SELECT o.scope, o.digest, o.size FROM blob_objects o \
-                     WHERE o.scope = $1 AND o.pinned_at < $2 AND o.digest IN ({}) \
-                     AND {OBJECT_GARBAGE}",
-                    placeholders(3, n)
-                );
-                let binds = [vec![scope.as_str().into(), cutoff.into()], items].concat();
-                let garbage = rows(tx, &check, Binds(binds))
-                    .await?
-                    .iter()
-                    .map(object_garbage)
-                    .collect::<Result<Vec<_>>>()?;
-                let now = now_millis();
-                for g in &garbage {
-                    if let Garbage::Object { digest, .. } = g {
-                        sqlx::query(
-                            "UPDATE blob_objects SET deleting_since = $1 \
-                             WHERE scope = $2 AND digest = $3",
-                        )
-                        .bind(now)
-                        .bind(&scope)
-                        .bind(digest)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                freed.extend(garbage);
-            }
+    for (owner, items) in grouped(marked, registry) {
+        with_list(tx, &lock, std::slice::from_ref(&owner), &items).await?;
+        let garbage = with_list(tx, &sql.check, &[owner.clone(), cutoff.into()], &items)
+            .await?
+            .iter()
+            .map(sql.read)
+            .collect::<Result<Vec<_>>>()?;
+        if garbage.is_empty() {
+            continue;
         }
+        let keys: Vec<Bind> = garbage
+            .iter()
+            .map(|g| match g {
+                Garbage::Manifest { id, .. } => Bind::Int(*id),
+                Garbage::Link { digest, .. } | Garbage::Object { digest, .. } => {
+                    digest.as_str().into()
+                }
+            })
+            .collect();
+        let leading = match kind {
+            Garbage::Object { .. } => vec![owner, now_millis().into()],
+            _ => vec![owner],
+        };
+        with_list(tx, sql.free, &leading, &keys).await?;
+        freed.extend(garbage);
     }
     Ok(freed)
 }
@@ -669,31 +654,42 @@ impl Meta {
         rows.iter().map(object_garbage).collect()
     }
 
-    /// Forgets a claimed object once its content is deleted, and the blob itself once no
-    /// object of it is left and nothing links it.
-    pub async fn forget_object(&self, scope: &str, digest: &str) -> Result<()> {
-        sqlx::query(
-            "DELETE FROM blob_objects WHERE scope = $1 AND digest = $2 \
-             AND deleting_since IS NOT NULL",
+    /// Forgets claimed objects of a scope once their content is deleted, and each blob itself
+    /// once no object of it is left and nothing links it.
+    pub async fn forget_objects(&self, scope: &str, digests: &[String]) -> Result<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<Bind> = digests.iter().map(|d| d.as_str().into()).collect();
+        let mut conn = self.write.acquire().await?;
+        with_list(
+            &mut conn,
+            "DELETE FROM blob_objects WHERE scope = $1 AND deleting_since IS NOT NULL \
+             AND digest IN ({in})",
+            &[scope.into()],
+            &items,
         )
-        .bind(scope)
-        .bind(digest)
-        .execute(&self.write)
         .await?;
         // A link made meanwhile (in another scope) keeps the blob's row; on PostgreSQL a
         // link being made right now fails this delete instead, which is as good.
-        let forgotten = sqlx::query(
-            "DELETE FROM blobs WHERE digest = $1 \
-             AND NOT EXISTS (SELECT 1 FROM blob_objects WHERE digest = $1) \
-             AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)",
+        let forgotten = with_list(
+            &mut conn,
+            "DELETE FROM blobs WHERE digest IN ({in}) \
+             AND NOT EXISTS (SELECT 1 FROM blob_objects o WHERE o.digest = blobs.digest) \
+             AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = blobs.digest)",
+            &[],
+            &items,
         )
-        .bind(digest)
-        .execute(&self.write)
         .await;
         if let Err(e) = forgotten {
-            tracing::debug!(%digest, error = %e, "blob row kept");
+            tracing::debug!(error = %e, "blob rows kept");
         }
         Ok(())
+    }
+
+    /// [`Meta::forget_objects`] of one object.
+    pub async fn forget_object(&self, scope: &str, digest: &str) -> Result<()> {
+        self.forget_objects(scope, &[digest.to_string()]).await
     }
 
     /// Bytes of every stored blob object: the instance's physical total.

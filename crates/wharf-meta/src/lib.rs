@@ -59,6 +59,13 @@ impl MetaError {
         ) || matches!(self, MetaError::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
     }
 
+    /// Whether a row the change refers to was deleted meanwhile (a registry deleted while a
+    /// push into it was being recorded).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, MetaError::Database(sqlx::Error::Database(e))
+            if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
+    }
+
     /// Whether PostgreSQL gave up the transaction to let a concurrent one go on (a deadlock's
     /// victim, a serialization failure): running it again is the remedy.
     pub fn is_conflict_retry(&self) -> bool {

@@ -265,6 +265,10 @@ impl Meta {
     /// content is left to garbage collection, like a deleted repository's: a push elsewhere
     /// may be linking the same blobs at this moment.
     pub async fn delete_registry(&self, name: &str) -> Result<bool> {
+        retry_conflicts(|| self.delete_registry_once(name)).await
+    }
+
+    async fn delete_registry_once(&self, name: &str) -> Result<bool> {
         let mut tx = self.write.begin().await?;
         let done = sqlx::query("DELETE FROM registries WHERE name = $1 RETURNING id")
             .bind(name)
@@ -339,35 +343,56 @@ impl Meta {
 
     /// Deletes a repository with its manifests and tags; its blobs wait for garbage collection.
     pub async fn delete_repository(&self, registry_id: i64, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM repositories WHERE registry_id = $1 AND name = $2")
-            .bind(registry_id)
-            .bind(name)
-            .execute(&self.write)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        retry_conflicts(|| async {
+            let done = sqlx::query("DELETE FROM repositories WHERE registry_id = $1 AND name = $2")
+                .bind(registry_id)
+                .bind(name)
+                .execute(&self.write)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
     }
 }
 
-/// Finds or creates a repository inside a transaction, returning its id.
+/// Runs a deletion again when PostgreSQL made it a deadlock's victim: its cascade takes rows
+/// in another order than a push inserting into the same registry at that moment.
+async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_conflict_retry() && tries < 4 => {
+                tries += 1;
+                tracing::debug!(error = %e, "deletion retried after a deadlock");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Finds or creates a repository inside a transaction, returning its id. The upsert holds the
+/// row (on PostgreSQL) until the transaction ends, so that a concurrent deletion of the
+/// repository waits for it instead of removing the row it is about to reference; one that
+/// committed first makes the upsert create the repository anew.
 pub(crate) async fn ensure_repository(
     tx: &mut sqlx::AnyConnection,
     registry_id: i64,
     name: &str,
 ) -> Result<i64> {
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO repositories (registry_id, name, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (registry_id, name) DO NOTHING",
+         ON CONFLICT (registry_id, name) DO UPDATE SET name = excluded.name RETURNING id",
     )
     .bind(registry_id)
     .bind(name)
     .bind(now_millis())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    let row = sqlx::query("SELECT id FROM repositories WHERE registry_id = $1 AND name = $2")
-        .bind(registry_id)
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
     Ok(row.try_get("id")?)
 }
 

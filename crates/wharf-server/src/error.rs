@@ -90,6 +90,16 @@ impl From<MetaError> for ApiError {
                     .collect();
                 err
             }
+            MetaError::Collected(digest) => ApiError::with_message(
+                ErrorCode::BlobUploadInvalid,
+                format!("blob {digest} was collected as garbage while it was being uploaded (the grace period is shorter than the upload took); upload it again"),
+                serde_json::json!({ "digest": digest }),
+            ),
+            other if other.is_gone() => ApiError::with_message(
+                ErrorCode::NameUnknown,
+                "the registry or repository was deleted while this request was being recorded",
+                None,
+            ),
             other if other.is_unavailable() => {
                 crate::metrics::database_error();
                 tracing::warn!(error = %other, "metadata store unavailable");

@@ -184,6 +184,7 @@ async fn collect(
             pause_point(state).await;
             let freed = sweep(&mut collector, &marked).await?;
             idle = if freed.is_empty() { idle + 1 } else { 0 };
+            let mut claimed = Vec::new();
             for item in freed {
                 match item {
                     Garbage::Manifest {
@@ -200,28 +201,21 @@ async fn collect(
                         }
                     }
                     Garbage::Link { .. } => {}
-                    Garbage::Object {
-                        scope,
-                        digest,
-                        size,
-                    } => {
-                        if run.dry_run {
-                            count(progress, |c| {
-                                c.blobs += 1;
-                                c.bytes += size;
-                            });
-                            if findings.blobs.len() < DRY_RUN_LIST {
-                                findings
-                                    .blobs
-                                    .push(serde_json::json!({ "digest": digest, "size": size }));
-                            }
-                        } else {
-                            delete_object(state, progress, &scope, &digest, size, &mut failures)
-                                .await;
+                    Garbage::Object { digest, size, .. } if run.dry_run => {
+                        count(progress, |c| {
+                            c.blobs += 1;
+                            c.bytes += size;
+                        });
+                        if findings.blobs.len() < DRY_RUN_LIST {
+                            findings
+                                .blobs
+                                .push(serde_json::json!({ "digest": digest, "size": size }));
                         }
                     }
+                    object @ Garbage::Object { .. } => claimed.push(object),
                 }
             }
+            delete_objects(state, progress, claimed, &mut failures).await;
         }
     }
     collector.end().await.map_err(|e| e.to_string())?;
@@ -258,31 +252,61 @@ async fn sweep(
     }
 }
 
-/// Deletes a claimed object's content, then its row. A failure leaves the claim: the next
+/// Stored objects deleted at once: S3 answers each delete in a round trip.
+const DELETING_AT_ONCE: usize = 8;
+
+/// Deletes claimed objects' content, then their rows. A failure leaves the claim: the next
 /// run (or an upload of the same blob) completes it once it is stale.
-async fn delete_object(
+async fn delete_objects(
     state: &AppState,
     progress: &Mutex<Progress>,
-    scope: &str,
-    digest: &str,
-    size: i64,
+    claimed: Vec<Garbage>,
     failures: &mut Vec<String>,
 ) {
-    match remove_content(state, scope, digest).await {
-        Ok(()) => {
-            if let Err(e) = state.meta.forget_object(scope, digest).await {
+    use futures_util::StreamExt;
+    let deleted: Vec<(Garbage, Result<(), String>)> = futures_util::stream::iter(claimed)
+        .map(|item| async move {
+            let outcome = match &item {
+                Garbage::Object { scope, digest, .. } => remove_content(state, scope, digest).await,
+                _ => Ok(()),
+            };
+            (item, outcome)
+        })
+        .buffer_unordered(DELETING_AT_ONCE)
+        .collect()
+        .await;
+    // Forgotten per scope, in one statement each.
+    let mut gone: Vec<(String, Vec<String>, i64)> = Vec::new();
+    for (item, outcome) in deleted {
+        let Garbage::Object {
+            scope,
+            digest,
+            size,
+        } = item
+        else {
+            continue;
+        };
+        match outcome {
+            Ok(()) => match gone.iter_mut().find(|(s, ..)| *s == scope) {
+                Some((_, digests, bytes)) => {
+                    digests.push(digest);
+                    *bytes += size;
+                }
+                None => gone.push((scope, vec![digest], size)),
+            },
+            Err(e) => {
+                tracing::warn!(%digest, scope, error = %e, "deleting collected blob content failed");
                 failures.push(format!("{digest}: {e}"));
-                return;
             }
-            count(progress, |c| {
-                c.blobs += 1;
-                c.bytes += size;
-            });
-            tracing::debug!(%digest, scope, "blob collected");
         }
-        Err(e) => {
-            tracing::warn!(%digest, scope, error = %e, "deleting collected blob content failed");
-            failures.push(format!("{digest}: {e}"));
+    }
+    for (scope, digests, bytes) in gone {
+        match state.meta.forget_objects(&scope, &digests).await {
+            Ok(()) => count(progress, |c| {
+                c.blobs += digests.len() as i64;
+                c.bytes += bytes;
+            }),
+            Err(e) => failures.push(format!("forgetting {} deleted blobs: {e}", digests.len())),
         }
     }
 }
@@ -317,18 +341,7 @@ async fn finish_stale_claims(
 ) {
     let before = wharf_meta::now_millis() - STALE_CLAIM_MS;
     match state.meta.stale_objects(before, 10_000).await {
-        Ok(stale) => {
-            for item in stale {
-                if let Garbage::Object {
-                    scope,
-                    digest,
-                    size,
-                } = item
-                {
-                    delete_object(state, progress, &scope, &digest, size, failures).await;
-                }
-            }
-        }
+        Ok(stale) => delete_objects(state, progress, stale, failures).await,
         Err(e) => failures.push(format!("listing unfinished deletions: {e}")),
     }
 }

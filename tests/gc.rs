@@ -405,6 +405,102 @@ async fn storage_is_counted_and_a_quota_refuses_pushes_beyond_it(b: Backend) {
     blob(&s, "app", &big).await;
 }
 
+/// Waits for a run to end; its final state.
+async fn finished(s: &Server, path: &str) -> Value {
+    let mut run = Value::Null;
+    for _ in 0..400 {
+        let r = s
+            .anon
+            .get(s.url(path))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .unwrap();
+        run = r.json().await.unwrap();
+        if run["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run
+}
+
+async fn a_run_killed_with_its_node_is_failed_and_the_next_completes_it(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let pause = dir.path().join("pause");
+    let pause_arg = pause.to_string_lossy().into_owned();
+    let args = [
+        "--gc-grace",
+        "1s",
+        "--gc-pause-file",
+        &pause_arg,
+        "--gc-heartbeat",
+        "200ms",
+    ];
+    let mut s = Server::start_with(b, &args).await;
+    let config = blob(&s, "app", b"{\"kept\":true}").await;
+    let layer = blob(&s, "app", b"a layer an image uses").await;
+    manifest(&s, "app", "v1", &image(&config, &[&layer], None)).await;
+    let stray = blob(&s, "app", b"garbage the killed run marked").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    std::fs::write(&pause, b"").unwrap();
+    let (client, url) = (s.anon.clone(), s.url("/api/v1/registries/default/gc"));
+    let start = || {
+        client
+            .post(&url)
+            .bearer_auth(OWNER_KEY)
+            .json(&json!({}))
+            .send()
+    };
+    let r = start().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let killed: Value = r.json().await.unwrap();
+    let reached = dir.path().join("pause.reached");
+    for _ in 0..200 {
+        if reached.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reached.exists());
+    s.kill();
+    std::fs::remove_file(&pause).unwrap();
+    s.start_again().await;
+    // Until its heartbeat is stale (a dozen beats) the killed run still counts as going.
+    let r = start().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let r = start().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let next: Value = r.json().await.unwrap();
+    let next = finished(
+        &s,
+        &format!("/api/v1/registries/default/gc/runs/{}", next["id"]),
+    )
+    .await;
+    assert_eq!(next["status"], "succeeded", "{next}");
+    assert_eq!(next["blobs_freed"].as_i64(), Some(1), "{next}");
+    let killed = finished(
+        &s,
+        &format!("/api/v1/registries/default/gc/runs/{}", killed["id"]),
+    )
+    .await;
+    assert_eq!(killed["status"], "failed", "{killed}");
+    assert!(
+        killed["error"].as_str().unwrap().contains("stopped"),
+        "{killed}"
+    );
+    pull(&s, "app", "v1")
+        .await
+        .expect("nothing referenced is lost");
+    assert_eq!(
+        blob_status(&s, "app", &stray.0).await,
+        StatusCode::NOT_FOUND
+    );
+    assert!(!stored(&s).await.contains(&hex(&stray.0)));
+}
+
 /// A node as the stress test's tasks reach it: an HTTP client with credentials, its address,
 /// and the Host header naming the registry (`None`: the default registry).
 #[derive(Clone)]
@@ -800,5 +896,8 @@ mod quota {
 
 mod race {
     use super::*;
-    on_both_backends!(a_push_during_a_run_keeps_its_blobs);
+    on_both_backends!(
+        a_push_during_a_run_keeps_its_blobs,
+        a_run_killed_with_its_node_is_failed_and_the_next_completes_it
+    );
 }

@@ -989,6 +989,11 @@ async fn a_manifest_pushed_between_mark_and_sweep_keeps_its_blob() {
             m.commit_blob(r.id, "", "tmp", &gone, 5, None).await,
             Err(MetaError::Collected(_))
         ));
+        // A claim whose run stopped is found by the next one once it is stale, not before.
+        let long_ago = crate::now_millis() - 60_000;
+        assert!(m.stale_objects(long_ago, 10).await.unwrap().is_empty());
+        let stale = m.stale_objects(crate::now_millis() + 1, 10).await.unwrap();
+        assert!(matches!(&stale[..], [crate::Garbage::Object { digest, .. }] if *digest == gone));
         m.forget_object("", &gone).await.unwrap();
         assert_eq!(
             m.pin_object("", &gone, 5).await.unwrap(),

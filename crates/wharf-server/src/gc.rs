@@ -14,10 +14,9 @@ use crate::AppState;
 
 /// Rows marked and swept per transaction.
 const BATCH: i64 = 200;
-/// How often a running collection tells the database that its node is alive.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A run not heard of for this long (milliseconds) was stopped with its node.
-pub(crate) const STALE_RUN_MS: i64 = 60_000;
+/// A run not heard of for this many of its heartbeats (`Settings::gc_heartbeat`) was stopped
+/// with its node.
+const STALE_BEATS: u32 = 12;
 /// An object claimed this long ago (milliseconds) whose deletion did not finish: its
 /// collection stopped, and whoever finds it completes the deletion.
 pub(crate) const STALE_CLAIM_MS: i64 = 60_000;
@@ -78,7 +77,9 @@ impl AppState {
         cause: &str,
         dry_run: bool,
     ) -> Result<Result<GcRun, GcRun>, MetaError> {
-        let stale = wharf_meta::now_millis() - STALE_RUN_MS;
+        let stale_after = self.settings.gc_heartbeat * STALE_BEATS;
+        let stale =
+            wharf_meta::now_millis() - i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
         let started = self
             .meta
             .start_gc_run(target.id, cause, dry_run, stale)
@@ -96,7 +97,7 @@ async fn run_gc(state: Arc<AppState>, run: GcRun, registry: Target) {
     let heartbeat = tokio::spawn({
         let (state, progress, id) = (state.clone(), progress.clone(), run.id);
         async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut tick = tokio::time::interval(state.settings.gc_heartbeat);
             loop {
                 tick.tick().await;
                 let (phase, counts) = {

@@ -68,6 +68,9 @@ pub struct Settings {
     pub gc_instance_interval: std::time::Duration,
     /// Tests only: a collection waits between marking and sweeping while this file exists.
     pub gc_pause_file: Option<std::path::PathBuf>,
+    /// How often a running collection tells the database that its node is alive; a run not
+    /// heard of for twelve of these is taken for stopped (tests shorten it).
+    pub gc_heartbeat: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -88,6 +91,7 @@ impl Default for Settings {
             gc_grace: std::time::Duration::from_secs(3600),
             gc_instance_interval: std::time::Duration::from_secs(3600),
             gc_pause_file: None,
+            gc_heartbeat: std::time::Duration::from_secs(5),
         }
     }
 }

@@ -129,6 +129,9 @@ pub struct ServeArgs {
     /// Tests only: collections wait between marking and sweeping while this file exists.
     #[arg(long, env = "WHARF_GC_PAUSE_FILE", hide = true)]
     gc_pause_file: Option<PathBuf>,
+    /// Tests only: how often a running collection says it is alive [default: 5s].
+    #[arg(long, env = "WHARF_GC_HEARTBEAT", hide = true, value_parser = duration)]
+    gc_heartbeat: Option<Duration>,
 }
 
 /// `storage` in the configuration file: a URL, or a table with the S3 settings.
@@ -271,6 +274,7 @@ pub struct Config {
     pub rewrap_rate: u32,
     pub gc_grace: Duration,
     pub gc_pause_file: Option<PathBuf>,
+    pub gc_heartbeat: Duration,
 }
 
 impl Config {
@@ -408,6 +412,7 @@ impl Config {
                 .or(file.gc_grace)
                 .unwrap_or(Duration::from_secs(3600)),
             gc_pause_file: args.gc_pause_file,
+            gc_heartbeat: args.gc_heartbeat.unwrap_or(Duration::from_secs(5)),
         })
     }
 }

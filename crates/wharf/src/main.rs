@@ -363,6 +363,7 @@ async fn run(config: Config) -> Result<(), String> {
             gc_grace: config.gc_grace,
             gc_instance_interval: std::time::Duration::from_secs(3600),
             gc_pause_file: config.gc_pause_file.clone(),
+            gc_heartbeat: config.gc_heartbeat,
         },
         jwt_keys,
         content_keys.clone(),

@@ -501,6 +501,41 @@ async fn a_run_killed_with_its_node_is_failed_and_the_next_completes_it(b: Backe
     assert!(!stored(&s).await.contains(&hex(&stray.0)));
 }
 
+async fn a_store_error_fails_the_run_and_a_later_run_retries(b: Backend) {
+    let args = ["--gc-grace", "1s", "--gc-heartbeat", "100ms"];
+    let s = Server::start_with(b, &args).await;
+    let stray = blob(&s, "app", b"garbage whose deletion fails once").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The store cannot delete it: a directory that is not empty stands where the file was.
+    let h = hex(&stray.0);
+    let path = s.data_dir().join("blobs/sha256").join(&h[..2]).join(&h);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir_all(path.join("in-the-way")).unwrap();
+    let err = common::cli_err(&s, Some(OWNER_KEY), &["gc", "run", "default"]);
+    assert!(
+        err.contains("could not be deleted from storage") && err.contains(&h),
+        "{err}"
+    );
+    let history: Value =
+        serde_json::from_str(&cli_ok(&s, &["gc", "history", "default", "--json"])).unwrap();
+    assert_eq!(history[0]["status"], "failed");
+    // Its link is gone (it is garbage), the deletion is left claimed.
+    assert_eq!(
+        blob_status(&s, "app", &stray.0).await,
+        StatusCode::NOT_FOUND
+    );
+
+    // The store recovers (the object is back where it belongs); once the claim is stale, the
+    // next run completes the deletion.
+    std::fs::remove_dir_all(&path).unwrap();
+    std::fs::write(&path, b"stored content").unwrap();
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let run = gc(&s, &["default"]);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["blobs_freed"].as_i64(), Some(1), "{run}");
+    assert!(!path.exists(), "the retried deletion removed it");
+}
+
 /// A node as the stress test's tasks reach it: an HTTP client with credentials, its address,
 /// and the Host header naming the registry (`None`: the default registry).
 #[derive(Clone)]
@@ -887,6 +922,12 @@ mod stress {
 mod collection {
     use super::*;
     on_every_configuration!(frees_what_nothing_references_and_keeps_the_rest);
+}
+
+mod store_error {
+    use super::*;
+    // The fault is made on disk; the database side runs on both.
+    on_both_backends!(a_store_error_fails_the_run_and_a_later_run_retries);
 }
 
 mod quota {

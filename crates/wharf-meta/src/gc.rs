@@ -136,52 +136,81 @@ impl Collector {
         })
     }
 
-    /// Up to `limit` candidates of `phase`, read without locks.
-    pub async fn mark(&mut self, phase: GcPhase, limit: i64) -> Result<Vec<Garbage>> {
+    /// Up to `limit` candidates of `phase` after `after` (the last one of the previous mark,
+    /// in the phase's order), read without locks. Marks go forward through the phase's rows,
+    /// so that rows a sweep kept are not read again in the same pass.
+    pub async fn mark(
+        &mut self,
+        phase: GcPhase,
+        after: Option<&Garbage>,
+        limit: i64,
+    ) -> Result<Vec<Garbage>> {
         let (registry, cutoff) = (self.registry_id, self.cutoff);
-        match phase {
+        let (sql, binds, read): (String, Vec<Bind>, ReadRow) = match phase {
             GcPhase::Manifests => {
-                let sql = format!(
-                    "SELECT m.id, r.name, m.digest, m.size FROM manifests m \
-                     JOIN repositories r ON r.id = m.repository_id \
-                     WHERE r.registry_id = $1 AND m.pushed_at < $2 AND {MANIFEST_GARBAGE} \
-                     ORDER BY m.id LIMIT $3"
-                );
-                let rows = self
-                    .fetch(
-                        &sql,
-                        Binds(vec![registry.into(), cutoff.into(), limit.into()]),
-                    )
-                    .await?;
-                rows.iter().map(manifest_garbage).collect()
+                let after = match after {
+                    Some(Garbage::Manifest { id, .. }) => *id,
+                    _ => 0,
+                };
+                (
+                    format!(
+                        "SELECT m.id, r.name, m.digest, m.size FROM manifests m \
+                         JOIN repositories r ON r.id = m.repository_id \
+                         WHERE r.registry_id = $1 AND m.pushed_at < $2 AND m.id > $3 \
+                         AND {MANIFEST_GARBAGE} ORDER BY m.id LIMIT $4"
+                    ),
+                    vec![registry.into(), cutoff.into(), after.into(), limit.into()],
+                    manifest_garbage,
+                )
             }
             GcPhase::Links => {
-                let sql = format!(
-                    "SELECT rb.repository_id, r.name, rb.digest FROM repository_blobs rb \
-                     JOIN repositories r ON r.id = rb.repository_id \
-                     WHERE r.registry_id = $1 AND rb.created_at < $2 AND {LINK_GARBAGE} \
-                     ORDER BY rb.repository_id, rb.digest LIMIT $3"
-                );
-                let rows = self
-                    .fetch(
-                        &sql,
-                        Binds(vec![registry.into(), cutoff.into(), limit.into()]),
-                    )
-                    .await?;
-                rows.iter().map(link_garbage).collect()
+                let (repository, digest) = match after {
+                    Some(Garbage::Link {
+                        repository_id,
+                        digest,
+                        ..
+                    }) => (*repository_id, digest.as_str()),
+                    _ => (0, ""),
+                };
+                (
+                    format!(
+                        "SELECT rb.repository_id, r.name, rb.digest FROM repository_blobs rb \
+                         JOIN repositories r ON r.id = rb.repository_id \
+                         WHERE r.registry_id = $1 AND rb.created_at < $2 \
+                         AND (rb.repository_id > $3 OR (rb.repository_id = $3 AND rb.digest > $4)) \
+                         AND {LINK_GARBAGE} ORDER BY rb.repository_id, rb.digest LIMIT $5"
+                    ),
+                    vec![
+                        registry.into(),
+                        cutoff.into(),
+                        repository.into(),
+                        digest.into(),
+                        limit.into(),
+                    ],
+                    link_garbage,
+                )
             }
             GcPhase::Objects => {
-                let sql = format!(
-                    "SELECT o.scope, o.digest, o.size FROM blob_objects o \
-                     WHERE o.pinned_at < $1 AND {OBJECT_GARBAGE} \
-                     ORDER BY o.scope, o.digest LIMIT $2"
-                );
-                let rows = self
-                    .fetch(&sql, Binds(vec![cutoff.into(), limit.into()]))
-                    .await?;
-                rows.iter().map(object_garbage).collect()
+                let (scope, digest) = match after {
+                    Some(Garbage::Object { scope, digest, .. }) => {
+                        (scope.as_str(), digest.as_str())
+                    }
+                    _ => ("", ""),
+                };
+                (
+                    format!(
+                        "SELECT o.scope, o.digest, o.size FROM blob_objects o \
+                         WHERE o.pinned_at < $1 \
+                         AND (o.scope > $2 OR (o.scope = $2 AND o.digest > $3)) \
+                         AND {OBJECT_GARBAGE} ORDER BY o.scope, o.digest LIMIT $4"
+                    ),
+                    vec![cutoff.into(), scope.into(), digest.into(), limit.into()],
+                    object_garbage,
+                )
             }
-        }
+        };
+        let rows = self.fetch(&sql, Binds(binds)).await?;
+        rows.iter().map(read).collect()
     }
 
     /// Removes (manifests, links) or claims for deletion (objects) those of `marked` that are
@@ -207,6 +236,9 @@ impl Collector {
         Ok(())
     }
 }
+
+/// Reads one kind of garbage from a row.
+type ReadRow = fn(&AnyRow) -> Result<Garbage>;
 
 /// Values to bind, in order.
 struct Binds(Vec<Bind>);
@@ -320,7 +352,7 @@ struct SweepSql {
     lock: &'static str,
     check: String,
     free: &'static str,
-    read: fn(&AnyRow) -> Result<Garbage>,
+    read: ReadRow,
 }
 
 fn sweep_sql(kind: &Garbage) -> SweepSql {

@@ -759,12 +759,23 @@ async fn collect(m: &Meta, registry: i64, cutoff: i64, dry_run: bool) -> Vec<cra
         crate::GcPhase::Links,
         crate::GcPhase::Objects,
     ] {
+        // Passes until one frees nothing: freeing a subject makes its referrers garbage.
         loop {
-            let marked = c.mark(phase, 2).await.unwrap();
-            if marked.is_empty() {
+            let mut after = None;
+            let mut pass = 0;
+            loop {
+                let marked = c.mark(phase, after.as_ref(), 2).await.unwrap();
+                let Some(last) = marked.last().cloned() else {
+                    break;
+                };
+                let swept = c.sweep(&marked).await.unwrap();
+                pass += swept.len();
+                freed.extend(swept);
+                after = Some(last);
+            }
+            if pass == 0 {
                 break;
             }
-            freed.extend(c.sweep(&marked).await.unwrap());
         }
     }
     c.end().await.unwrap();
@@ -947,7 +958,7 @@ async fn a_manifest_pushed_between_mark_and_sweep_keeps_its_blob() {
             .unwrap();
         let cutoff = crate::now_millis() + 1;
         let mut c = m.collector(r.id, cutoff, false).await.unwrap();
-        let marked = c.mark(crate::GcPhase::Links, 10).await.unwrap();
+        let marked = c.mark(crate::GcPhase::Links, None, 10).await.unwrap();
         assert_eq!(marked.len(), 1, "the unreferenced link is marked");
         // Meanwhile a push references it.
         m.put_manifest(
@@ -961,7 +972,7 @@ async fn a_manifest_pushed_between_mark_and_sweep_keeps_its_blob() {
         assert!(c.sweep(&marked).await.unwrap().is_empty());
         // And its object is linked, so not garbage either.
         assert!(c
-            .mark(crate::GcPhase::Objects, 10)
+            .mark(crate::GcPhase::Objects, None, 10)
             .await
             .unwrap()
             .is_empty());
@@ -978,7 +989,7 @@ async fn a_manifest_pushed_between_mark_and_sweep_keeps_its_blob() {
         assert!(m.delete_repository(r.id, "tmp").await.unwrap());
         let cutoff = crate::now_millis() + 1;
         let mut c = m.collector(r.id, cutoff, false).await.unwrap();
-        let marked = c.mark(crate::GcPhase::Objects, 10).await.unwrap();
+        let marked = c.mark(crate::GcPhase::Objects, None, 10).await.unwrap();
         assert_eq!(c.sweep(&marked).await.unwrap().len(), 1);
         c.end().await.unwrap();
         assert!(matches!(

@@ -17,9 +17,20 @@ const BATCH: i64 = 200;
 /// A run not heard of for this many of its heartbeats (`Settings::gc_heartbeat`) was stopped
 /// with its node.
 const STALE_BEATS: u32 = 12;
-/// An object claimed this long ago (milliseconds) whose deletion did not finish: its
-/// collection stopped, and whoever finds it completes the deletion.
-pub(crate) const STALE_CLAIM_MS: i64 = 60_000;
+impl AppState {
+    /// How long a running collection may go unheard before it is taken for stopped (twelve
+    /// heartbeats: a minute by default), in milliseconds. An object claimed longer ago than
+    /// this whose deletion did not finish was left by such a run: whoever finds it completes
+    /// the deletion.
+    pub(crate) fn gc_stale_ms(&self) -> i64 {
+        let after = self.settings.gc_heartbeat * STALE_BEATS;
+        i64::try_from(after.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+/// While the node serves pushes and pulls, a collection waits this many times as long as each
+/// batch took before the next: it takes at most a ninth of the time, so that clients keep
+/// most of the machine (an idle node collects at full speed).
+const BUSY_YIELD: u32 = 8;
 /// Items a dry run lists in its report, per kind.
 const DRY_RUN_LIST: usize = 1000;
 
@@ -77,9 +88,7 @@ impl AppState {
         cause: &str,
         dry_run: bool,
     ) -> Result<Result<GcRun, GcRun>, MetaError> {
-        let stale_after = self.settings.gc_heartbeat * STALE_BEATS;
-        let stale =
-            wharf_meta::now_millis() - i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let stale = wharf_meta::now_millis().saturating_sub(self.gc_stale_ms());
         let started = self
             .meta
             .start_gc_run(target.id, cause, dry_run, stale)
@@ -171,20 +180,28 @@ async fn collect(
             continue;
         }
         progress.lock().unwrap_or_else(|e| e.into_inner()).phase = phase.name();
-        // Marked rows that a sweep keeps (something took them meanwhile) are not garbage on
-        // the next mark either; rounds that free nothing end the phase all the same.
-        let mut idle = 0;
-        while idle < 3 {
+        // A pass marks forward through the phase's rows, batch after batch. Freeing a
+        // manifest can make others garbage (its referrers, its children) that the pass has
+        // gone by: manifests take passes until one frees nothing.
+        let mut after: Option<Garbage> = None;
+        let mut freed_in_pass = 0;
+        loop {
             let marked = collector
-                .mark(phase, BATCH)
+                .mark(phase, after.as_ref(), BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
-            if marked.is_empty() {
+            let Some(last) = marked.last().cloned() else {
+                if phase == GcPhase::Manifests && freed_in_pass > 0 {
+                    (after, freed_in_pass) = (None, 0);
+                    continue;
+                }
                 break;
-            }
+            };
+            after = Some(last);
             pause_point(state).await;
+            let (batch_started, served) = (std::time::Instant::now(), requests(state));
             let freed = sweep(&mut collector, &marked).await?;
-            idle = if freed.is_empty() { idle + 1 } else { 0 };
+            freed_in_pass += freed.len();
             let mut claimed = Vec::new();
             for item in freed {
                 match item {
@@ -217,6 +234,9 @@ async fn collect(
                 }
             }
             delete_objects(state, progress, claimed, &mut failures).await;
+            if requests(state) != served {
+                tokio::time::sleep(batch_started.elapsed() * BUSY_YIELD).await;
+            }
         }
     }
     collector.end().await.map_err(|e| e.to_string())?;
@@ -227,6 +247,10 @@ async fn collect(
             failures.len()
         )),
     }
+}
+
+fn requests(state: &AppState) -> u64 {
+    state.requests.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn count(progress: &Mutex<Progress>, add: impl FnOnce(&mut GcCounts)) {
@@ -340,7 +364,7 @@ async fn finish_stale_claims(
     progress: &Mutex<Progress>,
     failures: &mut Vec<String>,
 ) {
-    let before = wharf_meta::now_millis() - STALE_CLAIM_MS;
+    let before = wharf_meta::now_millis().saturating_sub(state.gc_stale_ms());
     match state.meta.stale_objects(before, 10_000).await {
         Ok(stale) => delete_objects(state, progress, stale, failures).await,
         Err(e) => failures.push(format!("listing unfinished deletions: {e}")),

@@ -256,6 +256,8 @@ pub struct AppState {
     pub(crate) audit_queue: tokio::sync::mpsc::Sender<wharf_meta::OwnedAuditEntry>,
     /// Renders `/metrics`; `None` where no recorder was installed (then it answers 404).
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// `/v2/` requests this node has begun: garbage collection yields while it grows.
+    pub(crate) requests: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -295,6 +297,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
             upload_locks: locks::KeyedLocks::default(),
+            requests: Default::default(),
         }
     }
 }

@@ -355,16 +355,15 @@ impl Service<'_> {
                 wharf_meta::Pin::Pinned => return Ok(()),
                 wharf_meta::Pin::Deleting(since) => since,
             };
-            if wharf_meta::now_millis() - since > crate::gc::STALE_CLAIM_MS {
+            let stale = self.state.gc_stale_ms();
+            if wharf_meta::now_millis() - since > stale {
                 crate::gc::remove_content(self.state, object_scope, digest.as_str())
                     .await
                     .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
                 meta.forget_object(object_scope, digest.as_str()).await?;
                 continue;
             }
-            if waited.elapsed()
-                > std::time::Duration::from_millis(2 * crate::gc::STALE_CLAIM_MS as u64)
-            {
+            if waited.elapsed() > std::time::Duration::from_millis(2 * stale.max(0) as u64) {
                 return Err(MetaError::Collected(digest.to_string()).into());
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -1247,9 +1247,14 @@ pub fn gc(conn: Connection, cmd: GcCommand) -> Result<(), String> {
             let path = format!("{base}/runs/{}", text(&run["id"]));
             let bar = indicatif::ProgressBar::new_spinner();
             while !no_wait && run["status"] == "running" {
+                let phase = match run["phase"].as_str() {
+                    Some("manifests") => "1/3 manifests",
+                    Some("links") => "2/3 blob links",
+                    Some("blobs") => "3/3 stored blobs",
+                    _ => "starting",
+                };
                 bar.set_message(format!(
-                    "collecting {}: {} manifests, {} blobs ({}) freed",
-                    text(&run["phase"]),
+                    "collecting, phase {phase}: {} manifests, {} blobs ({}) freed",
                     text(&run["manifests_freed"]),
                     text(&run["blobs_freed"]),
                     bytes(run["bytes_freed"].as_i64().unwrap_or(0)),

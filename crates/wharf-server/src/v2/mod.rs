@@ -75,6 +75,9 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Respo
 }
 
 async fn handle(state: &AppState, req: Request) -> Result<Response> {
+    state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (parts, body) = req.into_parts();
     let endpoint = route::parse(parts.uri.path()).ok_or_else(|| {
         ApiError::with_message(ErrorCode::Unsupported, "unknown /v2/ endpoint", None)

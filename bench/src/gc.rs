@@ -11,7 +11,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{concurrently, location, sha, with_digest, Table, Target};
+use crate::{concurrently, sha, try_put_blob, Table, Target};
 
 /// How each registry collects: wharf through its API with an administrator key, the
 /// reference by running its `garbage-collect` command on its configuration.
@@ -116,28 +116,8 @@ async fn collect(t: &Target, how: &Collect) -> Result<(Duration, Option<i64>), S
 
 /// Pushes one image; false when the registry refused any part of it.
 async fn try_push(t: &Target, repo: &str, tag: &str, (c, l, m): (Bytes, Bytes, Bytes)) -> bool {
-    // POST then PUT, as the reference takes no monolithic POST.
     for blob in [c, l] {
-        let digest = sha(&blob);
-        let started = t
-            .client
-            .post(format!("{}/v2/{repo}/blobs/uploads/", t.base))
-            .send()
-            .await;
-        let Ok(started) = started else {
-            return false;
-        };
-        if started.status() != StatusCode::ACCEPTED {
-            return false;
-        }
-        let loc = location(&t.base, &started);
-        let r = t
-            .client
-            .put(with_digest(&loc, &digest))
-            .body(blob)
-            .send()
-            .await;
-        if !matches!(r, Ok(r) if r.status() == StatusCode::CREATED) {
+        if !try_put_blob(t, repo, blob).await {
             return false;
         }
     }

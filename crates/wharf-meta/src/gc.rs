@@ -214,16 +214,22 @@ impl Collector {
     }
 
     /// Removes (manifests, links) or claims for deletion (objects) those of `marked` that are
-    /// still garbage once their rows are locked, in one transaction; returns them.
+    /// still garbage once their rows are locked, in one transaction; returns them. A real run's
+    /// sweep is run again when PostgreSQL made it a deadlock's victim (a push locking the same
+    /// rows in another order) or the database blinked; a dry run's one transaction cannot be.
     pub async fn sweep(&mut self, marked: &[Garbage]) -> Result<Vec<Garbage>> {
-        let (meta, registry, cutoff) = (self.meta.clone(), self.registry_id, self.cutoff);
+        let (meta, registry, cutoff) = (&self.meta, self.registry_id, self.cutoff);
         match &mut self.dry {
-            Some(tx) => sweep(&meta, tx, registry, cutoff, marked).await,
+            Some(tx) => sweep(meta, tx, registry, cutoff, marked).await,
             None => {
-                let mut tx = meta.write.begin().await?;
-                let freed = sweep(&meta, &mut tx, registry, cutoff, marked).await?;
-                tx.commit().await?;
-                Ok(freed)
+                let retried = |e: &MetaError| e.is_conflict_retry() || e.is_unavailable();
+                crate::retry(retried, || async {
+                    let mut tx = meta.write.begin().await?;
+                    let freed = sweep(meta, &mut tx, registry, cutoff, marked).await?;
+                    tx.commit().await?;
+                    Ok(freed)
+                })
+                .await
             }
         }
     }
@@ -358,8 +364,10 @@ struct SweepSql {
 fn sweep_sql(kind: &Garbage) -> SweepSql {
     match kind {
         Garbage::Manifest { .. } => SweepSql {
-            lock: "SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id \
-                   WHERE r.registry_id = $1 AND m.id IN ({in})",
+            // No join: `FOR UPDATE` would lock the repositories' rows too, holding up pushes
+            // into them until the sweep commits.
+            lock: "SELECT id FROM manifests WHERE repository_id IN \
+                   (SELECT id FROM repositories WHERE registry_id = $1) AND id IN ({in})",
             check: format!(
                 "SELECT m.id, r.name, m.digest, m.size FROM manifests m \
                  JOIN repositories r ON r.id = m.repository_id \

@@ -229,16 +229,4 @@ impl Meta {
             .await?;
         Ok(done.rows_affected())
     }
-
-    /// Digests of every blob registry `id` links.
-    pub async fn registry_digests(&self, id: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT rb.digest FROM repository_blobs rb \
-             JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = $1",
-        )
-        .bind(id)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("digest")?)).collect()
-    }
 }

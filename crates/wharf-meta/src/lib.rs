@@ -76,6 +76,26 @@ impl MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+/// Runs `attempt` again, up to four more times with a growing pause, while it fails in a way
+/// `when` says another attempt can mend.
+pub(crate) async fn retry<T, F, Fut>(when: impl Fn(&MetaError) -> bool, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if tries < 4 && when(&e) => {
+                tries += 1;
+                tracing::debug!(error = %e, "retried");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Listings fetch one row more than `limit`: its presence tells that another page follows.
 pub(crate) fn page<T>(
     rows: &[sqlx::any::AnyRow],

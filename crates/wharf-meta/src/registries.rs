@@ -265,7 +265,12 @@ impl Meta {
     /// content is left to garbage collection, like a deleted repository's: a push elsewhere
     /// may be linking the same blobs at this moment.
     pub async fn delete_registry(&self, name: &str) -> Result<bool> {
-        retry_conflicts(|| self.delete_registry_once(name)).await
+        // Its cascade takes rows in another order than a push into the registry: PostgreSQL may
+        // make it a deadlock's victim.
+        crate::retry(MetaError::is_conflict_retry, || {
+            self.delete_registry_once(name)
+        })
+        .await
     }
 
     async fn delete_registry_once(&self, name: &str) -> Result<bool> {
@@ -343,7 +348,7 @@ impl Meta {
 
     /// Deletes a repository with its manifests and tags; its blobs wait for garbage collection.
     pub async fn delete_repository(&self, registry_id: i64, name: &str) -> Result<bool> {
-        retry_conflicts(|| async {
+        crate::retry(MetaError::is_conflict_retry, || async {
             let done = sqlx::query("DELETE FROM repositories WHERE registry_id = $1 AND name = $2")
                 .bind(registry_id)
                 .bind(name)
@@ -352,26 +357,6 @@ impl Meta {
             Ok(done.rows_affected() > 0)
         })
         .await
-    }
-}
-
-/// Runs a deletion again when PostgreSQL made it a deadlock's victim: its cascade takes rows
-/// in another order than a push inserting into the same registry at that moment.
-async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(e) if e.is_conflict_retry() && tries < 4 => {
-                tries += 1;
-                tracing::debug!(error = %e, "deletion retried after a deadlock");
-                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
-            }
-            other => return other,
-        }
     }
 }
 

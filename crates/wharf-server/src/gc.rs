@@ -17,16 +17,6 @@ const BATCH: i64 = 200;
 /// A run not heard of for this many of its heartbeats (`Settings::gc_heartbeat`) was stopped
 /// with its node.
 const STALE_BEATS: u32 = 12;
-impl AppState {
-    /// How long a running collection may go unheard before it is taken for stopped (twelve
-    /// heartbeats: a minute by default), in milliseconds. An object claimed longer ago than
-    /// this whose deletion did not finish was left by such a run: whoever finds it completes
-    /// the deletion.
-    pub(crate) fn gc_stale_ms(&self) -> i64 {
-        let after = self.settings.gc_heartbeat * STALE_BEATS;
-        i64::try_from(after.as_millis()).unwrap_or(i64::MAX)
-    }
-}
 /// While the node serves pushes and pulls, a collection waits this many times as long as each
 /// batch took before the next: it takes at most a ninth of the time, so that clients keep
 /// most of the machine (an idle node collects at full speed).
@@ -78,9 +68,26 @@ impl Target {
             untagged: false,
         }
     }
+
+    /// What it is, in a message: `registry "name"` or `the instance`.
+    pub(crate) fn describe(&self) -> String {
+        match self.id {
+            Self::INSTANCE => "the instance".to_string(),
+            _ => format!("registry {:?}", self.name),
+        }
+    }
 }
 
 impl AppState {
+    /// How long a running collection may go unheard before it is taken for stopped (twelve
+    /// heartbeats: a minute by default), in milliseconds. An object claimed longer ago than
+    /// this whose deletion did not finish was left by such a run: whoever finds it completes
+    /// the deletion.
+    pub(crate) fn gc_stale_ms(&self) -> i64 {
+        let after = self.settings.gc_heartbeat * STALE_BEATS;
+        i64::try_from(after.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Starts a collection in the background; a run already going comes back as the error.
     pub(crate) async fn start_gc(
         self: &Arc<Self>,
@@ -200,7 +207,7 @@ async fn collect(
             after = Some(last);
             pause_point(state).await;
             let (batch_started, served) = (std::time::Instant::now(), requests(state));
-            let freed = sweep(&mut collector, &marked).await?;
+            let freed = collector.sweep(&marked).await.map_err(|e| e.to_string())?;
             freed_in_pass += freed.len();
             let mut claimed = Vec::new();
             for item in freed {
@@ -255,26 +262,6 @@ fn requests(state: &AppState) -> u64 {
 
 fn count(progress: &Mutex<Progress>, add: impl FnOnce(&mut GcCounts)) {
     add(&mut progress.lock().unwrap_or_else(|e| e.into_inner()).counts);
-}
-
-/// A sweep, tried again when PostgreSQL chose it as a deadlock's victim (a push locking the
-/// same rows in another order) or the database blinked.
-async fn sweep(
-    collector: &mut wharf_meta::Collector,
-    marked: &[Garbage],
-) -> Result<Vec<Garbage>, String> {
-    let mut tries = 0;
-    loop {
-        match collector.sweep(marked).await {
-            Ok(freed) => return Ok(freed),
-            Err(e) if tries < 3 && (e.is_unavailable() || e.is_conflict_retry()) => {
-                tries += 1;
-                tracing::debug!(error = %e, "collection sweep retried");
-                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
 }
 
 /// Stored objects deleted at once: S3 answers each delete in a round trip.

@@ -99,7 +99,7 @@ async fn start_run(
 ) -> Result<(StatusCode, Json<RunView>), Problem> {
     admin.require(Permission::RegistryWrite)?;
     let registry = (target.id != Target::INSTANCE).then(|| target.name.clone());
-    let name = target.name.clone();
+    let name = target.describe();
     match state.start_gc(target, "manual", dry_run).await? {
         Ok(run) => {
             let detail = serde_json::json!({ "run": run.id, "dry_run": dry_run });
@@ -138,16 +138,12 @@ async fn show_run(state: &AppState, target: &Target, id: &str) -> Result<Json<Ru
         .meta
         .gc_run(target.id, id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("{} has no run {id}", target.name)))?;
+        .ok_or_else(|| Problem::not_found(format!("{} has no run {id}", target.describe())))?;
     Ok(Json(view(run)))
 }
 
 async fn registry_target(state: &AppState, name: &str) -> Result<Target, Problem> {
-    let registry = find(state, name).await?;
-    Ok(Target {
-        name: format!("registry {name:?}"),
-        ..Target::registry(&registry)
-    })
+    Ok(Target::registry(&find(state, name).await?))
 }
 
 #[utoipa::path(

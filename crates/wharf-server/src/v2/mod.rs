@@ -205,11 +205,7 @@ async fn check_quota(
     repository: &RepositoryName,
     headers: &HeaderMap,
 ) -> Result<()> {
-    let incoming: i64 = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let incoming = content_length(headers)?.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
     let held = match endpoint {
         Endpoint::Upload { id, .. } => state
             .meta

@@ -1238,3 +1238,292 @@ on_both!(
     distroless_status_d,
     rpm_and_npm_inventories,
 );
+
+/// Scanning inside the registry: a real Debian 12 image pushed with skopeo to a registry with
+/// scanning on is scanned from wharf's own store, with the findings `wharf scan` reports for
+/// the same image; a newer database is matched again without reading a layer.
+mod in_registry {
+    use super::*;
+    use common::images::Skopeo;
+    use common::{cli, cli_ok, Server, OWNER_KEY};
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+
+    /// The database arguments of the CLI for a server's own metadata.
+    fn db_args(s: &Server) -> Vec<String> {
+        match s.database_url() {
+            Some(url) => vec!["--database-url".into(), url.into()],
+            None => vec!["--data-dir".into(), s.data_dir().display().to_string()],
+        }
+    }
+
+    fn wharf_on(s: &Server, args: &[&str]) -> String {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(db_args(s));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let o = wharf(&all);
+        assert!(o.status.success(), "wharf {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    async fn artifact(s: &Server, repo: &str, reference: &str) -> Value {
+        let r = s
+            .anon
+            .get(s.url(&format!(
+                "/api/v1/registries/default/repositories/{repo}/-/artifacts/{reference}"
+            )))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .expect("artifact");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        r.json().await.expect("json")
+    }
+
+    /// Waits until the artifact's scan is no longer pending, or `done` says so.
+    async fn wait_for(
+        s: &Server,
+        repo: &str,
+        reference: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let a = artifact(s, repo, reference).await;
+            if done(&a) {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scan did not finish: {a}\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn vulns(s: &Server, args: &[&str]) -> Value {
+        let mut all = vec!["artifact", "vulns", "default", "debian:12", "--json"];
+        all.extend(args);
+        serde_json::from_str(&cli_ok(s, &all)).expect("vulns --json")
+    }
+
+    fn pairs(items: &Value) -> std::collections::BTreeSet<(String, String)> {
+        items
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|f| {
+                (
+                    f["package"].as_str().unwrap_or_default().to_string(),
+                    f["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    async fn debian_image_is_scanned_on_push(backend: Backend) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let pause = work.path().join("pause");
+        std::fs::write(&pause, b"").expect("pause file");
+        let mut s = Server::start_with(
+            backend,
+            &["--scan-pause-file", pause.to_str().expect("path")],
+        )
+        .await;
+        // The database is imported before the server runs on it (importing beside a running
+        // server is another test's matter).
+        s.stop();
+        let data = support::vulndb_dir();
+        let import: Vec<String> = ["osv/debian12.jsonl.gz", "cvss"]
+            .iter()
+            .map(|f| data.join(f).display().to_string())
+            .collect();
+        let mut args = vec!["vulndb", "import"];
+        args.extend(import.iter().map(String::as_str));
+        wharf_on(&s, &args);
+        s.start_again().await;
+        cli_ok(&s, &["registry", "update", "default", "--scanning"]);
+
+        let image = layout(
+            &work.path().join("image"),
+            &[std::fs::read(debian_rootfs()).expect("rootfs")],
+        );
+        let skopeo = Skopeo::new(work.path());
+        let host = format!("127.0.0.1:{}", s.port);
+        let (name, secret) = s.tester.clone().expect("tester");
+        skopeo.login(&host, &name, &secret);
+        let dest = format!("docker://{host}/debian:12");
+        skopeo.run(&[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}", image.display()),
+            &dest,
+        ]);
+
+        // Pending: no scan time, and the image pulls all the same.
+        let pending = artifact(&s, "debian", "12").await;
+        assert_eq!(pending["scan"]["status"], "pending", "{pending}");
+        assert!(pending["scan"].get("scanned_at").is_none(), "{pending}");
+        let out = work.path().join("pulled");
+        skopeo.run(&[
+            "copy",
+            "--src-tls-verify=false",
+            &dest,
+            &format!("oci:{}", out.display()),
+        ]);
+        assert_eq!(
+            artifact(&s, "debian", "12").await["scan"]["status"],
+            "pending"
+        );
+
+        std::fs::remove_file(&pause).expect("unpause");
+        let scanned = wait_for(&s, "debian", "12", |a| a["scan"]["status"] != "pending").await;
+        let scan = &scanned["scan"];
+        assert_eq!(scan["status"], "scanned", "{scanned}");
+        assert!(scan["scanned_at"].is_string());
+        assert_eq!(scan["os"], "Debian GNU/Linux 12 (bookworm)");
+
+        // The same findings as the scanner reports for the image file, on the same database.
+        let report: Value = serde_json::from_str(&wharf_on(
+            &s,
+            &["scan", image.to_str().expect("path"), "--json"],
+        ))
+        .expect("scan --json");
+        let all = vulns(&s, &[]);
+        assert!(!report["findings"].as_array().expect("findings").is_empty());
+        assert_eq!(pairs(&all["items"]), pairs(&report["findings"]));
+        assert_eq!(
+            all["items"].as_array().map(Vec::len),
+            report["findings"].as_array().map(Vec::len)
+        );
+        assert_eq!(scan["packages"], report["packages"]);
+        let total: i64 = scan["summary"]
+            .as_object()
+            .expect("summary")
+            .values()
+            .filter_map(Value::as_i64)
+            .sum();
+        assert_eq!(
+            total as usize,
+            report["findings"].as_array().map_or(0, Vec::len)
+        );
+
+        // Pages of three follow each other without gap or overlap, most severe first.
+        let base = "/api/v1/registries/default/repositories/debian/-/artifacts/12/vulnerabilities";
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                Some(a) => format!("{base}?limit=3&after={a}"),
+                None => format!("{base}?limit=3"),
+            };
+            let page: Value = s
+                .anon
+                .get(s.url(&url))
+                .bearer_auth(OWNER_KEY)
+                .send()
+                .await
+                .expect("page")
+                .json()
+                .await
+                .expect("json");
+            paged.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(Value::Array(paged.clone()), all["items"]);
+        let ranks: Vec<usize> = paged
+            .iter()
+            .map(|f| {
+                ["critical", "high", "medium", "low", "none", "unknown"]
+                    .iter()
+                    .position(|s| f["severity"] == *s)
+                    .expect("severity")
+            })
+            .collect();
+        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ranks:?}");
+
+        // Bad input: a clear problem, and a one-line CLI error.
+        let bad = s
+            .anon
+            .get(s.url(&format!("{base}?severity=severe")))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .expect("bad");
+        assert_eq!(bad.status(), 400);
+        let err = cli(
+            &s,
+            Some(OWNER_KEY),
+            &["artifact", "vulns", "default", "debian:13"],
+        );
+        assert!(!err.status.success());
+        assert!(String::from_utf8_lossy(&err.stderr).contains("no artifact"));
+
+        // A newer database is matched against the stored inventory: with every layer gone
+        // from the store, a new advisory for the image's openssl still shows up.
+        if backend == Backend::Sqlite || backend == Backend::Postgres {
+            let blobs = s.data_dir().join("blobs");
+            assert!(blobs.is_dir(), "blobs stored under {}", blobs.display());
+            std::fs::remove_dir_all(&blobs).expect("remove blobs");
+        }
+        let extra = work.path().join("debian12-extra.jsonl");
+        std::fs::write(
+            &extra,
+            r#"{"id": "WHARF-TEST-1", "aliases": ["CVE-2099-0001"], "modified": "2026-11-29T00:00:00Z", "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}], "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssl"}, "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}]}"#,
+        )
+        .expect("advisory");
+        wharf_on(&s, &["vulndb", "import", extra.to_str().expect("path")]);
+        wait_for(&s, "debian", "12", |_| {
+            let v = vulns(&s, &[]);
+            pairs(&v["items"])
+                .iter()
+                .any(|(_, id)| id == "CVE-2099-0001")
+        })
+        .await;
+        let after_import = artifact(&s, "debian", "12").await;
+        assert_eq!(after_import["scan"]["status"], "scanned", "{after_import}");
+        // The new findings are the advisory's, for the packages built from openssl; the
+        // others are as before.
+        let now = pairs(&vulns(&s, &[])["items"]);
+        let (new, old): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) =
+            now.into_iter().partition(|(_, id)| id == "CVE-2099-0001");
+        assert_eq!(old, pairs(&all["items"]));
+        let new_packages: Vec<&str> = new.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(new_packages.contains(&"openssl"), "{new_packages:?}");
+
+        // Filters, as the scanner's: the new advisory is critical (from its own CVSS vector)
+        // and has no fix; several severities at once.
+        let critical = vulns(&s, &["--severity", "critical,high"]);
+        assert_eq!(pairs(&critical["items"]), new);
+        for f in critical["items"].as_array().expect("items") {
+            assert_eq!(
+                (&f["severity"], &f["fixable"]),
+                (&json!("critical"), &json!(false))
+            );
+        }
+        assert!(vulns(&s, &["--severity", "critical", "--fixable"])["items"]
+            .as_array()
+            .expect("items")
+            .is_empty());
+        let fixable: std::collections::BTreeSet<(String, String)> = report["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .filter(|f| f["fixable"] == true)
+            .map(|f| {
+                (
+                    f["package"].as_str().unwrap_or_default().to_string(),
+                    f["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        assert!(!fixable.is_empty());
+        assert_eq!(pairs(&vulns(&s, &["--fixable"])["items"]), fixable);
+    }
+
+    on_both_backends!(debian_image_is_scanned_on_push);
+}

@@ -239,5 +239,41 @@ async fn insert_audit(tx: &mut sqlx::AnyConnection, entries: Vec<OwnedAuditEntry
         }
         q.execute(&mut *tx).await?;
     }
+    stamp_pulls(tx, &entries, now).await
+}
+
+/// Stamps `pulled_at` on the manifests the batch's pull entries name, at most once a minute
+/// each (a busy image is pulled thousands of times a minute): scans match images pulled lately
+/// again when the vulnerability database changes, and the views show the last pull.
+async fn stamp_pulls(
+    tx: &mut sqlx::AnyConnection,
+    entries: &[OwnedAuditEntry],
+    now: i64,
+) -> Result<()> {
+    let pulls: std::collections::BTreeSet<(i64, &str, &str)> = entries
+        .iter()
+        .filter(|e| e.action == "manifest.pull")
+        .filter_map(|e| {
+            Some((
+                e.registry_id,
+                e.repository.as_deref()?,
+                e.digest.as_deref()?,
+            ))
+        })
+        .collect();
+    for (registry, repository, digest) in pulls {
+        sqlx::query(
+            "UPDATE manifests SET pulled_at = $1 WHERE digest = $4 AND repository_id = \
+             (SELECT id FROM repositories WHERE registry_id = $2 AND name = $3) \
+             AND (pulled_at IS NULL OR pulled_at < $5)",
+        )
+        .bind(now)
+        .bind(registry)
+        .bind(repository)
+        .bind(digest)
+        .bind(now - 60_000)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }

@@ -27,9 +27,12 @@ const TABLES: &[&str] = &[
     "data_keys",
     "vuln_advisories",
     "vuln_packages",
+    "vuln_aliases",
     "vuln_scores",
     "vuln_sources",
     "scan_inventories",
+    "scans",
+    "scan_findings",
     "gc_runs",
 ];
 

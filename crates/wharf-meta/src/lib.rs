@@ -10,6 +10,7 @@ mod gc;
 mod keys;
 mod manifests;
 mod registries;
+mod scans;
 mod tokens;
 mod uploads;
 mod vulndb;
@@ -19,6 +20,10 @@ pub use db::{Backend, Meta};
 pub use gc::{Collector, Garbage, GcCounts, GcPhase, GcRun, Pin};
 pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
 pub use registries::{NewRegistry, Registry, RegistryChanges, RegistryStats, RepositoryInfo};
+pub use scans::{
+    AffectedArtifact, ArtifactInfo, FindingCursor, FindingFilter, FindingRow, ScanJob, ScanOutcome,
+    ScanRecord, SCANNABLE_NAME,
+};
 pub use tokens::{NewScope, ScopeRecord, TokenRecord};
 pub use uploads::Upload;
 pub use vulndb::{AdvisoryRow, ImportCounts, ScoreRow, SourceStatus};

@@ -529,6 +529,7 @@ fn advisory(id: &str, digest: &str, packages: &[(&str, &str)]) -> crate::Advisor
             .iter()
             .map(|(e, p)| (e.to_string(), p.to_string()))
             .collect(),
+        aliases: vec![format!("ALIAS-{id}")],
     }
 }
 
@@ -579,6 +580,12 @@ async fn vulnerability_imports_are_idempotent_and_incremental() {
                 ),
             ]
         );
+        // Found by ID or by alias.
+        let named = m.advisories_named("ALIAS-CVE-2").await.unwrap();
+        assert_eq!(named.len(), 1);
+        assert!(named[0].1.contains("b2"));
+        assert_eq!(m.advisories_named("CVE-3").await.unwrap().len(), 1);
+        assert!(m.advisories_named("CVE-9").await.unwrap().is_empty());
         assert!(m
             .advisories_for("Alpine:v3.17", &["openssl".into()])
             .await
@@ -1014,6 +1021,195 @@ async fn a_manifest_pushed_between_mark_and_sweep_keeps_its_blob() {
             .commit_blob(r.id, "", "tmp", &gone, 5, None)
             .await
             .unwrap());
+    }
+    finish(stores).await;
+}
+
+fn finding(id: &str, package: &str, severity: &str, rank: i64, fixed: bool) -> crate::FindingRow {
+    crate::FindingRow {
+        vuln_id: id.into(),
+        package: package.into(),
+        installed: "1.0".into(),
+        fixed: fixed.then(|| "1.1".to_string()),
+        severity: severity.into(),
+        rank,
+        score: Some(rank as f64 * 2.0),
+        ids: vec![id.to_string(), format!("GHSA-{id}")],
+        doc: "{}".into(),
+    }
+}
+
+fn outcome(db_version: i64, findings: Vec<crate::FindingRow>) -> crate::ScanOutcome {
+    crate::ScanOutcome {
+        status: "scanned".into(),
+        reason: None,
+        db_version,
+        os: Some("debian 12".into()),
+        packages: Some(90),
+        partial: false,
+        highest: findings.first().map(|f| f.severity.clone()),
+        summary: Some("{}".into()),
+        findings,
+    }
+}
+
+/// The scan queue hands each job to one claimer, takes abandoned claims over, and after the
+/// database changes hands out results of images pushed or pulled lately to be matched again.
+#[tokio::test]
+async fn scans_are_claimed_once_and_rematched_when_the_database_changes() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let a = m.ensure_registry("alpha", "eu").await.unwrap();
+        let (img1, img2, index) = (digest(1), digest(2), digest(3));
+        m.put_manifest(a.id, "app", manifest(&img1, vec![], None), Some("v1"))
+            .await
+            .unwrap();
+        m.put_manifest(a.id, "app", manifest(&img2, vec![], None), None)
+            .await
+            .unwrap();
+        let mut idx = manifest(&index, vec![], None);
+        idx.media_type = "application/vnd.oci.image.index.v1+json".into();
+        idx.manifests = vec![img1.clone()];
+        m.put_manifest(a.id, "app", idx, Some("multi"))
+            .await
+            .unwrap();
+        // A repository whose name is too short for a scan.
+        m.put_manifest(a.id, "x", manifest(&digest(4), vec![], None), None)
+            .await
+            .unwrap();
+
+        assert!(m.queue_scan("", &img1).await.unwrap());
+        assert!(!m.queue_scan("", &img1).await.unwrap(), "queued once");
+        // Switching scanning on later queues the rest: images only, names of scannable length.
+        assert_eq!(m.queue_registry_scans(a.id).await.unwrap(), 1);
+
+        let now = crate::now_millis();
+        let v = m.vuln_db_version().await.unwrap();
+        let first = m.claim_scan(v, 0, now - 60_000).await.unwrap().unwrap();
+        assert_eq!(
+            (first.digest.as_str(), first.rematch, first.attempts),
+            (img1.as_str(), false, 1)
+        );
+        let second = m.claim_scan(v, 0, now - 60_000).await.unwrap().unwrap();
+        assert_eq!(second.digest, img2);
+        assert_eq!(
+            m.claim_scan(v, 0, now - 60_000).await.unwrap(),
+            None,
+            "all claimed"
+        );
+        // A claim older than the stale mark is taken over.
+        let again = m
+            .claim_scan(v, 0, crate::now_millis() + 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.digest.as_str(), again.attempts), (img1.as_str(), 2));
+        m.release_scan("", &img2).await.unwrap();
+
+        let findings = vec![
+            finding("CVE-2024-0003", "zlib", "critical", 5, true),
+            finding("CVE-2024-0001", "openssl", "high", 4, true),
+            finding("CVE-2024-0002", "openssl", "high", 4, false),
+            finding("CVE-2024-0004", "bash", "low", 2, false),
+        ];
+        m.finish_scan("", &img1, outcome(v, findings.clone()))
+            .await
+            .unwrap();
+        let got = m.scans_of("", &[img1.clone(), img2.clone()]).await.unwrap();
+        let one = got.iter().find(|r| r.digest == img1).unwrap();
+        assert_eq!(one.status, "scanned");
+        assert_eq!(one.highest.as_deref(), Some("critical"));
+        assert!(one.scanned_at.is_some());
+        let two = got.iter().find(|r| r.digest == img2).unwrap();
+        assert_eq!((two.status.as_str(), two.scanned_at), ("pending", None));
+
+        // Most severe first, in pages; filters by severity and fixable.
+        let all = crate::FindingFilter::default();
+        let (page1, more) = m.scan_findings("", &img1, &all, None, 2).await.unwrap();
+        assert!(more);
+        assert_eq!(page1, findings[..2].to_vec());
+        let last = &page1[1];
+        let cursor = (
+            last.rank,
+            last.vuln_id.clone(),
+            last.package.clone(),
+            last.installed.clone(),
+        );
+        let (page2, more) = m
+            .scan_findings("", &img1, &all, Some(&cursor), 2)
+            .await
+            .unwrap();
+        assert!(!more);
+        assert_eq!(page2, findings[2..].to_vec());
+        let high_fixable = crate::FindingFilter {
+            severities: vec!["high".into(), "low".into()],
+            fixable: true,
+        };
+        let (only, _) = m
+            .scan_findings("", &img1, &high_fixable, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(only, vec![findings[1].clone()]);
+
+        // A new database: the result is matched again, once, while the image is recent.
+        let v2 = m.bump_vuln_db().await.unwrap();
+        assert_eq!(v2, v + 1);
+        let far_future = crate::now_millis() + 3_600_000;
+        assert_eq!(
+            m.claim_scan(v2, far_future, 0)
+                .await
+                .unwrap()
+                .map(|j| j.digest),
+            Some(img2.clone()),
+            "pending scans go first"
+        );
+        assert_eq!(
+            m.claim_scan(v2, far_future, 0).await.unwrap(),
+            None,
+            "not recent"
+        );
+        let rematch = m.claim_scan(v2, 0, 0).await.unwrap().unwrap();
+        assert_eq!(
+            (rematch.digest.as_str(), rematch.rematch),
+            (img1.as_str(), true)
+        );
+        m.finish_scan("", &img1, outcome(v2, vec![])).await.unwrap();
+        assert_eq!(m.claim_scan(v2, 0, 0).await.unwrap(), None);
+        assert!(m
+            .scan_findings("", &img1, &all, None, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty());
+
+        // A pull counts as recent use: it is stamped by the audit writer.
+        let v3 = m.bump_vuln_db().await.unwrap();
+        let pull = crate::OwnedAuditEntry {
+            actor: "token:1".into(),
+            action: "manifest.pull".into(),
+            registry_id: a.id,
+            repository: Some("app".into()),
+            digest: Some(img1.clone()),
+            detail: None,
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let before = crate::now_millis();
+        m.audit_batch(vec![pull]).await.unwrap();
+        let job = m.claim_scan(v3, before, 0).await.unwrap().unwrap();
+        assert_eq!((job.digest.as_str(), job.rematch), (img1.as_str(), true));
+
+        // The image's manifest is found through any repository of the scope; a dropped scan
+        // is gone with its findings.
+        let (_, media_type) = m.scan_manifest("", &img1).await.unwrap().unwrap();
+        assert_eq!(media_type, "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(m.scan_manifest("other-key", &img1).await.unwrap(), None);
+        m.drop_scan("", &img1).await.unwrap();
+        assert!(m
+            .scans_of("", std::slice::from_ref(&img1))
+            .await
+            .unwrap()
+            .is_empty());
     }
     finish(stores).await;
 }

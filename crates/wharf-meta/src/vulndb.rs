@@ -20,6 +20,8 @@ pub struct AdvisoryRow {
     pub doc: String,
     /// (ecosystem, package) pairs the advisory is looked up by.
     pub packages: Vec<(String, String)>,
+    /// The other IDs it is known by.
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +84,7 @@ fn sort_out<'r, R>(
 }
 
 /// `($1, $2, ...), (...)` for `rows` rows of `cols` columns.
-fn values(rows: usize, cols: usize) -> String {
+pub(crate) fn values(rows: usize, cols: usize) -> String {
     (0..rows)
         .map(|r| {
             let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
@@ -92,7 +94,7 @@ fn values(rows: usize, cols: usize) -> String {
         .join(", ")
 }
 
-fn bind<'q, T>(args: &mut AnyArguments<'q>, value: T)
+pub(crate) fn bind<'q, T>(args: &mut AnyArguments<'q>, value: T)
 where
     T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
@@ -136,6 +138,9 @@ impl Meta {
                     .iter()
                     .map(|r| -> Result<_> { Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)) })
                     .collect::<Result<_>>()?;
+            // Aliases are written for every row, changed or not, so that a database imported
+            // before they were kept gets them from the next import.
+            write_aliases(&mut tx, chunk).await?;
             let changed = sort_out(chunk.iter().copied(), &mut counts, |r| {
                 stored
                     .get(&(r.source.clone(), r.id.clone()))
@@ -357,6 +362,23 @@ impl Meta {
         Ok(out)
     }
 
+    /// The advisories of a vulnerability, found by their own ID or by any alias: (source,
+    /// document) of each.
+    pub async fn advisories_named(&self, id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT a.source, a.doc FROM vuln_advisories a WHERE a.id = $1 \
+             OR EXISTS (SELECT 1 FROM vuln_aliases v WHERE v.alias = $1 \
+                 AND v.source = a.source AND v.id = a.id) \
+             ORDER BY a.source, a.id",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// Every stored score of these CVEs (or other IDs).
     pub async fn scores_for(&self, ids: &[String]) -> Result<Vec<ScoreRow>> {
         let mut out = Vec::new();
@@ -408,6 +430,39 @@ impl Meta {
                 .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
+}
+
+/// Replaces the aliases of these advisories.
+async fn write_aliases(tx: &mut sqlx::AnyConnection, rows: &[&AdvisoryRow]) -> Result<()> {
+    let mut args = AnyArguments::default();
+    for r in rows {
+        bind(&mut args, r.source.clone());
+        bind(&mut args, r.id.clone());
+    }
+    let sql = format!(
+        "DELETE FROM vuln_aliases WHERE (source, id) IN (VALUES {})",
+        values(rows.len(), 2)
+    );
+    sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+    let aliases: Vec<(&str, &AdvisoryRow)> = rows
+        .iter()
+        .flat_map(|r| r.aliases.iter().map(move |a| (a.as_str(), *r)))
+        .collect();
+    for part in aliases.chunks(BATCH) {
+        let mut args = AnyArguments::default();
+        for (alias, r) in part {
+            bind(&mut args, alias.to_string());
+            bind(&mut args, r.source.clone());
+            bind(&mut args, r.id.clone());
+        }
+        let sql = format!(
+            "INSERT INTO vuln_aliases (alias, source, id) VALUES {} \
+             ON CONFLICT (alias, source, id) DO NOTHING",
+            values(part.len(), 3)
+        );
+        sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 fn score_row(r: &sqlx::any::AnyRow) -> Result<ScoreRow> {

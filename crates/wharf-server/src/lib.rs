@@ -5,12 +5,14 @@ mod api;
 mod error;
 mod gc;
 pub use gc::schedule_gc;
+pub use scanning::run_workers as run_scan_workers;
 pub mod jwt;
 mod keyring;
 mod locks;
 mod metrics;
 mod rate;
 mod route;
+pub mod scanning;
 mod serve;
 mod service;
 mod token_endpoint;
@@ -71,6 +73,12 @@ pub struct Settings {
     /// How often a running collection tells the database that its node is alive; a run not
     /// heard of for twelve of these is taken for stopped (tests shorten it).
     pub gc_heartbeat: std::time::Duration,
+    /// Scans this node runs at once; 0 leaves scanning to other nodes.
+    pub scan_workers: usize,
+    /// A scan still reading layers after this long makes its image `Unknown`.
+    pub scan_timeout: std::time::Duration,
+    /// Tests only: no scan starts while this file exists.
+    pub scan_pause_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -92,6 +100,9 @@ impl Default for Settings {
             gc_instance_interval: std::time::Duration::from_secs(3600),
             gc_pause_file: None,
             gc_heartbeat: std::time::Duration::from_secs(5),
+            scan_workers: 2,
+            scan_timeout: std::time::Duration::from_secs(600),
+            scan_pause_file: None,
         }
     }
 }
@@ -214,6 +225,7 @@ pub(crate) struct RegistryRef {
     pub read_only: bool,
     pub key_id: Option<String>,
     pub quota_bytes: Option<i64>,
+    pub scanning: bool,
 }
 
 pub struct AppState {
@@ -258,6 +270,8 @@ pub struct AppState {
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// `/v2/` requests this node has begun: garbage collection yields while it grows.
     pub(crate) requests: std::sync::atomic::AtomicU64,
+    /// Wakes this node's scan workers when a push queued a scan.
+    pub(crate) scan_wakeup: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -298,6 +312,7 @@ impl AppState {
             ),
             upload_locks: locks::KeyedLocks::default(),
             requests: Default::default(),
+            scan_wakeup: Default::default(),
         }
     }
 }
@@ -377,7 +392,7 @@ impl AppState {
 
     /// How long a node keeps a registry's id: a registry deleted through another node stops
     /// resolving here within this time (this node forgets it at once).
-    const REGISTRY_ID_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+    pub(crate) const REGISTRY_ID_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
     /// The registry named `name`, if it exists: its id and rate limit, as of at most a second
     /// ago.
@@ -399,6 +414,7 @@ impl AppState {
             read_only: r.read_only,
             key_id: r.key_id,
             quota_bytes: r.quota_bytes,
+            scanning: r.scanning,
         });
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
         match &found {

@@ -197,3 +197,10 @@ impl http_body::Body for Counted {
         self.inner.size_hint()
     }
 }
+
+/// A scan (layers read) or match (stored inventory) ended with `status`.
+pub(crate) fn scan_done(kind: &'static str, status: &str, took: std::time::Duration) {
+    let status = status.to_string();
+    ::metrics::counter!("wharf_scans_total", "kind" => kind, "status" => status).increment(1);
+    ::metrics::histogram!("wharf_scan_duration_seconds", "kind" => kind).record(took.as_secs_f64());
+}

@@ -43,6 +43,8 @@ pub(crate) struct Scope<'a> {
     pub registry_id: i64,
     /// The registry's own master key, if it has one: its content is stored and sealed apart.
     pub key_id: Option<&'a str>,
+    /// Whether the registry scans the images pushed to it.
+    pub scanning: bool,
     pub repository: &'a str,
     pub actor: String,
 }
@@ -506,6 +508,7 @@ impl Service<'_> {
     ) -> Result<()> {
         let mut manifest = manifest;
         let digest = manifest.digest.clone();
+        let is_index = wharf_oci::media::is_index(&manifest.media_type);
         let (_, sealing) = self.state.scoped(scope.key_id)?;
         manifest.content = sealing.seal_bytes(&manifest.content).await?;
         if let Some(text) = &manifest.annotations {
@@ -515,6 +518,9 @@ impl Service<'_> {
             .meta
             .put_manifest(scope.registry_id, scope.repository, manifest, tag)
             .await?;
+        if scope.scanning && !is_index {
+            self.queue_scan(scope, &digest).await;
+        }
         self.emit(
             scope,
             Event::ManifestPushed {
@@ -524,6 +530,21 @@ impl Service<'_> {
         )
         .await;
         Ok(())
+    }
+
+    /// Queues a scan of a pushed image (its registry scans what is pushed). The push has
+    /// happened: a failure here is logged, and switching scanning on again queues what was
+    /// missed.
+    async fn queue_scan(&self, scope: &Scope<'_>, digest: &str) {
+        if !wharf_meta::SCANNABLE_NAME.contains(&scope.repository.len()) {
+            return;
+        }
+        let object_scope = scope.key_id.unwrap_or_default();
+        match self.state.meta.queue_scan(object_scope, digest).await {
+            Ok(true) => self.state.scan_wakeup.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(digest, error = %e, "scan not queued"),
+        }
     }
 
     /// Deletes a tag, or a manifest with every tag on it; false if there was none.

@@ -559,7 +559,12 @@ impl Client {
 
     /// Sends a request and returns the JSON answer (`Null` for an empty one); a problem answer
     /// becomes its one-line detail.
-    fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+    pub(crate) fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let key = self.key.as_deref().ok_or_else(|| {
             let where_ = config_path()
                 .map(|p| format!(", or put key = \"...\" in {}", p.display()))
@@ -596,7 +601,7 @@ impl Client {
         })
     }
 
-    fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+    pub(crate) fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
         if self.json {
             println!(
                 "{}",
@@ -643,7 +648,7 @@ const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, PATH).to_string()
 }
 
@@ -651,7 +656,7 @@ fn bytes(n: i64) -> String {
     wharf_server::human_bytes(n)
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -661,7 +666,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -745,7 +750,7 @@ const REGISTRY_HEADERS: [&str; 11] = [
 ];
 
 /// Fetches every page of a listing, following `next` (a name or an id) as `after`.
-fn all_pages(client: &Client, path: &str) -> Result<Vec<Value>, String> {
+pub(crate) fn all_pages(client: &Client, path: &str) -> Result<Vec<Value>, String> {
     let mut items = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -132,6 +132,16 @@ pub struct ServeArgs {
     /// Tests only: how often a running collection says it is alive [default: 5s].
     #[arg(long, env = "WHARF_GC_HEARTBEAT", hide = true, value_parser = duration)]
     gc_heartbeat: Option<Duration>,
+    /// Image scans this node runs at once (registries with scanning on); 0 leaves them to
+    /// other nodes [default: 2].
+    #[arg(long, env = "WHARF_SCAN_WORKERS")]
+    scan_workers: Option<usize>,
+    /// A scan still reading layers after this long marks its image Unknown [default: 10m].
+    #[arg(long, env = "WHARF_SCAN_TIMEOUT", value_parser = duration)]
+    scan_timeout: Option<Duration>,
+    /// Tests only: no scan starts while this file exists.
+    #[arg(long, env = "WHARF_SCAN_PAUSE_FILE", hide = true)]
+    scan_pause_file: Option<PathBuf>,
 }
 
 /// `storage` in the configuration file: a URL, or a table with the S3 settings.
@@ -248,6 +258,9 @@ struct FileConfig {
     rewrap_rate: Option<u32>,
     #[serde(default, deserialize_with = "file_duration")]
     gc_grace: Option<Duration>,
+    scan_workers: Option<usize>,
+    #[serde(default, deserialize_with = "file_duration")]
+    scan_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +288,9 @@ pub struct Config {
     pub gc_grace: Duration,
     pub gc_pause_file: Option<PathBuf>,
     pub gc_heartbeat: Duration,
+    pub scan_workers: usize,
+    pub scan_timeout: Duration,
+    pub scan_pause_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -413,6 +429,12 @@ impl Config {
                 .unwrap_or(Duration::from_secs(3600)),
             gc_pause_file: args.gc_pause_file,
             gc_heartbeat: args.gc_heartbeat.unwrap_or(Duration::from_secs(5)),
+            scan_workers: args.scan_workers.or(file.scan_workers).unwrap_or(2),
+            scan_timeout: args
+                .scan_timeout
+                .or(file.scan_timeout)
+                .unwrap_or(Duration::from_secs(600)),
+            scan_pause_file: args.scan_pause_file,
         })
     }
 }

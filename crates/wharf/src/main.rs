@@ -1,6 +1,7 @@
 //! The `wharf` command: `wharf serve` runs the registry.
 
 mod admin;
+mod artifact;
 mod config;
 mod keys;
 mod scan;
@@ -67,6 +68,13 @@ enum Command {
         conn: admin::Connection,
         #[command(subcommand)]
         command: admin::TokenCommand,
+    },
+    /// What scans found in a registry's images: status, vulnerabilities.
+    Artifact {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: artifact::ArtifactCommand,
     },
     /// Scan an image file (OCI layout directory or `docker save` tar) for vulnerabilities.
     Scan(scan::ScanArgs),
@@ -240,6 +248,7 @@ fn main() -> ExitCode {
         Command::System { conn } => admin::system(conn),
         Command::Keys { conn, command } => admin::keys(conn, command),
         Command::Gc { conn, command } => admin::gc(conn, command),
+        Command::Artifact { conn, command } => artifact::artifact(conn, command),
         Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {
             command: RefCommand::Check { reference, json },
@@ -364,6 +373,9 @@ async fn run(config: Config) -> Result<(), String> {
             gc_instance_interval: std::time::Duration::from_secs(3600),
             gc_pause_file: config.gc_pause_file.clone(),
             gc_heartbeat: config.gc_heartbeat,
+            scan_workers: config.scan_workers,
+            scan_timeout: config.scan_timeout,
+            scan_pause_file: config.scan_pause_file.clone(),
         },
         jwt_keys,
         content_keys.clone(),
@@ -376,6 +388,7 @@ async fn run(config: Config) -> Result<(), String> {
     }
     tokio::spawn(wharf_server::expire_uploads(state.clone()));
     tokio::spawn(wharf_server::schedule_gc(state.clone()));
+    tokio::spawn(wharf_server::run_scan_workers(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

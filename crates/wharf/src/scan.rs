@@ -1,7 +1,7 @@
 //! `wharf vulndb import|status` and `wharf scan`: the offline scanner on image files, against
 //! the vulnerability database kept in wharf's metadata store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,8 +10,8 @@ use sha2::Digest;
 use wharf_meta::{AdvisoryRow, ImportCounts, Meta, ScoreRow};
 use wharf_scan::advisory::{self, Advisory, BadRecord, Record, Score};
 use wharf_scan::cvss::Severity;
-use wharf_scan::inventory::{Inventory, DETECTOR_VERSION};
 use wharf_scan::matcher::{self, Report};
+use wharf_server::scanning;
 
 use crate::config::DbArgs;
 
@@ -156,6 +156,7 @@ fn advisory_row(a: &Advisory) -> Result<AdvisoryRow, String> {
         digest: hex::encode(sha2::Sha256::digest(doc.as_bytes())),
         doc,
         packages: a.keys(),
+        aliases: a.aliases.clone(),
     })
 }
 
@@ -203,10 +204,14 @@ async fn import(meta: &Meta, files: &[(PathBuf, bool)]) -> Result<(), String> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut failed = 0;
+    let mut changed = false;
     for (file, named) in files {
         bar.set_message(file.display().to_string());
         match import_file(meta, file, &bar).await {
-            Ok(line) => say(&bar, line),
+            Ok((line, counts)) => {
+                changed |= counts.added + counts.updated > 0;
+                say(&bar, line)
+            }
             Err(ImportFailure::Unsupported(e)) if !named => {
                 say(&bar, format!("wharf: warning: {e}; skipped"))
             }
@@ -218,6 +223,10 @@ async fn import(meta: &Meta, files: &[(PathBuf, bool)]) -> Result<(), String> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // Scans matched against the database as it was are matched again by the servers.
+    if changed {
+        meta.bump_vuln_db().await.map_err(db_err)?;
+    }
     if failed > 0 {
         return Err(format!(
             "{failed} of {} files could not be imported",
@@ -231,7 +240,7 @@ async fn import_file(
     meta: &Meta,
     file: &Path,
     bar: &indicatif::ProgressBar,
-) -> Result<String, ImportFailure> {
+) -> Result<(String, ImportCounts), ImportFailure> {
     // The file is parsed on a blocking thread and streamed here through a bounded channel, so
     // memory stays flat whatever the file's size.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Record, BadRecord>>(4096);
@@ -316,14 +325,15 @@ async fn import_file(
             ),
         );
     }
-    Ok(format!(
+    let line = format!(
         "{source}: {} added, {} updated, {} unchanged, {} skipped ({})",
         counts.added,
         counts.updated,
         counts.unchanged,
         bad.len(),
         file.display()
-    ))
+    );
+    Ok((line, counts))
 }
 
 fn print_status(sources: &[wharf_meta::SourceStatus], json: bool) {
@@ -420,11 +430,9 @@ async fn scan_image(
     let stored = if reindex {
         None
     } else {
-        meta.load_inventory(&id)
+        scanning::stored_inventory(meta, &id)
             .await
             .map_err(db_err)?
-            .filter(|(v, _)| *v == i64::from(DETECTOR_VERSION))
-            .and_then(|(_, doc)| serde_json::from_str::<Inventory>(&doc).ok())
     };
     let inventory = match stored {
         Some(inv) => inv,
@@ -433,46 +441,16 @@ async fn scan_image(
                 tokio::task::spawn_blocking(move || wharf_scan::walk::inventory(source.as_ref()))
                     .await
                     .map_err(|e| e.to_string())?;
-            // A partial inventory is not kept: the next scan reads the layers again.
-            if !inv.partial {
-                let doc = serde_json::to_string(&inv).map_err(|e| e.to_string())?;
-                meta.save_inventory(&id, i64::from(DETECTOR_VERSION), &doc)
-                    .await
-                    .map_err(db_err)?;
-            }
+            scanning::save_inventory(meta, &inv).await.map_err(db_err)?;
             inv
         }
     };
-    let mut advisories: BTreeMap<(String, String), Advisory> = BTreeMap::new();
-    for (ecosystem, keys) in matcher::lookups(&inventory) {
-        let keys: Vec<String> = keys.into_iter().collect();
-        for (_, doc) in meta
-            .advisories_for(&ecosystem, &keys)
-            .await
-            .map_err(db_err)?
-        {
-            let a: Advisory = serde_json::from_str(&doc)
-                .map_err(|e| format!("stored advisory is unreadable (re-import it): {e}"))?;
-            advisories.insert((a.source.clone(), a.id.clone()), a);
-        }
-    }
-    let advisories: Vec<Advisory> = advisories.into_values().collect();
-    let ids: Vec<String> = matcher::score_ids(&advisories).into_iter().collect();
-    let scores: Vec<Score> = meta
-        .scores_for(&ids)
+    scanning::match_inventory(meta, &inventory)
         .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(|s| Score {
-            cve: s.cve,
-            source: s.source,
-            version: s.version,
-            vector: s.vector,
-            score: s.score,
-            modified: s.modified,
+        .map_err(|e| match e {
+            scanning::MatchError::Meta(e) => db_err(e),
+            other => other.to_string(),
         })
-        .collect();
-    Ok(matcher::match_inventory(&inventory, &advisories, &scores))
 }
 
 /// Writes to standard output; a reader that went away (`| head`) is not an error.

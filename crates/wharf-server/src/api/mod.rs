@@ -7,6 +7,7 @@ mod gc;
 mod keys;
 mod problem;
 pub(crate) mod registries;
+mod scans;
 pub(crate) mod system;
 mod tokens;
 
@@ -41,12 +42,14 @@ pub const MAX_LIMIT: i64 = 100;
         tokens::update, tokens::remove, tokens::add_scope, tokens::remove_scope,
         keys::list, keys::create, keys::revoke, audit::list, system::show, system::keys,
         system::rotate, system::sealing_existing, system::seal_existing, gc::start, gc::list,
-        gc::show, gc::start_instance, gc::list_instance, gc::show_instance,
+        gc::show, gc::start_instance, gc::list_instance, gc::show_instance, scans::artifact,
+        scans::vulnerabilities,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
     tags(
         (name = "registries", description = "Registries (tenants) and their repositories"),
+        (name = "scanning", description = "What vulnerability scans found in the images"),
         (name = "tokens", description = "Robot tokens of a registry and their scopes"),
         (name = "admin-keys", description = "Administrators' API keys"),
         (name = "audit", description = "Who changed what, when"),
@@ -149,7 +152,9 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         )
         .route(
             "/api/v1/registries/{name}/repositories/{*repository}",
-            delete(registries::delete_repository).patch(registries::update_repository),
+            get(scans::repository_resource)
+                .delete(registries::delete_repository)
+                .patch(registries::update_repository),
         )
         .route(
             "/api/v1/registries/{name}/gc",

@@ -554,6 +554,9 @@ pub async fn update(
     state.meta.update_registry(registry.id, &changes).await?;
     // This node applies the new limit at once; the others within their cache's second.
     state.forget_registry_ref(&name);
+    if body.scanning == Some(true) {
+        crate::scanning::queue_registry(&state, registry.id).await?;
+    }
     super::audit_change(&state, &admin, "registry.update", Some(&name), None, None).await;
     let registry = find(&state, &name).await?;
     Ok(Json(view(&state, registry).await?))

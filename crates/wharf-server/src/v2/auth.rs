@@ -26,6 +26,8 @@ pub(crate) struct Target {
     pub key_id: Option<String>,
     /// Bytes the registry may store, if it has a quota.
     pub quota_bytes: Option<i64>,
+    /// Whether pushed images are scanned.
+    pub scanning: bool,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.

@@ -31,6 +31,8 @@ pub(crate) struct Repo<'a> {
     registry_id: i64,
     /// The registry's own master key, if it has one.
     key_id: Option<&'a str>,
+    /// Whether the registry scans what is pushed.
+    scanning: bool,
     name: RepositoryName,
     caller: &'a Caller,
 }
@@ -41,6 +43,7 @@ impl Repo<'_> {
         crate::service::Scope {
             registry_id: self.registry_id,
             key_id: self.key_id,
+            scanning: self.scanning,
             repository: self.name.as_str(),
             actor: self.caller.actor(),
         }
@@ -143,6 +146,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         state,
         registry_id: target.id,
         key_id: target.key_id.as_deref(),
+        scanning: target.scanning,
         name,
         caller: &caller,
     });
@@ -273,6 +277,7 @@ pub(crate) async fn resolve_target(
         read_only: registry.read_only,
         key_id: registry.key_id,
         quota_bytes: registry.quota_bytes,
+        scanning: registry.scanning,
         service: format!("{name}.{}", state.settings.base_domain),
         name,
         host,

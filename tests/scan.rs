@@ -1270,7 +1270,7 @@ mod in_registry {
         let r = s
             .anon
             .get(s.url(&format!(
-                "/api/v1/registries/default/repositories/{repo}/-/artifacts/{reference}"
+                "/api/v1/registries/default/artifacts/{repo}/-/{reference}"
             )))
             .bearer_auth(OWNER_KEY)
             .send()
@@ -1384,6 +1384,78 @@ mod in_registry {
         assert!(scan["scanned_at"].is_string());
         assert_eq!(scan["os"], "Debian GNU/Linux 12 (bookworm)");
 
+        // Beside it: an Alpine image (scanned, no Debian package), an artifact that is no
+        // image, and an image in a repository whose name is too short to scan.
+        let alpine = alpine_image(&work.path().join("alpine"), false);
+        skopeo.run(&[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}", alpine.display()),
+            &format!("docker://{host}/tools/alpine:3"),
+        ]);
+        skopeo.run(&[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}", alpine.display()),
+            &format!("docker://{host}/x:1"),
+        ]);
+        let config = s.push_blob("tools/chart", b"{}").await;
+        let layer = s.push_blob("tools/chart", b"chart bytes").await;
+        let chart = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": config, "size": 2},
+            "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": layer, "size": 11}],
+        });
+        let r = s
+            .push_manifest(
+                "tools/chart",
+                "1.0.0",
+                "application/vnd.oci.image.manifest.v1+json",
+                chart.to_string().as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let alpine_scan = wait_for(&s, "tools/alpine", "3", |a| {
+            a["scan"]["status"] != "pending"
+        })
+        .await;
+        assert_eq!(alpine_scan["scan"]["status"], "scanned", "{alpine_scan}");
+        let chart_scan = wait_for(&s, "tools/chart", "1.0.0", |a| {
+            a["scan"]["status"] != "pending"
+        })
+        .await;
+        assert_eq!(chart_scan["scan"]["status"], "unknown");
+        assert!(
+            chart_scan["scan"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a container image"),
+            "{chart_scan}"
+        );
+        let short = artifact(&s, "x", "1").await;
+        assert_eq!(short["scan"]["status"], "unknown");
+        assert!(short["scan"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shorter than 2"));
+
+        // The repository's artifacts: tag, scan, last push and pull.
+        let list: Value = serde_json::from_str(&cli_ok(
+            &s,
+            &["artifact", "list", "default", "debian", "--json"],
+        ))
+        .expect("list --json");
+        let items = list.as_array().expect("items");
+        assert_eq!(items.len(), 1, "{list}");
+        assert_eq!(items[0]["tags"], json!(["12"]));
+        assert_eq!(items[0]["digest"], scanned["digest"]);
+        assert_eq!(items[0]["scan"]["status"], "scanned");
+        assert!(
+            items[0]["pushed_at"].is_string() && items[0]["pulled_at"].is_string(),
+            "{list}"
+        );
+
         // The same findings as the scanner reports for the image file, on the same database.
         let report: Value = serde_json::from_str(&wharf_on(
             &s,
@@ -1410,7 +1482,7 @@ mod in_registry {
         );
 
         // Pages of three follow each other without gap or overlap, most severe first.
-        let base = "/api/v1/registries/default/repositories/debian/-/artifacts/12/vulnerabilities";
+        let base = "/api/v1/registries/default/artifacts/debian/-/12/vulnerabilities";
         let mut paged = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -1494,6 +1566,39 @@ mod in_registry {
         assert_eq!(old, pairs(&all["items"]));
         let new_packages: Vec<&str> = new.iter().map(|(p, _)| p.as_str()).collect();
         assert!(new_packages.contains(&"openssl"), "{new_packages:?}");
+
+        // The search by ID or alias lists exactly the image's packages built from openssl.
+        for id in ["CVE-2099-0001", "WHARF-TEST-1"] {
+            let found: Value = serde_json::from_str(&cli_ok(
+                &s,
+                &["artifact", "affected", "default", id, "--json"],
+            ))
+            .expect("affected --json");
+            let hits: std::collections::BTreeSet<(String, String, String)> = found
+                .as_array()
+                .expect("hits")
+                .iter()
+                .map(|h| {
+                    (
+                        h["repository"].as_str().unwrap_or_default().to_string(),
+                        h["digest"].as_str().unwrap_or_default().to_string(),
+                        h["package"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            let digest = scanned["digest"].as_str().expect("digest").to_string();
+            let want: std::collections::BTreeSet<(String, String, String)> = new
+                .iter()
+                .map(|(p, _)| ("debian".to_string(), digest.clone(), p.clone()))
+                .collect();
+            assert_eq!(hits, want, "{id}");
+        }
+        let none: Value = serde_json::from_str(&cli_ok(
+            &s,
+            &["artifact", "affected", "default", "CVE-2099-9999", "--json"],
+        ))
+        .expect("affected --json");
+        assert_eq!(none, json!([]));
 
         // Filters, as the scanner's: the new advisory is critical (from its own CVSS vector)
         // and has no fix; several severities at once.

@@ -451,6 +451,11 @@ fn wharf_index_types() -> [&'static str; 2] {
     ]
 }
 
+/// A manifest `m` that no index of its repository lists: images of an index are shown under it.
+const NOT_A_CHILD: &str = "NOT EXISTS (SELECT 1 FROM manifest_references mr \
+     JOIN manifests p ON p.id = mr.manifest_id WHERE p.repository_id = m.repository_id \
+     AND mr.kind = 'manifest' AND mr.digest = m.digest)";
+
 /// An artifact of a repository, as its listing shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArtifactInfo {
@@ -479,6 +484,15 @@ pub struct AffectedArtifact {
 }
 
 impl Meta {
+    /// Whether a registry has a repository of this name.
+    pub async fn repository_exists(&self, registry_id: i64, name: &str) -> Result<bool> {
+        Ok(
+            crate::registries::repository_id(&self.read, registry_id, name)
+                .await?
+                .is_some(),
+        )
+    }
+
     /// One page of a repository's artifacts, newest first (by id; `after` is the last id of
     /// the page before). Images of an index are not listed on their own: their index is.
     pub async fn list_artifacts(
@@ -488,21 +502,19 @@ impl Meta {
         after: Option<i64>,
         limit: i64,
     ) -> Result<(Vec<ArtifactInfo>, bool)> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT m.id, m.digest, m.media_type, m.artifact_type, m.size, m.pushed_at, \
              m.pulled_at FROM manifests m JOIN repositories r ON r.id = m.repository_id \
-             WHERE r.registry_id = $1 AND r.name = $2 AND m.id < $3 AND NOT EXISTS \
-             (SELECT 1 FROM manifest_references mr JOIN manifests p ON p.id = mr.manifest_id \
-              WHERE p.repository_id = m.repository_id AND mr.kind = 'manifest' \
-              AND mr.digest = m.digest) \
-             ORDER BY m.id DESC LIMIT $4",
-        )
-        .bind(registry_id)
-        .bind(repository)
-        .bind(after.unwrap_or(i64::MAX))
-        .bind(limit.saturating_add(1))
-        .fetch_all(&self.read)
-        .await?;
+             WHERE r.registry_id = $1 AND r.name = $2 AND m.id < $3 AND {NOT_A_CHILD} \
+             ORDER BY m.id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(registry_id)
+            .bind(repository)
+            .bind(after.unwrap_or(i64::MAX))
+            .bind(limit.saturating_add(1))
+            .fetch_all(&self.read)
+            .await?;
         let (mut items, more) = crate::page(&rows, limit, |r| {
             Ok(ArtifactInfo {
                 id: r.try_get(0)?,
@@ -562,19 +574,17 @@ impl Meta {
     ) -> Result<Vec<(String, String, Vec<String>)>> {
         let mut out = Vec::new();
         for name in repositories {
-            let row = sqlx::query(
+            let sql = format!(
                 "SELECT m.id, m.digest FROM manifests m JOIN repositories r \
                  ON r.id = m.repository_id WHERE r.registry_id = $1 AND r.name = $2 \
-                 AND m.subject IS NULL AND NOT EXISTS \
-                 (SELECT 1 FROM manifest_references mr JOIN manifests p ON p.id = mr.manifest_id \
-                  WHERE p.repository_id = m.repository_id AND mr.kind = 'manifest' \
-                  AND mr.digest = m.digest) \
-                 ORDER BY m.pushed_at DESC, m.id DESC LIMIT 1",
-            )
-            .bind(registry_id)
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?;
+                 AND m.subject IS NULL AND {NOT_A_CHILD} \
+                 ORDER BY m.pushed_at DESC, m.id DESC LIMIT 1"
+            );
+            let row = sqlx::query(&sql)
+                .bind(registry_id)
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
             let Some(row) = row else { continue };
             let (id, digest): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
             let children = sqlx::query(

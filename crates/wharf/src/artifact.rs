@@ -8,6 +8,17 @@ use crate::admin::{all_pages, encode, table, text, Client, Connection};
 
 #[derive(Subcommand, Debug)]
 pub enum ArtifactCommand {
+    /// A repository's artifacts, newest first: tags, last push and pull, scan.
+    List {
+        registry: String,
+        repository: String,
+    },
+    /// The images of a registry a vulnerability was found in (by its ID or any alias).
+    Affected {
+        registry: String,
+        /// CVE-2024-1234, GHSA-..., DSA-...
+        id: String,
+    },
     /// An artifact's scan: status, highest severity, counts (and each image of an index).
     Show {
         registry: String,
@@ -48,7 +59,7 @@ fn split_artifact(artifact: &str) -> Result<(&str, &str), String> {
 fn artifact_path(registry: &str, artifact: &str) -> Result<String, String> {
     let (repo, reference) = split_artifact(artifact)?;
     Ok(format!(
-        "/api/v1/registries/{}/repositories/{}/-/artifacts/{}",
+        "/api/v1/registries/{}/artifacts/{}/-/{}",
         encode(registry),
         encode(repo),
         encode(reference)
@@ -86,6 +97,77 @@ fn status_text(scan: &Value) -> String {
 pub fn artifact(conn: Connection, cmd: ArtifactCommand) -> Result<(), String> {
     let client = Client::new(conn)?;
     match cmd {
+        ArtifactCommand::List {
+            registry,
+            repository,
+        } => {
+            let path = format!(
+                "/api/v1/registries/{}/artifacts/{}",
+                encode(&registry),
+                encode(&repository)
+            );
+            let items = Value::Array(all_pages(&client, &path)?);
+            client.print(&items, |items| {
+                let rows = items
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        vec![
+                            text(&a["tags"]),
+                            text(&a["digest"]),
+                            status_text(&a["scan"]),
+                            text(&a["scan"]["highest_severity"]),
+                            text(&a["pushed_at"]),
+                            text(&a["pulled_at"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["TAGS", "DIGEST", "SCAN", "HIGHEST", "PUSHED", "PULLED"],
+                    rows,
+                );
+            });
+        }
+        ArtifactCommand::Affected { registry, id } => {
+            let path = format!(
+                "/api/v1/registries/{}/vulnerabilities/{}",
+                encode(&registry),
+                encode(&id)
+            );
+            let items = Value::Array(all_pages(&client, &path)?);
+            client.print(&items, |items| {
+                let list = items.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no scanned image of {registry} has {id}");
+                    return;
+                }
+                let rows = list
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            text(&a["repository"]),
+                            text(&a["digest"]),
+                            text(&a["package"]),
+                            text(&a["installed"]),
+                            text(&a["fixed"]),
+                            text(&a["severity"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "REPOSITORY",
+                        "DIGEST",
+                        "PACKAGE",
+                        "INSTALLED",
+                        "FIXED",
+                        "SEVERITY",
+                    ],
+                    rows,
+                );
+            });
+        }
         ArtifactCommand::Show { registry, artifact } => {
             let path = artifact_path(&registry, &artifact)?;
             let a = client.call(Method::GET, &path, None)?;

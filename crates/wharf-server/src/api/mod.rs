@@ -43,7 +43,7 @@ pub const MAX_LIMIT: i64 = 100;
         keys::list, keys::create, keys::revoke, audit::list, system::show, system::keys,
         system::rotate, system::sealing_existing, system::seal_existing, gc::start, gc::list,
         gc::show, gc::start_instance, gc::list_instance, gc::show_instance, scans::artifact,
-        scans::vulnerabilities,
+        scans::vulnerabilities, scans::list_artifacts, scans::affected,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -152,9 +152,15 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         )
         .route(
             "/api/v1/registries/{name}/repositories/{*repository}",
-            get(scans::repository_resource)
-                .delete(registries::delete_repository)
-                .patch(registries::update_repository),
+            delete(registries::delete_repository).patch(registries::update_repository),
+        )
+        .route(
+            "/api/v1/registries/{name}/artifacts/{*path}",
+            get(scans::repository_resource),
+        )
+        .route(
+            "/api/v1/registries/{name}/vulnerabilities/{id}",
+            get(scans::affected),
         )
         .route(
             "/api/v1/registries/{name}/gc",

@@ -1,6 +1,7 @@
-//! What scans found, per artifact: `/api/v1/registries/{name}/repositories/{repository}/-/...`.
-//! Repository names may hold '/', so the part after the name starts with `/-/`, which no
-//! repository name contains (a path component starts with a letter or digit).
+//! What scans found, per artifact: `/api/v1/registries/{name}/artifacts/{repository}` lists a
+//! repository's artifacts, `.../{repository}/-/{reference}` is one of them. Repository names
+//! may hold '/', so the reference follows `/-/`, which no repository name contains (a path
+//! component starts with a letter or digit).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use super::{page_limit, rfc3339, Problem};
 use crate::AppState;
 
 /// Where a scan stands, as the views show it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ScanView {
     /// `pending`, `scanned` or `unknown`.
     pub status: String,
@@ -193,7 +194,7 @@ pub struct FindingQuery {
     pub after: Option<String>,
 }
 
-/// `GET .../repositories/{repository}/-/{rest}`: the artifact views, by what follows `/-/`.
+/// `GET /api/v1/registries/{name}/artifacts/{path}`: the artifact views, by what follows `/-/`.
 pub async fn repository_resource(
     State(state): State<Arc<AppState>>,
     admin: Admin,
@@ -202,13 +203,17 @@ pub async fn repository_resource(
 ) -> Result<Response, Problem> {
     admin.require(Permission::RegistryRead)?;
     let no_endpoint = || Problem::not_found("no such API endpoint");
-    let (repository, rest) = path.split_once("/-/").ok_or_else(no_endpoint)?;
+    let Some((repository, rest)) = path.split_once("/-/") else {
+        return Ok(list_artifacts(&state, &name, &path, q)
+            .await?
+            .into_response());
+    };
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
-        ["artifacts", reference] => Ok(artifact(&state, &name, repository, reference)
+        [reference] => Ok(artifact(&state, &name, repository, reference)
             .await?
             .into_response()),
-        ["artifacts", reference, "vulnerabilities"] => {
+        [reference, "vulnerabilities"] => {
             Ok(vulnerabilities(&state, &name, repository, reference, q)
                 .await?
                 .into_response())
@@ -262,21 +267,22 @@ async fn target(
 /// (queued moments from now) when the registry scans, and `unknown` when it does not.
 async fn scan_views(
     state: &AppState,
-    t: &Target,
+    registry: &Registry,
+    repository: &str,
     digests: &[String],
 ) -> Result<Vec<ScanView>, Problem> {
-    if !t.registry.scanning {
+    if !registry.scanning {
         let off = || ScanView::of("unknown", Some("scanning is off in this registry".into()));
         return Ok(digests.iter().map(|_| off()).collect());
     }
-    if !wharf_meta::SCANNABLE_NAME.contains(&t.repository.as_str().len()) {
+    if !wharf_meta::SCANNABLE_NAME.contains(&repository.len()) {
         let reason = "the repository name is shorter than 2 or longer than 255 characters";
         return Ok(digests
             .iter()
             .map(|_| ScanView::of("unknown", Some(reason.into())))
             .collect());
     }
-    let scope = t.registry.key_id.clone().unwrap_or_default();
+    let scope = registry.key_id.clone().unwrap_or_default();
     let records = state.meta.scans_of(&scope, digests).await?;
     Ok(digests
         .iter()
@@ -318,7 +324,7 @@ fn children(m: &StoredManifest) -> Vec<(String, Option<String>)> {
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/registries/{name}/repositories/{repository}/-/artifacts/{reference}",
+    get, path = "/api/v1/registries/{name}/artifacts/{repository}/-/{reference}",
     tag = "scanning",
     params(
         ("name" = String, Path, description = "Registry name"),
@@ -343,11 +349,17 @@ async fn artifact(
     let t = target(state, name, repository, reference).await?;
     let images = children(&t.manifest);
     let (scan, platforms) = if images.is_empty() {
-        let mut views = scan_views(state, &t, std::slice::from_ref(&t.manifest.digest)).await?;
+        let mut views = scan_views(
+            state,
+            &t.registry,
+            t.repository.as_str(),
+            std::slice::from_ref(&t.manifest.digest),
+        )
+        .await?;
         (views.remove(0), Vec::new())
     } else {
         let digests: Vec<String> = images.iter().map(|(d, _)| d.clone()).collect();
-        let views = scan_views(state, &t, &digests).await?;
+        let views = scan_views(state, &t.registry, t.repository.as_str(), &digests).await?;
         let combined = ScanView::combined(&views.iter().collect::<Vec<_>>());
         let platforms = images
             .into_iter()
@@ -402,7 +414,7 @@ fn severities(list: &str) -> Result<Vec<String>, Problem> {
 
 #[utoipa::path(
     get,
-    path = "/api/v1/registries/{name}/repositories/{repository}/-/artifacts/{reference}/vulnerabilities",
+    path = "/api/v1/registries/{name}/artifacts/{repository}/-/{reference}/vulnerabilities",
     tag = "scanning",
     params(
         ("name" = String, Path, description = "Registry name"),
@@ -450,9 +462,14 @@ async fn vulnerabilities(
         )));
     }
     let digest = t.manifest.digest.clone();
-    let scan = scan_views(state, &t, std::slice::from_ref(&digest))
-        .await?
-        .remove(0);
+    let scan = scan_views(
+        state,
+        &t.registry,
+        t.repository.as_str(),
+        std::slice::from_ref(&digest),
+    )
+    .await?
+    .remove(0);
     let scope = t.registry.key_id.clone().unwrap_or_default();
     let (rows, more) = if scan.status == "scanned" {
         state
@@ -502,4 +519,233 @@ async fn vulnerabilities(
         items,
         next,
     }))
+}
+
+/// An artifact as a repository's listing shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactSummary {
+    pub digest: String,
+    pub media_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub size: i64,
+    pub tags: Vec<String>,
+    pub pushed_at: String,
+    /// When a client last pulled it (to the minute); absent if never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulled_at: Option<String>,
+    /// For an index: its images' scans together.
+    pub scan: ScanView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactPage {
+    pub items: Vec<ArtifactSummary>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// The scans of images and indexes (each with its images' digests) of one registry: an image
+/// by its own scan, an index by its images' together.
+pub(crate) async fn artifact_scans(
+    state: &AppState,
+    registry: &Registry,
+    repository: &str,
+    artifacts: &[(String, Vec<String>)],
+) -> Result<Vec<ScanView>, Problem> {
+    let digests: Vec<String> = artifacts
+        .iter()
+        .flat_map(|(d, children)| {
+            if children.is_empty() {
+                vec![d.clone()]
+            } else {
+                children.clone()
+            }
+        })
+        .collect();
+    let views = scan_views(state, registry, repository, &digests).await?;
+    let mut at = 0;
+    Ok(artifacts
+        .iter()
+        .map(|(_, children)| {
+            let n = children.len().max(1);
+            let mine = &views[at..at + n];
+            at += n;
+            if children.is_empty() {
+                mine[0].clone()
+            } else {
+                ScanView::combined(&mine.iter().collect::<Vec<_>>())
+            }
+        })
+        .collect())
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/registries/{name}/artifacts/{repository}",
+    tag = "scanning",
+    params(
+        ("name" = String, Path, description = "Registry name"),
+        ("repository" = String, Path, description = "Repository name; may contain '/'"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1–100 (default 50)"),
+        ("after" = Option<String>, Query, description = "The `next` of the page before"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ArtifactPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_artifacts(
+    state: &AppState,
+    name: &str,
+    repository: &str,
+    q: FindingQuery,
+) -> Result<Json<ArtifactPage>, Problem> {
+    if q.severity.is_some() || q.fixable.is_some() {
+        return Err(Problem::bad_request(
+            "severity and fixable filter an artifact's vulnerabilities, not the artifact list",
+        ));
+    }
+    let limit = page_limit(q.limit)?;
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(a.parse::<i64>().map_err(|_| {
+            Problem::bad_request(format!("after {a:?} is not a page cursor this API gave"))
+        })?),
+    };
+    let repository =
+        RepositoryName::parse(repository).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let registry = find(state, name).await?;
+    let (items, more) = state
+        .meta
+        .list_artifacts(registry.id, repository.as_str(), after, limit)
+        .await?;
+    if items.is_empty()
+        && after.is_none()
+        && !state
+            .meta
+            .repository_exists(registry.id, repository.as_str())
+            .await?
+    {
+        return Err(Problem::not_found(format!(
+            "registry {name:?} has no repository {:?}",
+            repository.as_str()
+        )));
+    }
+    let artifacts: Vec<(String, Vec<String>)> = items
+        .iter()
+        .map(|a| (a.digest.clone(), a.children.clone()))
+        .collect();
+    let scans = artifact_scans(state, &registry, repository.as_str(), &artifacts).await?;
+    let next = more
+        .then(|| items.last().map(|a| a.id.to_string()))
+        .flatten();
+    let items = items
+        .into_iter()
+        .zip(scans)
+        .map(|(a, scan)| ArtifactSummary {
+            digest: a.digest,
+            media_type: a.media_type,
+            artifact_type: a.artifact_type,
+            size: a.size,
+            tags: a.tags,
+            pushed_at: rfc3339(a.pushed_at),
+            pulled_at: a.pulled_at.map(rfc3339),
+            scan,
+        })
+        .collect();
+    Ok(Json(ArtifactPage { items, next }))
+}
+
+/// An image a vulnerability was found in, with the package.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AffectedView {
+    pub repository: String,
+    pub digest: String,
+    pub package: String,
+    pub installed: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<String>,
+    pub severity: String,
+    /// The ID the finding is reported under (the one asked for may be an alias of it).
+    pub id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AffectedPage {
+    pub items: Vec<AffectedView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AffectedQuery {
+    /// Page size, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The `next` of the page before.
+    pub after: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/registries/{name}/vulnerabilities/{id}", tag = "scanning",
+    params(
+        ("name" = String, Path, description = "Registry name"),
+        ("id" = String, Path, description = "A vulnerability ID (CVE-2024-1234) or any alias of it"),
+        AffectedQuery,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = AffectedPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn affected(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path((name, id)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<AffectedQuery>,
+) -> Result<Json<AffectedPage>, Problem> {
+    admin.require(Permission::RegistryRead)?;
+    let limit = page_limit(q.limit)?;
+    let id = id.trim();
+    if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Problem::bad_request(format!(
+            "{id:?} is not a vulnerability ID (such as CVE-2024-1234 or GHSA-xxxx-xxxx-xxxx)"
+        )));
+    }
+    let offset = match q.after.as_deref() {
+        None => 0,
+        Some(a) => a.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            Problem::bad_request(format!("after {a:?} is not a page cursor this API gave"))
+        })?,
+    };
+    let registry = find(&state, &name).await?;
+    let scope = registry.key_id.clone().unwrap_or_default();
+    let (rows, more) = state
+        .meta
+        .affected_artifacts(registry.id, &scope, id, offset, limit)
+        .await?;
+    let next = more.then(|| (offset + rows.len() as i64).to_string());
+    let items = rows
+        .into_iter()
+        .map(|r| AffectedView {
+            repository: r.repository,
+            digest: r.digest,
+            package: r.package,
+            installed: r.installed,
+            fixed: r.fixed,
+            severity: r.severity,
+            id: r.vuln_id,
+        })
+        .collect();
+    Ok(Json(AffectedPage { items, next }))
 }

@@ -146,8 +146,8 @@ impl Meta {
         let done = sqlx::query(&sql)
             .bind(registry_id)
             .bind(now_millis())
-            .bind(wharf_index_types()[0])
-            .bind(wharf_index_types()[1])
+            .bind(wharf_oci::media::OCI_INDEX)
+            .bind(wharf_oci::media::DOCKER_MANIFEST_LIST)
             .bind(*SCANNABLE_NAME.start() as i64)
             .bind(*SCANNABLE_NAME.end() as i64)
             .execute(&self.write)
@@ -178,28 +178,33 @@ impl Meta {
         Ok(row.try_get(0)?)
     }
 
-    /// Claims the next piece of work: the oldest pending scan, else a result matched against
-    /// another database version than `db_version` of an image pushed or pulled since `recent`.
-    /// Claims taken before `stale_before` were abandoned (their node stopped) and are taken
-    /// over. Several nodes may ask at once: each row goes to one.
+    /// Claims the next piece of work: the oldest pending scan, else (with `rematch`) a result
+    /// matched against another database version than `db_version` of an image pushed or
+    /// pulled since `recent`. Claims taken before `stale_before` were abandoned (their node
+    /// stopped) and are taken over. Several nodes may ask at once: each row goes to one.
     pub async fn claim_scan(
         &self,
         db_version: i64,
         recent: i64,
         stale_before: i64,
+        rematch: bool,
     ) -> Result<Option<ScanJob>> {
         let free = "(s.claimed_at IS NULL OR s.claimed_at < $1)";
         let pending = format!(
             "SELECT s.scope, s.digest FROM scans s WHERE s.status = 'pending' AND {free} \
              ORDER BY s.queued_at, s.digest LIMIT {CANDIDATES}"
         );
-        let rematch = format!(
+        let rematches = format!(
             "SELECT s.scope, s.digest FROM scans s WHERE s.status = 'scanned' \
              AND s.db_version <> $2 AND {free} AND EXISTS (SELECT 1 FROM {IN_SCOPE} \
              WHERE m.digest = s.digest AND COALESCE(g.key_id, '') = s.scope \
              AND (m.pushed_at >= $3 OR m.pulled_at >= $3)) LIMIT {CANDIDATES}"
         );
-        for (sql, is_rematch) in [(pending, false), (rematch, true)] {
+        let mut searches = vec![(pending, false)];
+        if rematch {
+            searches.push((rematches, true));
+        }
+        for (sql, is_rematch) in searches {
             let mut q = sqlx::query(&sql).bind(stale_before);
             if is_rematch {
                 q = q.bind(db_version).bind(recent);
@@ -441,14 +446,6 @@ fn finding_row(r: &sqlx::any::AnyRow) -> Result<FindingRow> {
         ids: ids.split_whitespace().map(str::to_string).collect(),
         doc: r.try_get(8)?,
     })
-}
-
-/// The index media types, which are never scanned themselves (their images are).
-fn wharf_index_types() -> [&'static str; 2] {
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    ]
 }
 
 /// A manifest `m` that no index of its repository lists: images of an index are shown under it.

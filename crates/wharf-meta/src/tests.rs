@@ -1086,21 +1086,29 @@ async fn scans_are_claimed_once_and_rematched_when_the_database_changes() {
 
         let now = crate::now_millis();
         let v = m.vuln_db_version().await.unwrap();
-        let first = m.claim_scan(v, 0, now - 60_000).await.unwrap().unwrap();
+        let first = m
+            .claim_scan(v, 0, now - 60_000, true)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (first.digest.as_str(), first.rematch, first.attempts),
             (img1.as_str(), false, 1)
         );
-        let second = m.claim_scan(v, 0, now - 60_000).await.unwrap().unwrap();
+        let second = m
+            .claim_scan(v, 0, now - 60_000, true)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(second.digest, img2);
         assert_eq!(
-            m.claim_scan(v, 0, now - 60_000).await.unwrap(),
+            m.claim_scan(v, 0, now - 60_000, true).await.unwrap(),
             None,
             "all claimed"
         );
         // A claim older than the stale mark is taken over.
         let again = m
-            .claim_scan(v, 0, crate::now_millis() + 1)
+            .claim_scan(v, 0, crate::now_millis() + 1, true)
             .await
             .unwrap()
             .unwrap();
@@ -1157,7 +1165,7 @@ async fn scans_are_claimed_once_and_rematched_when_the_database_changes() {
         assert_eq!(v2, v + 1);
         let far_future = crate::now_millis() + 3_600_000;
         assert_eq!(
-            m.claim_scan(v2, far_future, 0)
+            m.claim_scan(v2, far_future, 0, true)
                 .await
                 .unwrap()
                 .map(|j| j.digest),
@@ -1165,17 +1173,22 @@ async fn scans_are_claimed_once_and_rematched_when_the_database_changes() {
             "pending scans go first"
         );
         assert_eq!(
-            m.claim_scan(v2, far_future, 0).await.unwrap(),
+            m.claim_scan(v2, far_future, 0, true).await.unwrap(),
             None,
             "not recent"
         );
-        let rematch = m.claim_scan(v2, 0, 0).await.unwrap().unwrap();
+        assert_eq!(
+            m.claim_scan(v2, 0, 0, false).await.unwrap(),
+            None,
+            "pending only"
+        );
+        let rematch = m.claim_scan(v2, 0, 0, true).await.unwrap().unwrap();
         assert_eq!(
             (rematch.digest.as_str(), rematch.rematch),
             (img1.as_str(), true)
         );
         m.finish_scan("", &img1, outcome(v2, vec![])).await.unwrap();
-        assert_eq!(m.claim_scan(v2, 0, 0).await.unwrap(), None);
+        assert_eq!(m.claim_scan(v2, 0, 0, true).await.unwrap(), None);
         assert!(m
             .scan_findings("", &img1, &all, None, 10)
             .await
@@ -1196,7 +1209,7 @@ async fn scans_are_claimed_once_and_rematched_when_the_database_changes() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let before = crate::now_millis();
         m.audit_batch(vec![pull]).await.unwrap();
-        let job = m.claim_scan(v3, before, 0).await.unwrap().unwrap();
+        let job = m.claim_scan(v3, before, 0, true).await.unwrap().unwrap();
         assert_eq!((job.digest.as_str(), job.rematch), (img1.as_str(), true));
 
         // The image's manifest is found through any repository of the scope; a dropped scan

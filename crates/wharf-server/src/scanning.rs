@@ -29,6 +29,11 @@ pub const RECENT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// it at once; those on other nodes are seen within this).
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
+/// How long a worker that found no result to match again waits before it looks again, unless
+/// the database's version moved on meanwhile: the search reads every result behind the version
+/// (old images not pulled lately stay so), too much to repeat at every idle poll.
+const REMATCH_RECHECK: Duration = Duration::from_secs(30);
+
 /// Claims a job may fail (its node stopped, the store was down) before it is given up as
 /// `Unknown`.
 const MAX_ATTEMPTS: i64 = 5;
@@ -140,6 +145,9 @@ pub async fn run_workers(state: Arc<AppState>) {
 }
 
 async fn worker(state: Arc<AppState>) {
+    // The database version at which the last search for results to match again found none,
+    // and when.
+    let mut matched_up: Option<(i64, Instant)> = None;
     loop {
         let paused = state
             .settings
@@ -149,7 +157,7 @@ async fn worker(state: Arc<AppState>) {
         let worked = if paused {
             false
         } else {
-            next_job(&state).await
+            next_job(&state, &mut matched_up).await
         };
         if !worked {
             let _ = tokio::time::timeout(IDLE_POLL, state.scan_wakeup.notified()).await;
@@ -158,7 +166,7 @@ async fn worker(state: Arc<AppState>) {
 }
 
 /// Claims and runs one job; false when there was none (or the database could not be asked).
-async fn next_job(state: &AppState) -> bool {
+async fn next_job(state: &AppState, matched_up: &mut Option<(i64, Instant)>) -> bool {
     let meta = &state.meta;
     let now = wharf_meta::now_millis();
     let version = match meta.vuln_db_version().await {
@@ -171,9 +179,15 @@ async fn next_job(state: &AppState) -> bool {
     // A claim older than twice the time limit belongs to a node that stopped.
     let stale = now - 2 * state.settings.scan_timeout.as_millis() as i64;
     let recent = now - RECENT.as_millis() as i64;
-    let job = match meta.claim_scan(version, recent, stale).await {
+    let rematch = !matched_up.is_some_and(|(v, at)| v == version && at.elapsed() < REMATCH_RECHECK);
+    let job = match meta.claim_scan(version, recent, stale, rematch).await {
         Ok(Some(job)) => job,
-        Ok(None) => return false,
+        Ok(None) => {
+            if rematch {
+                *matched_up = Some((version, Instant::now()));
+            }
+            return false;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "scan queue unreadable");
             return false;
@@ -277,7 +291,7 @@ async fn run_job(
             )))
         }
     };
-    if !manifest.manifests.is_empty() || manifest.config.is_none() {
+    if wharf_oci::media::is_index(&media_type) {
         return Ok(Some(unknown(
             db_version,
             "an index: each of its images is scanned on its own".into(),

@@ -385,13 +385,18 @@ fn encode_cursor(c: &FindingCursor) -> String {
     B64.encode(serde_json::to_vec(c).unwrap_or_default())
 }
 
+/// `after` that no page of this API gave.
+fn bad_cursor(after: &str) -> Problem {
+    Problem::bad_request(format!(
+        "after {after:?} is not a page cursor this API gave"
+    ))
+}
+
 fn decode_cursor(s: &str) -> Result<FindingCursor, Problem> {
     B64.decode(s)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            Problem::bad_request(format!("after {s:?} is not a page cursor this API gave"))
-        })
+        .ok_or_else(|| bad_cursor(s))
 }
 
 /// Parses `critical,high`, naming what is not a severity.
@@ -612,9 +617,7 @@ async fn list_artifacts(
     let limit = page_limit(q.limit)?;
     let after = match q.after.as_deref() {
         None => None,
-        Some(a) => Some(a.parse::<i64>().map_err(|_| {
-            Problem::bad_request(format!("after {a:?} is not a page cursor this API gave"))
-        })?),
+        Some(a) => Some(a.parse::<i64>().map_err(|_| bad_cursor(a))?),
     };
     let repository =
         RepositoryName::parse(repository).map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -724,9 +727,11 @@ pub async fn affected(
     }
     let offset = match q.after.as_deref() {
         None => 0,
-        Some(a) => a.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            Problem::bad_request(format!("after {a:?} is not a page cursor this API gave"))
-        })?,
+        Some(a) => a
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| bad_cursor(a))?,
     };
     let registry = find(&state, &name).await?;
     let scope = registry.key_id.clone().unwrap_or_default();

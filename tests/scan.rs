@@ -536,9 +536,11 @@ fn vulndb_import_is_idempotent_and_incremental(backend: Backend) {
 
     let status: Value =
         serde_json::from_str(&db.ok(&["vulndb", "status", "--json"])).expect("json");
-    assert_eq!(status[0]["source"], "mini");
-    assert_eq!(status[0]["records"], 3);
-    assert_eq!(status[0]["kind"], "osv");
+    assert_eq!(status["sources"][0]["source"], "mini");
+    assert_eq!(status["sources"][0]["records"], 3);
+    assert_eq!(status["sources"][0]["kind"], "osv");
+    assert_eq!(status["advisories"], 3);
+    assert!(status["version"].as_i64().unwrap_or(0) > 1, "{status}");
 
     // A file that is not vulnerability data, named explicitly, fails the command.
     let junk = work.path().join("notes.json");
@@ -1326,23 +1328,50 @@ mod in_registry {
         let work = tempfile::tempdir().expect("tempdir");
         let pause = work.path().join("pause");
         std::fs::write(&pause, b"").expect("pause file");
-        let mut s = Server::start_with(
+        let s = Server::start_with(
             backend,
             &["--scan-pause-file", pause.to_str().expect("path")],
         )
         .await;
-        // The database is imported before the server runs on it (importing beside a running
-        // server is another test's matter).
-        s.stop();
+        // The database is imported beside the running server (the NVD table alone is 200k
+        // rows) while pushes write to the same database: neither fails for the other.
         let data = support::vulndb_dir();
-        let import: Vec<String> = ["osv/debian12.jsonl.gz", "cvss"]
-            .iter()
-            .map(|f| data.join(f).display().to_string())
-            .collect();
-        let mut args = vec!["vulndb", "import"];
-        args.extend(import.iter().map(String::as_str));
-        wharf_on(&s, &args);
-        s.start_again().await;
+        let mut args: Vec<String> = vec!["vulndb".into(), "import".into()];
+        args.extend(
+            ["osv/debian12.jsonl.gz", "cvss"]
+                .iter()
+                .map(|f| data.join(f).display().to_string()),
+        );
+        args.extend(db_args(&s));
+        let import = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            wharf(&args)
+        });
+        let mut pushed = 0u32;
+        while !import.is_finished() {
+            s.push_blob("busy", format!("blob {pushed}").as_bytes())
+                .await;
+            pushed += 1;
+        }
+        let imported = import.await.expect("import");
+        assert!(imported.status.success(), "import: {}", text(&imported));
+        assert!(pushed > 0);
+        let status: Value = serde_json::from_str(&wharf_on(&s, &["vulndb", "status", "--json"]))
+            .expect("status --json");
+        assert!(status["scores"].as_i64().unwrap_or(0) > 100_000, "{status}");
+        assert!(
+            status["advisories"].as_i64().unwrap_or(0) > 1000,
+            "{status}"
+        );
+        // Asking the server for an import without configured sources is refused, clearly.
+        let err = cli(&s, Some(OWNER_KEY), &["vulndb", "update"]);
+        assert!(!err.status.success());
+        assert!(
+            String::from_utf8_lossy(&err.stderr)
+                .contains("no vulnerability sources are configured"),
+            "{}",
+            String::from_utf8_lossy(&err.stderr)
+        );
         cli_ok(&s, &["registry", "update", "default", "--scanning"]);
 
         let image = layout(
@@ -1600,6 +1629,97 @@ mod in_registry {
         .expect("affected --json");
         assert_eq!(none, json!([]));
 
+        // The vulnerability's details, by either name: aliases, its score with the vector and
+        // source, the affected package with no fix, and where it comes from.
+        for id in ["CVE-2099-0001", "WHARF-TEST-1"] {
+            let v: Value =
+                serde_json::from_str(&cli_ok(&s, &["vulndb", "show", id, "--json"])).expect("show");
+            assert_eq!(v["id"], id);
+            let other = if id == "WHARF-TEST-1" {
+                "CVE-2099-0001"
+            } else {
+                "WHARF-TEST-1"
+            };
+            assert!(
+                v["aliases"]
+                    .as_array()
+                    .expect("aliases")
+                    .contains(&json!(other)),
+                "{v}"
+            );
+            assert_eq!(v["severity"], "critical", "{v}");
+            assert_eq!(v["score"], 9.8, "{v}");
+            let score = &v["scores"][0];
+            assert_eq!(
+                score["vector"], "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+                "{v}"
+            );
+            assert_eq!(score["source"], "debian12-extra");
+            assert_eq!(
+                v["affected"],
+                json!([{"source": "debian12-extra", "ecosystem": "Debian:12", "package": "openssl", "fixed": []}])
+            );
+            assert_eq!(v["sources"][0]["source"], "debian12-extra");
+            assert_eq!(v["sources"][0]["kind"], "osv");
+            assert_eq!(v["sources"][0]["advisory"], "WHARF-TEST-1");
+        }
+        let human = cli_ok(&s, &["vulndb", "show", "WHARF-TEST-1"]);
+        assert!(
+            human.contains("critical (9.8)") && human.contains("not fixed"),
+            "{human}"
+        );
+        // A real one, scored by the NVD and vulnrichment tables as well as its advisory.
+        let real = report["findings"][0]["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let v: Value =
+            serde_json::from_str(&cli_ok(&s, &["vulndb", "show", &real, "--json"])).expect("show");
+        assert!(
+            v["affected"].as_array().is_some_and(|a| !a.is_empty()),
+            "{v}"
+        );
+        assert!(
+            v["sources"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["source"] == "debian12")),
+            "{v}"
+        );
+        let err = cli(&s, Some(OWNER_KEY), &["vulndb", "show", "CVE-2099-9999"]);
+        assert!(!err.status.success());
+        assert!(String::from_utf8_lossy(&err.stderr).contains("no imported source knows"));
+
+        // The repositories, with the highest severity of their latest artifact.
+        let repos: Value =
+            serde_json::from_str(&cli_ok(&s, &["repo", "list", "default", "--json"]))
+                .expect("repos");
+        let by_name = |n: &str| {
+            repos
+                .as_array()
+                .expect("repos")
+                .iter()
+                .find(|r| r["name"] == n)
+                .cloned()
+                .unwrap_or_else(|| panic!("{n} in {repos}"))
+        };
+        let debian = by_name("debian");
+        assert_eq!(debian["latest_artifact"]["digest"], scanned["digest"]);
+        assert_eq!(
+            debian["latest_artifact"]["scan"]["highest_severity"], "critical",
+            "{debian}"
+        );
+        assert_eq!(
+            by_name("tools/chart")["latest_artifact"]["scan"]["status"],
+            "unknown"
+        );
+        let table = cli_ok(&s, &["repo", "list", "default"]);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("debian ") && l.contains("critical")),
+            "{table}"
+        );
+
         // Filters, as the scanner's: the new advisory is critical (from its own CVSS vector)
         // and has no fix; several severities at once.
         let critical = vulns(&s, &["--severity", "critical,high"]);
@@ -1630,5 +1750,271 @@ mod in_registry {
         assert_eq!(pairs(&vulns(&s, &["--fixable"])["items"]), fixable);
     }
 
-    on_both_backends!(debian_image_is_scanned_on_push);
+    /// An OSV advisory line for `id` naming Debian 12's `package`.
+    fn osv_line(id: &str, package: &str) -> String {
+        json!({"id": id, "modified": "2026-11-29T00:00:00Z", "summary": format!("{id} in {package}"),
+            "affected": [{"package": {"ecosystem": "Debian:12", "name": package},
+                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "9.9"}]}]}]})
+        .to_string()
+    }
+
+    /// Serves `dir` over HTTP on loopback until dropped, as a mirror of OSV dumps would.
+    struct HttpDir {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl HttpDir {
+        fn start(dir: &Path) -> HttpDir {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("port")
+                .port();
+            let child = Command::new("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .arg("--directory")
+                .arg(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("python3 -m http.server");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "http.server did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            HttpDir { child, port }
+        }
+    }
+
+    impl Drop for HttpDir {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The database's status once the scheduled run that started at or after `since` ended.
+    async fn run_after(s: &Server, since: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status: Value = s
+                .anon
+                .get(s.url("/api/v1/system/vulndb"))
+                .bearer_auth(OWNER_KEY)
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("json");
+            let run = &status["schedule"]["last_run"];
+            if run["started_at"].as_str() >= Some(since) && run["finished_at"].is_string() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no run ended: {status}\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn report_of<'a>(status: &'a Value, location: &str) -> &'a Value {
+        status["schedule"]["last_run"]["files"]
+            .as_array()
+            .and_then(|f| {
+                f.iter().find(|f| {
+                    f["location"]
+                        .as_str()
+                        .is_some_and(|l| l.ends_with(location))
+                })
+            })
+            .unwrap_or_else(|| panic!("{location} in {status}"))
+    }
+
+    async fn configured_sources_are_imported_on_schedule(backend: Backend) {
+        let work = tempfile::tempdir().expect("tempdir");
+        // A directory with an advisory file and a corrupt one, and a dump served over HTTP.
+        let local = work.path().join("local");
+        std::fs::create_dir(&local).expect("dir");
+        let alpha = local.join("alpha.jsonl");
+        let lines = [
+            osv_line("WHARF-A-1", "openssl"),
+            osv_line("WHARF-A-2", "curl"),
+        ];
+        std::fs::write(&alpha, lines.join("\n")).expect("alpha");
+        std::fs::write(
+            local.join("broken.jsonl.gz"),
+            b"\x1f\x8b\x08\0 not gzip at all",
+        )
+        .expect("broken");
+        let served = work.path().join("served");
+        std::fs::create_dir(&served).expect("dir");
+        let remote: Vec<String> = (1..=3)
+            .map(|i| osv_line(&format!("WHARF-R-{i}"), "zlib"))
+            .collect();
+        std::fs::write(
+            served.join("remote.jsonl.gz"),
+            support::gzip(remote.join("\n").as_bytes()),
+        )
+        .expect("remote");
+        let http = HttpDir::start(&served);
+        let url = format!("http://127.0.0.1:{}/remote.jsonl.gz", http.port);
+
+        let s = Server::start_with(
+            backend,
+            &[
+                "--vulndb-source",
+                local.to_str().expect("path"),
+                "--vulndb-source",
+                &url,
+            ],
+        )
+        .await;
+        // The first run starts with the server: the corrupt file is skipped with the reason,
+        // the rest imported.
+        let first = run_after(&s, "").await;
+        assert_eq!(
+            first["schedule"]["sources"],
+            json!([local.to_str(), url]),
+            "{first}"
+        );
+        assert_eq!(report_of(&first, "alpha.jsonl")["added"], 2, "{first}");
+        assert!(
+            report_of(&first, "broken.jsonl.gz")["error"].is_string(),
+            "{first}"
+        );
+        let r = report_of(&first, &url);
+        assert_eq!(
+            (r["source"].as_str(), &r["added"]),
+            (Some("remote"), &json!(3)),
+            "{first}"
+        );
+        assert_eq!(first["schedule"]["last_run"]["changed"], true);
+        assert_eq!(first["advisories"], 5);
+        let remote_source = first["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .find(|x| x["source"] == "remote")
+            .cloned();
+        assert_eq!(
+            remote_source.map(|r| r["location"].clone()),
+            Some(json!(url))
+        );
+        let v: Value =
+            serde_json::from_str(&cli_ok(&s, &["vulndb", "show", "WHARF-R-2", "--json"]))
+                .expect("show");
+        assert_eq!(v["affected"][0]["fixed"], json!(["9.9"]), "{v}");
+        assert!(
+            s.log().contains("broken.jsonl.gz"),
+            "the log names the skipped file"
+        );
+
+        // Asked for ahead of time: only what changed is written; the unchanged dump is not
+        // downloaded again.
+        std::fs::remove_file(local.join("broken.jsonl.gz")).expect("rm");
+        std::fs::write(
+            &alpha,
+            format!("{}\n{}", lines.join("\n"), osv_line("WHARF-A-3", "openssl")),
+        )
+        .expect("alpha");
+        let out = cli_ok(&s, &["vulndb", "update"]);
+        assert!(
+            out.contains("alpha: 1 added, 0 updated, 2 unchanged"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{url}: not modified since the last download")),
+            "{out}"
+        );
+        let second = run_after(&s, "").await;
+        assert!(
+            second["version"].as_i64() > first["version"].as_i64(),
+            "{second}"
+        );
+        assert_eq!(second["advisories"], 6);
+        let human = wharf_on(&s, &["vulndb", "status"]);
+        assert!(
+            human.contains("alpha: 1 added") && human.contains("6 advisories"),
+            "{human}"
+        );
+
+        // The mirror goes away: the run says why, and what was imported stays in force.
+        drop(http);
+        let asked: Value = s
+            .anon
+            .post(s.url("/api/v1/system/vulndb/imports"))
+            .bearer_auth(OWNER_KEY)
+            .send()
+            .await
+            .expect("import")
+            .json()
+            .await
+            .expect("json");
+        let third = run_after(&s, asked["requested_at"].as_str().expect("requested_at")).await;
+        let failed = report_of(&third, &url);
+        assert!(
+            failed["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("download failed"),
+            "{third}"
+        );
+        assert_eq!(third["advisories"], 6);
+        assert_eq!(third["schedule"]["last_run"]["changed"], false);
+        let err = cli(&s, Some(OWNER_KEY), &["vulndb", "update"]);
+        assert!(
+            !err.status.success(),
+            "the failed download fails the command"
+        );
+        assert!(String::from_utf8_lossy(&err.stderr).contains("could not be imported"));
+    }
+
+    on_both_backends!(
+        debian_image_is_scanned_on_push,
+        configured_sources_are_imported_on_schedule
+    );
+
+    /// A source that does not exist stops the start, named.
+    #[test]
+    fn a_missing_source_stops_the_start() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let o = wharf(&[
+            "serve",
+            "--data-dir",
+            work.path().to_str().expect("path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--vulndb-source",
+            "/nonexistent/osv",
+        ]);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("vulndb source /nonexistent/osv"),
+            "{}",
+            text(&o)
+        );
+        let o = wharf(&[
+            "serve",
+            "--data-dir",
+            work.path().to_str().expect("path"),
+            "--vulndb-source",
+            "ftp://x/y.json",
+        ]);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("only http:// and https:// URLs"),
+            "{}",
+            text(&o)
+        );
+    }
 }

@@ -128,7 +128,7 @@ impl Meta {
                 )));
             }
         }
-        let mut tx = target.write.begin().await?;
+        let mut tx = target.begin_write().await?;
         for table in TABLES {
             let kinds = column_kinds(target, table).await?;
             let columns: Vec<String> = kinds.iter().map(|(name, _)| name.clone()).collect();

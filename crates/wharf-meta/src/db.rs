@@ -118,7 +118,7 @@ impl Meta {
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let Some(group) = &self.group else {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let value = work(&mut tx).await?;
             tx.commit().await?;
             return Ok(value);
@@ -138,6 +138,17 @@ impl Meta {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Opens a write transaction. On SQLite it takes the write lock at once: a deferred
+    /// transaction that reads first cannot take it later if another process (`wharf vulndb
+    /// import` beside `wharf serve`) committed meanwhile, and fails at once with "database is
+    /// locked" instead of waiting its turn.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.write.begin_with(SQLITE_BEGIN_WRITE).await?,
+            Backend::Postgres => self.write.begin().await?,
+        })
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
@@ -149,6 +160,9 @@ impl Meta {
 /// group's commit has succeeded or failed.
 type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
 type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+/// How SQLite write transactions begin (see [`Meta::begin_write`]).
+const SQLITE_BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// Transactions waiting beyond this many start the next group.
 const GROUP_LIMIT: usize = 64;
@@ -188,7 +202,10 @@ fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
             let mut delivers = Vec::with_capacity(jobs.len());
             let committed = async {
                 let mut conn = write.acquire().await.map_err(|e| e.to_string())?;
-                let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+                let mut tx = conn
+                    .begin_with(SQLITE_BEGIN_WRITE)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut clean = true;
                 for job in jobs.drain(..) {
                     let (ok, deliver) = job(&mut tx).await;

@@ -106,7 +106,7 @@ impl Meta {
         dry_run: bool,
     ) -> Result<Collector> {
         let dry = match dry_run {
-            true => Some(self.write.begin().await?),
+            true => Some(self.begin_write().await?),
             false => None,
         };
         Ok(Collector {
@@ -224,7 +224,7 @@ impl Collector {
             None => {
                 let retried = |e: &MetaError| e.is_conflict_retry() || e.is_unavailable();
                 crate::retry(retried, || async {
-                    let mut tx = meta.write.begin().await?;
+                    let mut tx = meta.begin_write().await?;
                     let freed = sweep(meta, &mut tx, registry, cutoff, marked).await?;
                     tx.commit().await?;
                     Ok(freed)
@@ -519,7 +519,7 @@ impl Meta {
         stale_before: i64,
     ) -> Result<std::result::Result<GcRun, GcRun>> {
         let now = now_millis();
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE gc_runs SET status = 'failed', finished_at = $1, \
              error = 'the node running it stopped before it finished' \

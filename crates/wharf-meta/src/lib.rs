@@ -26,7 +26,7 @@ pub use scans::{
 };
 pub use tokens::{NewScope, ScopeRecord, TokenRecord};
 pub use uploads::Upload;
-pub use vulndb::{AdvisoryRow, ImportCounts, ScoreRow, SourceStatus};
+pub use vulndb::{AdvisoryRow, ImportCounts, ScoreRow, SourceStatus, VulnDbState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {

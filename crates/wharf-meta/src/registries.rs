@@ -274,7 +274,7 @@ impl Meta {
     }
 
     async fn delete_registry_once(&self, name: &str) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query("DELETE FROM registries WHERE name = $1 RETURNING id")
             .bind(name)
             .fetch_optional(&mut *tx)

@@ -7,6 +7,8 @@ use crate::{Meta, MetaError, NewManifest};
 /// A store on each backend; PostgreSQL gets a fresh database dropped at the end.
 struct TestStore {
     meta: Meta,
+    /// Where it is: another connection (another process's) opens it again.
+    url: String,
     drop_url: Option<String>,
     _dir: tempfile::TempDir,
 }
@@ -25,11 +27,13 @@ async fn stores() -> Vec<TestStore> {
     vec![
         TestStore {
             meta: sqlite,
+            url: sqlite_url,
             drop_url: None,
             _dir: dir,
         },
         TestStore {
             meta: pg,
+            url: pg_url.clone(),
             drop_url: Some(pg_url),
             _dir: pg_dir,
         },
@@ -531,6 +535,109 @@ fn advisory(id: &str, digest: &str, packages: &[(&str, &str)]) -> crate::Advisor
             .collect(),
         aliases: vec![format!("ALIAS-{id}")],
     }
+}
+
+/// `wharf vulndb import` writes beside a running server: two processes with their own
+/// connections to one database. Neither fails for the other's writes ("database is locked"
+/// came from SQLite transactions that read first and could not take the write lock later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_beside_a_running_server_wait_their_turn() {
+    let stores = stores().await;
+    for s in &stores {
+        let server = s.meta.clone();
+        let importer = Meta::connect(&s.url).await.unwrap();
+        let a = server.ensure_registry("alpha", "eu").await.unwrap();
+        let import = tokio::spawn(async move {
+            for round in 0..20 {
+                let rows: Vec<crate::AdvisoryRow> = (0..300)
+                    .map(|i| {
+                        advisory(
+                            &format!("CVE-{i}"),
+                            &format!("{round}"),
+                            &[("Debian:12", "openssl")],
+                        )
+                    })
+                    .collect();
+                importer.upsert_advisories(&rows).await?;
+                let scores: Vec<crate::ScoreRow> = (0..1000)
+                    .map(|i| crate::ScoreRow {
+                        cve: format!("CVE-{i}"),
+                        source: "nvd".into(),
+                        version: "3.1".into(),
+                        vector: None,
+                        score: f64::from(round),
+                        modified: Some(format!("{round}")),
+                    })
+                    .collect();
+                importer.upsert_scores(&scores).await?;
+            }
+            importer.close().await;
+            crate::Result::Ok(())
+        });
+        // Meanwhile the server pushes: transactions that read before they write.
+        let mut pushed = 0;
+        while !import.is_finished() {
+            server
+                .put_manifest(
+                    a.id,
+                    "app",
+                    manifest(&format!("sha256:{pushed:064x}"), vec![], None),
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("push {pushed} beside the import: {e}"));
+            pushed += 1;
+        }
+        import.await.unwrap().expect("import beside the server");
+        assert!(pushed > 0);
+    }
+    finish(stores).await;
+}
+
+/// Scheduled imports: one node at a time, when due or asked for; a stopped node's run is
+/// taken over.
+#[tokio::test]
+async fn scheduled_imports_are_claimed_once_when_due() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let hour = 3_600_000;
+        let claim = || async {
+            let now = crate::now_millis();
+            m.claim_vuln_import(now - hour, now - 600_000)
+                .await
+                .unwrap()
+        };
+        let state = m.vuln_db_state().await.unwrap();
+        assert_eq!(state.run_started_at, None);
+        assert!(claim().await, "never ran: due");
+        assert!(!claim().await, "claimed by one node");
+        let running = m.vuln_db_state().await.unwrap();
+        assert!(running.run_claimed_at.is_some() && running.run_started_at.is_some());
+        m.finish_vuln_import("{\"files\":[]}").await.unwrap();
+        let done = m.vuln_db_state().await.unwrap();
+        assert_eq!(done.run_claimed_at, None);
+        assert!(done.run_finished_at >= done.run_started_at);
+        assert_eq!(done.run_report.as_deref(), Some("{\"files\":[]}"));
+        assert!(!claim().await, "ran a moment ago: not due");
+        // Asked for: due at once, and once.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        m.request_vuln_import().await.unwrap();
+        assert!(claim().await);
+        assert!(!claim().await);
+        // Its node stopped without finishing: taken over once the claim is stale.
+        let later = crate::now_millis() + 2 * hour;
+        assert!(m
+            .claim_vuln_import(later - hour, later - 600_000)
+            .await
+            .unwrap());
+        // Counts of what is stored.
+        m.upsert_advisories(&[advisory("CVE-1", "a", &[("Debian:12", "x")])])
+            .await
+            .unwrap();
+        assert_eq!(m.vuln_db_state().await.unwrap().advisories, 1);
+    }
+    finish(stores).await;
 }
 
 #[tokio::test]

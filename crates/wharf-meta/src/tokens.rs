@@ -81,7 +81,7 @@ impl Meta {
         expires_at: Option<i64>,
         scopes: &[NewScope<'_>],
     ) -> Result<TokenRecord> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(&format!(
             "INSERT INTO tokens (registry_id, name, secret_hash, enabled, expires_at, created_at) \
              VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (registry_id, name) DO NOTHING \
@@ -174,7 +174,7 @@ impl Meta {
     }
 
     pub async fn add_token_scope(&self, token_id: i64, scope: &NewScope<'_>) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_scope(&mut tx, token_id, scope.0, scope.1, &scope.2).await?;
         tx.commit().await?;
         Ok(())

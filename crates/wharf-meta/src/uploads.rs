@@ -253,7 +253,7 @@ impl Meta {
         repository: &str,
         digest: &str,
     ) -> Result<Option<i64>> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(REPOSITORY_BLOB_SIZE)
             .bind(registry_id)
             .bind(from)

@@ -59,6 +59,25 @@ pub struct SourceStatus {
     pub imported_at: i64,
 }
 
+/// The vulnerability database as a whole: its version, when it last changed, how much it
+/// holds, and the scheduled imports' last run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VulnDbState {
+    pub version: i64,
+    /// When an import last changed it (milliseconds; 0: never).
+    pub changed_at: i64,
+    pub advisories: i64,
+    pub scores: i64,
+    /// A node is importing since (or last said it was alive at) this time.
+    pub run_claimed_at: Option<i64>,
+    /// An import was asked for ahead of the schedule at this time.
+    pub run_requested_at: Option<i64>,
+    pub run_started_at: Option<i64>,
+    pub run_finished_at: Option<i64>,
+    /// The last finished run's report, as the importing node wrote it (JSON).
+    pub run_report: Option<String>,
+}
+
 /// Counts rows as added, updated or unchanged and returns those to write. `stored` says whether
 /// a row is stored already (`Some`) and, if so, whether unchanged (`Some(true)`).
 fn sort_out<'r, R>(
@@ -119,7 +138,7 @@ impl Meta {
             .filter(|(i, r)| latest.get(&(&r.source, &r.id)) == Some(i))
             .map(|(_, r)| r)
             .collect();
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(BATCH) {
             // What is stored now, for the rows of this chunk.
             let mut args = AnyArguments::default();
@@ -207,7 +226,7 @@ impl Meta {
     /// Stores CVSS scores; a score whose `modified` stamp and value are unchanged is left alone.
     pub async fn upsert_scores(&self, rows: &[ScoreRow]) -> Result<ImportCounts> {
         let mut counts = ImportCounts::default();
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(BATCH) {
             let mut args = AnyArguments::default();
             for r in chunk {
@@ -321,6 +340,81 @@ impl Meta {
                 })
             })
             .collect()
+    }
+
+    pub async fn vuln_db_state(&self) -> Result<VulnDbState> {
+        let r = sqlx::query(
+            "SELECT version, changed_at, run_claimed_at, run_requested_at, run_started_at, \
+             run_finished_at, run_report, (SELECT COUNT(*) FROM vuln_advisories), \
+             (SELECT COUNT(*) FROM vuln_scores) FROM vuln_db WHERE id = 1",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(VulnDbState {
+            version: r.try_get(0)?,
+            changed_at: r.try_get(1)?,
+            run_claimed_at: r.try_get(2)?,
+            run_requested_at: r.try_get(3)?,
+            run_started_at: r.try_get(4)?,
+            run_finished_at: r.try_get(5)?,
+            run_report: r.try_get(6)?,
+            advisories: r.try_get(7)?,
+            scores: r.try_get(8)?,
+        })
+    }
+
+    /// Asks for a scheduled import ahead of its time; the node that claims the next run does it.
+    pub async fn request_vuln_import(&self) -> Result<i64> {
+        let now = now_millis();
+        sqlx::query("UPDATE vuln_db SET run_requested_at = $1 WHERE id = 1")
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+        Ok(now)
+    }
+
+    /// Claims the next scheduled import if one is due: asked for since the last run started,
+    /// or the last run started before `due_before` (or never ran). A claim older than
+    /// `stale_before` belongs to a node that stopped and is taken over. Of several nodes asking
+    /// at once, one gets it.
+    pub async fn claim_vuln_import(&self, due_before: i64, stale_before: i64) -> Result<bool> {
+        let now = now_millis();
+        let done = sqlx::query(
+            "UPDATE vuln_db SET run_claimed_at = $1, run_started_at = $1 WHERE id = 1 \
+             AND (run_claimed_at IS NULL OR run_claimed_at < $2) \
+             AND (run_started_at IS NULL OR run_started_at < $3 \
+                  OR run_requested_at >= run_started_at)",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .bind(due_before)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The importing node is still at work (its claim must not go stale).
+    pub async fn touch_vuln_import(&self) -> Result<()> {
+        sqlx::query(
+            "UPDATE vuln_db SET run_claimed_at = $1 WHERE id = 1 AND run_claimed_at IS NOT NULL",
+        )
+        .bind(now_millis())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a claimed run with its report.
+    pub async fn finish_vuln_import(&self, report: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE vuln_db SET run_claimed_at = NULL, run_finished_at = $1, run_report = $2 \
+             WHERE id = 1",
+        )
+        .bind(now_millis())
+        .bind(report)
+        .execute(&self.write)
+        .await?;
+        Ok(())
     }
 
     /// The newest `modified` stamp among a source's advisories.

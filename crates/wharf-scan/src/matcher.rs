@@ -386,6 +386,21 @@ fn best_score(
     modern.or(legacy)
 }
 
+/// The score and severity a finding of the vulnerability known by `ids` gets (the first is its
+/// own ID), from the vectors its advisories carry and the `scores` stored for those IDs.
+pub fn rate(ids: &[String], vectors: &[String], scores: &[Score]) -> (Option<f64>, Severity) {
+    let mut table: BTreeMap<&str, Vec<&Score>> = BTreeMap::new();
+    for s in scores {
+        table.entry(s.cve.as_str()).or_default().push(s);
+    }
+    let (id, aliases) = match ids.split_first() {
+        Some((id, rest)) => (id.as_str(), rest.iter().cloned().collect()),
+        None => ("", BTreeSet::new()),
+    };
+    let score = best_score(id, &aliases, vectors, &table);
+    (score, Severity::from_score(score))
+}
+
 /// The (ecosystem, keys) lookups an inventory needs, for fetching candidates from the store.
 pub fn lookups(inv: &Inventory) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

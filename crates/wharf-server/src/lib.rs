@@ -6,6 +6,7 @@ mod error;
 mod gc;
 pub use gc::schedule_gc;
 pub use scanning::run_workers as run_scan_workers;
+pub use vulndb::run_schedule as schedule_vulndb_imports;
 pub mod jwt;
 mod keyring;
 mod locks;
@@ -17,6 +18,7 @@ mod serve;
 mod service;
 mod token_endpoint;
 mod v2;
+pub mod vulndb;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +33,7 @@ use wharf_meta::Meta;
 use wharf_store::BlobStore;
 
 pub use api::openapi;
+pub use api::vulndb::{status as vulndb_status, VulnDbView};
 pub use error::ApiError;
 pub use keyring::{ContentKeys, KeySource, KeyStatus, RotateError};
 pub use metrics::install as install_metrics;
@@ -79,6 +82,11 @@ pub struct Settings {
     pub scan_timeout: std::time::Duration,
     /// Tests only: no scan starts while this file exists.
     pub scan_pause_file: Option<std::path::PathBuf>,
+    /// Where scheduled imports read vulnerability data from; none: imports are left to
+    /// `wharf vulndb import`.
+    pub vulndb_sources: Vec<vulndb::Source>,
+    /// How often the configured sources are imported.
+    pub vulndb_interval: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -103,6 +111,8 @@ impl Default for Settings {
             scan_workers: 2,
             scan_timeout: std::time::Duration::from_secs(600),
             scan_pause_file: None,
+            vulndb_sources: Vec::new(),
+            vulndb_interval: std::time::Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -272,6 +282,8 @@ pub struct AppState {
     pub(crate) requests: std::sync::atomic::AtomicU64,
     /// Wakes this node's scan workers when a push queued a scan.
     pub(crate) scan_wakeup: tokio::sync::Notify,
+    /// Wakes this node's import schedule when an import was asked for through the API.
+    pub(crate) vulndb_wakeup: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -313,6 +325,7 @@ impl AppState {
             upload_locks: locks::KeyedLocks::default(),
             requests: Default::default(),
             scan_wakeup: Default::default(),
+            vulndb_wakeup: Default::default(),
         }
     }
 }

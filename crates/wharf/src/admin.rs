@@ -883,6 +883,16 @@ pub fn registry(conn: Connection, cmd: RegistryCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// The latest artifact's scan in a word: its highest severity, `clean`, or the status.
+fn latest_severity(scan: &Value) -> String {
+    match (scan["status"].as_str(), scan["highest_severity"].as_str()) {
+        (None, _) => "-".to_string(),
+        (Some("scanned"), Some(s)) => s.to_string(),
+        (Some("scanned"), None) => "clean".to_string(),
+        (Some(status), _) => status.to_string(),
+    }
+}
+
 pub fn repo(conn: Connection, cmd: RepoCommand) -> Result<(), String> {
     let client = Client::new(conn)?;
     match cmd {
@@ -906,12 +916,21 @@ pub fn repo(conn: Connection, cmd: RepoCommand) -> Result<(), String> {
                                 "private"
                             }
                             .to_string(),
+                            latest_severity(&r["latest_artifact"]["scan"]),
                             text(&r["created_at"]),
                         ]
                     })
                     .collect();
                 table(
-                    &["NAME", "ARTIFACTS", "TAGS", "STORAGE", "ACCESS", "CREATED"],
+                    &[
+                        "NAME",
+                        "ARTIFACTS",
+                        "TAGS",
+                        "STORAGE",
+                        "ACCESS",
+                        "LATEST SCAN",
+                        "CREATED",
+                    ],
                     rows,
                 )
             });

@@ -32,16 +32,22 @@ pub struct DbArgs {
 impl DbArgs {
     /// The database URL `wharf serve` would use with the same settings.
     pub fn database_url(self) -> Result<String, String> {
+        Ok(self.load()?.0)
+    }
+
+    /// The database URL and the rest of the configuration `wharf serve` would use.
+    pub fn load(self) -> Result<(String, Config), String> {
         let config = Config::load(ServeArgs {
             config: self.config,
             data_dir: self.data_dir,
             database_url: self.database_url,
             ..ServeArgs::default()
         })?;
-        match &config.database_url {
-            Some(url) => Ok(url.clone()),
-            None => Ok(config.database_url_for(&config.data_dir()?)),
-        }
+        let url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => config.database_url_for(&config.data_dir()?),
+        };
+        Ok((url, config))
     }
 }
 
@@ -142,6 +148,17 @@ pub struct ServeArgs {
     /// Tests only: no scan starts while this file exists.
     #[arg(long, env = "WHARF_SCAN_PAUSE_FILE", hide = true)]
     scan_pause_file: Option<PathBuf>,
+    /// Vulnerability data imported on a schedule: files, directories (as `wharf vulndb import`
+    /// takes) and http(s) URLs of OSV dumps; comma-separated or repeated [default: none].
+    #[arg(
+        long = "vulndb-source",
+        env = "WHARF_VULNDB_SOURCES",
+        value_delimiter = ','
+    )]
+    vulndb_sources: Option<Vec<String>>,
+    /// How often the vulnerability sources are imported [default: 6h].
+    #[arg(long, env = "WHARF_VULNDB_INTERVAL", value_parser = duration)]
+    vulndb_interval: Option<Duration>,
 }
 
 /// `storage` in the configuration file: a URL, or a table with the S3 settings.
@@ -261,6 +278,9 @@ struct FileConfig {
     scan_workers: Option<usize>,
     #[serde(default, deserialize_with = "file_duration")]
     scan_timeout: Option<Duration>,
+    vulndb_sources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "file_duration")]
+    vulndb_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +311,8 @@ pub struct Config {
     pub scan_workers: usize,
     pub scan_timeout: Duration,
     pub scan_pause_file: Option<PathBuf>,
+    pub vulndb_sources: Vec<String>,
+    pub vulndb_interval: Duration,
 }
 
 impl Config {
@@ -435,6 +457,23 @@ impl Config {
                 .or(file.scan_timeout)
                 .unwrap_or(Duration::from_secs(600)),
             scan_pause_file: args.scan_pause_file,
+            vulndb_sources: args
+                .vulndb_sources
+                .or(file.vulndb_sources)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
+            vulndb_interval: {
+                let every = args
+                    .vulndb_interval
+                    .or(file.vulndb_interval)
+                    .unwrap_or(Duration::from_secs(6 * 3600));
+                if every < Duration::from_secs(60) {
+                    return Err("vulndb_interval must be at least 1m".to_string());
+                }
+                every
+            },
         })
     }
 }

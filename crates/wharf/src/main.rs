@@ -298,6 +298,12 @@ async fn run(config: Config) -> Result<(), String> {
     let metrics = wharf_server::install_metrics()?;
     let data_dir = config.data_dir()?;
     let database_url = config.database_url_for(&data_dir);
+    // A source that does not exist or is no URL stops the start, named, before anything else.
+    let vulndb_sources = config
+        .vulndb_sources
+        .iter()
+        .map(|s| wharf_server::vulndb::Source::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let meta = Meta::connect(&database_url)
         .await
@@ -376,6 +382,8 @@ async fn run(config: Config) -> Result<(), String> {
             scan_workers: config.scan_workers,
             scan_timeout: config.scan_timeout,
             scan_pause_file: config.scan_pause_file.clone(),
+            vulndb_sources,
+            vulndb_interval: config.vulndb_interval,
         },
         jwt_keys,
         content_keys.clone(),
@@ -389,6 +397,7 @@ async fn run(config: Config) -> Result<(), String> {
     tokio::spawn(wharf_server::expire_uploads(state.clone()));
     tokio::spawn(wharf_server::schedule_gc(state.clone()));
     tokio::spawn(wharf_server::run_scan_workers(state.clone()));
+    tokio::spawn(wharf_server::schedule_vulndb_imports(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use sha2::Digest;
-use wharf_meta::{AdvisoryRow, ImportCounts, Meta, ScoreRow};
-use wharf_scan::advisory::{self, Advisory, BadRecord, Record, Score};
+use wharf_meta::Meta;
 use wharf_scan::cvss::Severity;
 use wharf_scan::matcher::{self, Report};
-use wharf_server::scanning;
+use wharf_server::{scanning, vulndb};
 
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::admin::{encode, table, text, Client, Connection};
 use crate::config::DbArgs;
 
 #[derive(Subcommand)]
@@ -26,13 +28,31 @@ pub enum VulndbCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Show the imported sources, their record counts and dates.
+    /// Show the database's version and counts, the imported sources with their record counts
+    /// and dates, and the scheduled imports' last run.
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         db: DbArgs,
+    },
+    /// Ask the server to import its configured sources (--vulndb-source) now, and wait for
+    /// the run's report.
+    Update {
+        /// Return once the import is asked for.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// A vulnerability's details, by its ID or any alias: description, scores by source with
+    /// their vectors, fixed versions, references and the sources it comes from.
+    Show {
+        /// CVE-2024-1234, GHSA-..., DSA-...
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
     },
 }
 
@@ -84,116 +104,234 @@ fn db_err(e: wharf_meta::MetaError) -> String {
 }
 
 pub fn vulndb(command: VulndbCommand) -> Result<(), String> {
-    runtime()?.block_on(async {
-        match command {
-            VulndbCommand::Import { paths, db } => {
-                let files = import_files(&paths)?;
-                let meta = connect(db).await?;
-                let result = import(&meta, &files).await;
-                meta.close().await;
-                result
+    match command {
+        VulndbCommand::Import { paths, db } => runtime()?.block_on(async {
+            let files = vulndb::import_files(&paths)?;
+            let meta = connect(db).await?;
+            let result = import(&meta, &files).await;
+            meta.close().await;
+            result
+        }),
+        VulndbCommand::Status { json, db } => runtime()?.block_on(async {
+            let (url, config) = db.load()?;
+            let meta = Meta::connect(&url)
+                .await
+                .map_err(|e| format!("metadata database: {e}"))?;
+            let status =
+                wharf_server::vulndb_status(&meta, &config.vulndb_sources, config.vulndb_interval)
+                    .await
+                    .map_err(db_err);
+            meta.close().await;
+            let status = serde_json::to_value(status?).map_err(|e| e.to_string())?;
+            if json {
+                println!("{status}");
+            } else {
+                print_status(&status);
             }
-            VulndbCommand::Status { json, db } => {
-                let meta = connect(db).await?;
-                let sources = meta.vuln_sources().await.map_err(db_err);
-                meta.close().await;
-                print_status(&sources?, json);
-                Ok(())
+            Ok(())
+        }),
+        // These go through the server's API.
+        VulndbCommand::Update { no_wait, conn } => {
+            let client = Client::new(conn)?;
+            let asked = client.call(Method::POST, "/api/v1/system/vulndb/imports", None)?;
+            let asked_at = text(&asked["requested_at"]);
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("importing");
+            let status = loop {
+                let status = client.call(Method::GET, "/api/v1/system/vulndb", None)?;
+                let run = &status["schedule"]["last_run"];
+                // RFC 3339 times of one format compare as text.
+                let done = run["finished_at"].as_str().is_some_and(|f| {
+                    run["started_at"].as_str() >= Some(asked_at.as_str()) && !f.is_empty()
+                });
+                if no_wait || done {
+                    break status;
+                }
+                bar.tick();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            };
+            bar.finish_and_clear();
+            if no_wait {
+                println!("import asked for at {asked_at}; `wharf vulndb status` shows its report");
+                return Ok(());
             }
+            let run = &status["schedule"]["last_run"];
+            client.print(run, |run| {
+                for f in run["files"].as_array().into_iter().flatten() {
+                    println!("{}", file_line(f));
+                }
+            });
+            let failed = run["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["error"].is_string())
+                .count();
+            if failed > 0 {
+                return Err(format!(
+                    "{failed} of {} sources could not be imported",
+                    run["files"].as_array().map_or(0, Vec::len)
+                ));
+            }
+            Ok(())
         }
-    })
+        VulndbCommand::Show { id, conn } => {
+            let client = Client::new(conn)?;
+            let v = client.call(
+                Method::GET,
+                &format!("/api/v1/vulnerabilities/{}", encode(&id)),
+                None,
+            )?;
+            client.print(&v, print_vulnerability);
+            Ok(())
+        }
+    }
 }
 
-/// The files named (`true`: named explicitly), with directories searched (sorted,
-/// recursively) for importable files (`false`).
-fn import_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>, String> {
-    fn importable(p: &Path) -> bool {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        let name = name.strip_suffix(".gz").unwrap_or(&name);
-        name.ends_with(".json") || name.ends_with(".jsonl") || name.ends_with(".tsv")
+/// A file report of an import run, as `wharf vulndb import` prints it.
+fn file_line(f: &Value) -> String {
+    let location = text(&f["location"]);
+    if let Some(e) = f["error"].as_str() {
+        return format!("wharf: error: {location}: {e}");
     }
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if importable(&p) {
-                out.push(p);
-            }
+    if f["not_modified"] == true {
+        return format!("{location}: not modified since the last download");
+    }
+    format!(
+        "{}: {} added, {} updated, {} unchanged, {} skipped ({location})",
+        text(&f["source"]),
+        text(&f["added"]),
+        text(&f["updated"]),
+        text(&f["unchanged"]),
+        text(&f["skipped"]),
+    )
+}
+
+fn print_vulnerability(v: &Value) {
+    println!("{}", text(&v["id"]));
+    let aliases: Vec<String> = v["aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if !aliases.is_empty() {
+        println!("aliases:    {}", aliases.join(", "));
+    }
+    let score = v["score"]
+        .as_f64()
+        .map(|s| format!(" ({s:.1})"))
+        .unwrap_or_default();
+    println!("severity:   {}{score}", text(&v["severity"]));
+    for (label, key) in [("published", "published"), ("modified", "modified")] {
+        if v[key].is_string() {
+            println!("{label:<11} {}", text(&v[key]));
         }
-        Ok(())
     }
-    let mut out = Vec::new();
-    for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if meta.is_dir() {
-            let mut found = Vec::new();
-            walk(p, &mut found)?;
-            out.extend(found.into_iter().map(|f| (f, false)));
+    if let Some(s) = v["summary"].as_str() {
+        println!("summary:    {s}");
+    }
+    if let Some(d) = v["description"].as_str() {
+        println!("\n{}\n", d.trim());
+    }
+    let scores: Vec<Vec<String>> = v["scores"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            vec![
+                text(&s["source"]),
+                text(&s["id"]),
+                text(&s["version"]),
+                text(&s["score"]),
+                text(&s["severity"]),
+                text(&s["vector"]),
+            ]
+        })
+        .collect();
+    if !scores.is_empty() {
+        println!();
+        table(
+            &["SOURCE", "ID", "CVSS", "SCORE", "SEVERITY", "VECTOR"],
+            scores,
+        );
+    }
+    let affected: Vec<Vec<String>> = v["affected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let fixed: Vec<String> = a["fixed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            vec![
+                text(&a["source"]),
+                text(&a["ecosystem"]),
+                text(&a["package"]),
+                if fixed.is_empty() {
+                    "not fixed".to_string()
+                } else {
+                    fixed.join(", ")
+                },
+            ]
+        })
+        .collect();
+    if !affected.is_empty() {
+        println!();
+        table(&["SOURCE", "ECOSYSTEM", "PACKAGE", "FIXED IN"], affected);
+    }
+    let refs: Vec<String> = v["references"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if !refs.is_empty() {
+        println!("\nreferences:");
+        for r in refs {
+            println!("  {r}");
+        }
+    }
+    let sources: Vec<String> = v["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{} ({}: {})",
+                text(&s["source"]),
+                text(&s["kind"]),
+                text(&s["advisory"])
+            )
+        })
+        .collect();
+    println!("\nsources:    {}", sources.join(", "));
+}
+
+/// Progress of `wharf vulndb import` on the terminal: lines above the progress bar, which is
+/// hidden without a terminal (lines then go straight to standard output).
+struct BarProgress(indicatif::ProgressBar);
+
+impl BarProgress {
+    fn say(&self, line: String) {
+        if self.0.is_hidden() {
+            println!("{line}");
         } else {
-            out.push((p.clone(), true));
+            self.0.println(line);
         }
     }
-    if out.is_empty() {
-        return Err("no importable files (.json, .jsonl, .tsv, optionally .gz) found".to_string());
+}
+
+impl vulndb::Progress for BarProgress {
+    fn reading(&self, location: &str, records: u64) {
+        self.0.set_message(format!("{location}: {records} records"));
     }
-    Ok(out)
-}
 
-fn advisory_row(a: &Advisory) -> Result<AdvisoryRow, String> {
-    let doc = serde_json::to_string(a).map_err(|e| format!("{}: {e}", a.id))?;
-    Ok(AdvisoryRow {
-        source: a.source.clone(),
-        id: a.id.clone(),
-        modified: a.modified.clone(),
-        digest: hex::encode(sha2::Sha256::digest(doc.as_bytes())),
-        doc,
-        packages: a.keys(),
-        aliases: a.aliases.clone(),
-    })
-}
-
-fn score_row(s: Score) -> ScoreRow {
-    ScoreRow {
-        cve: s.cve,
-        source: s.source,
-        version: s.version,
-        vector: s.vector,
-        score: s.score,
-        modified: s.modified,
-    }
-}
-
-/// A line above the progress bar; without a terminal the bar is hidden and lines go straight
-/// to standard output.
-fn say(bar: &indicatif::ProgressBar, line: String) {
-    if bar.is_hidden() {
-        println!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
-/// Records per database transaction.
-const IMPORT_BATCH: usize = 1000;
-
-/// Why a file was not imported.
-enum ImportFailure {
-    /// Not a vulnerability data file: fatal when named, skipped when found in a directory.
-    Unsupported(String),
-    Failed(String),
-}
-
-impl From<String> for ImportFailure {
-    fn from(e: String) -> Self {
-        ImportFailure::Failed(e)
+    fn warn(&self, line: String) {
+        self.say(format!("wharf: warning: {line}"));
     }
 }
 
@@ -203,30 +341,19 @@ async fn import(meta: &Meta, files: &[(PathBuf, bool)]) -> Result<(), String> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files  {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut failed = 0;
-    let mut changed = false;
-    for (file, named) in files {
-        bar.set_message(file.display().to_string());
-        match import_file(meta, file, &bar).await {
-            Ok((line, counts)) => {
-                changed |= counts.added + counts.updated > 0;
-                say(&bar, line)
-            }
-            Err(ImportFailure::Unsupported(e)) if !named => {
-                say(&bar, format!("wharf: warning: {e}; skipped"))
-            }
-            Err(ImportFailure::Unsupported(e) | ImportFailure::Failed(e)) => {
-                failed += 1;
-                say(&bar, format!("wharf: error: {e}"));
-            }
+    let progress = BarProgress(bar);
+    let reports = vulndb::import(meta, files, &progress, &mut |r| {
+        match &r.error {
+            Some(_) => progress.say(format!("wharf: error: {}", r.line())),
+            None => progress.say(r.line()),
         }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+        progress.0.inc(1);
+    })
+    .await;
+    progress.0.finish_and_clear();
     // Scans matched against the database as it was are matched again by the servers.
-    if changed {
-        meta.bump_vuln_db().await.map_err(db_err)?;
-    }
+    vulndb::publish(meta, &reports).await.map_err(db_err)?;
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
     if failed > 0 {
         return Err(format!(
             "{failed} of {} files could not be imported",
@@ -236,142 +363,72 @@ async fn import(meta: &Meta, files: &[(PathBuf, bool)]) -> Result<(), String> {
     Ok(())
 }
 
-async fn import_file(
-    meta: &Meta,
-    file: &Path,
-    bar: &indicatif::ProgressBar,
-) -> Result<(String, ImportCounts), ImportFailure> {
-    // The file is parsed on a blocking thread and streamed here through a bounded channel, so
-    // memory stays flat whatever the file's size.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Record, BadRecord>>(4096);
-    let path = file.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || {
-        let bad_tx = tx.clone();
-        advisory::read_file(
-            &path,
-            &mut |r| {
-                tx.blocking_send(Ok(r))
-                    .map_err(|_| "import stopped".to_string())
-            },
-            &mut |b| {
-                let _ = bad_tx.blocking_send(Err(b));
-            },
-        )
-    });
-    let mut advisories = Vec::new();
-    let mut scores = Vec::new();
-    let mut counts = ImportCounts::default();
-    let mut bad = Vec::new();
-    let mut records = 0u64;
-    while let Some(item) = rx.recv().await {
-        match item {
-            Ok(Record::Advisory(a)) => advisories.push(advisory_row(&a)?),
-            Ok(Record::Score(s)) => scores.push(score_row(s)),
-            Err(b) => bad.push(b),
-        }
-        records += 1;
-        if advisories.len() >= IMPORT_BATCH {
-            counts += meta.upsert_advisories(&advisories).await.map_err(db_err)?;
-            advisories.clear();
-        }
-        if scores.len() >= IMPORT_BATCH * 5 {
-            counts += meta.upsert_scores(&scores).await.map_err(db_err)?;
-            scores.clear();
-        }
-        if records.is_multiple_of(5000) {
-            bar.set_message(format!("{}: {records} records", file.display()));
-        }
-    }
-    counts += meta.upsert_advisories(&advisories).await.map_err(db_err)?;
-    counts += meta.upsert_scores(&scores).await.map_err(db_err)?;
-    let (kind, source) = reader
-        .await
-        .map_err(|e| format!("{}: reader failed: {e}", file.display()))?
-        .map_err(|e| match e {
-            advisory::ImportError::Unsupported(m) => ImportFailure::Unsupported(m),
-            other => ImportFailure::Failed(other.to_string()),
-        })?;
-    let scores = matches!(
-        kind,
-        advisory::FileKind::NvdScores | advisory::FileKind::VulnrichmentScores
+fn print_status(status: &Value) {
+    let sched = &status["schedule"];
+    println!(
+        "version {}: {} advisories, {} scores; last changed {}",
+        text(&status["version"]),
+        text(&status["advisories"]),
+        text(&status["scores"]),
+        text(&status["changed_at"])
     );
-    let newest = if scores {
-        None
+    let configured: Vec<String> = sched["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    let run = &sched["last_run"];
+    if configured.is_empty() {
+        // The sources are a server's settings; this configuration may not be the server's.
+        if !run.is_object() {
+            println!("scheduled imports: none (wharf serve --vulndb-source)");
+        }
     } else {
-        meta.newest_advisory(&source).await.map_err(db_err)?
-    };
-    meta.record_vuln_source(
-        &source,
-        kind.as_str(),
-        &file.display().to_string(),
-        newest.as_deref().filter(|n| !n.is_empty()),
-        scores.then_some((records - bad.len() as u64) as i64),
-    )
-    .await
-    .map_err(db_err)?;
-    for b in bad.iter().take(10) {
-        say(
-            bar,
-            format!("wharf: warning: {}: skipped: {}", b.location, b.reason),
+        println!(
+            "scheduled imports: every {} of {}; next at {}",
+            humantime::format_duration(std::time::Duration::from_secs(
+                sched["interval_seconds"].as_u64().unwrap_or(0)
+            )),
+            configured.join(", "),
+            text(&sched["next_run_at"])
         );
     }
-    if bad.len() > 10 {
-        say(
-            bar,
-            format!(
-                "wharf: warning: {}: {} more records skipped",
-                file.display(),
-                bad.len() - 10
-            ),
+    if run.is_object() {
+        let state = match run["finished_at"].as_str() {
+            Some(f) => format!("finished {f}"),
+            None if sched["running"] == true => "running".to_string(),
+            None => "did not finish".to_string(),
+        };
+        println!(
+            "last scheduled run: started {}, {state}",
+            text(&run["started_at"])
         );
+        for f in run["files"].as_array().into_iter().flatten() {
+            println!("  {}", file_line(f));
+        }
     }
-    let line = format!(
-        "{source}: {} added, {} updated, {} unchanged, {} skipped ({})",
-        counts.added,
-        counts.updated,
-        counts.unchanged,
-        bad.len(),
-        file.display()
-    );
-    Ok((line, counts))
-}
-
-fn print_status(sources: &[wharf_meta::SourceStatus], json: bool) {
-    let when = |ms: i64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-        )
-        .to_string()
-    };
-    if json {
-        let list: Vec<serde_json::Value> = sources
-            .iter()
-            .map(|s| {
-                serde_json::json!({"source": s.source, "kind": s.kind, "file": s.file,
-                    "records": s.records, "newest": s.newest, "imported_at": when(s.imported_at)})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(list));
-        return;
-    }
+    let sources = status["sources"].as_array().cloned().unwrap_or_default();
     if sources.is_empty() {
         println!("no vulnerability data imported; run `wharf vulndb import <files or dirs>`");
         return;
     }
-    println!(
-        "{:<32} {:<13} {:>9}  {:<22} IMPORTED",
-        "SOURCE", "KIND", "RECORDS", "NEWEST"
+    println!();
+    table(
+        &["SOURCE", "KIND", "RECORDS", "NEWEST", "IMPORTED"],
+        sources
+            .iter()
+            .map(|s| {
+                vec![
+                    text(&s["source"]),
+                    text(&s["kind"]),
+                    text(&s["records"]),
+                    text(&s["newest"]),
+                    text(&s["imported_at"]),
+                ]
+            })
+            .collect(),
     );
-    for s in sources {
-        println!(
-            "{:<32} {:<13} {:>9}  {:<22} {}",
-            s.source,
-            s.kind,
-            s.records,
-            s.newest.as_deref().unwrap_or("-"),
-            when(s.imported_at)
-        );
-    }
 }
 
 pub fn scan(args: ScanArgs) -> Result<ExitCode, String> {

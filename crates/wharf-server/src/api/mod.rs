@@ -10,6 +10,7 @@ pub(crate) mod registries;
 mod scans;
 pub(crate) mod system;
 mod tokens;
+pub mod vulndb;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -43,7 +44,8 @@ pub const MAX_LIMIT: i64 = 100;
         keys::list, keys::create, keys::revoke, audit::list, system::show, system::keys,
         system::rotate, system::sealing_existing, system::seal_existing, gc::start, gc::list,
         gc::show, gc::start_instance, gc::list_instance, gc::show_instance, scans::artifact,
-        scans::vulnerabilities, scans::list_artifacts, scans::affected,
+        scans::vulnerabilities, scans::list_artifacts, scans::affected, vulndb::show,
+        vulndb::import, vulndb::details,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -202,6 +204,12 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
             "/api/v1/system/keys/encrypt-existing",
             get(system::sealing_existing).post(system::seal_existing),
         )
+        .route("/api/v1/system/vulndb", get(vulndb::show))
+        .route(
+            "/api/v1/system/vulndb/imports",
+            axum::routing::post(vulndb::import),
+        )
+        .route("/api/v1/vulnerabilities/{id}", get(vulndb::details))
         .fallback(|| async { Problem::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }

@@ -232,6 +232,17 @@ pub struct RepositoryView {
     pub storage_bytes: i64,
     /// Anyone may pull it without credentials.
     pub public: bool,
+    /// The most recently pushed artifact (referrers such as signatures aside) and its scan;
+    /// absent in an empty repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_artifact: Option<LatestArtifact>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatestArtifact {
+    pub digest: String,
+    /// Its scan (an index's: its images' together), with the highest severity found.
+    pub scan: super::scans::ScanView,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -612,9 +623,20 @@ pub async fn list_repositories(
         .list_repository_info(registry.id, q.after.as_deref(), limit)
         .await?;
     let next = more.then(|| repos.last().map(|r| r.name.clone())).flatten();
+    let names: Vec<String> = repos.iter().map(|r| r.name.clone()).collect();
+    let mut latest = std::collections::HashMap::new();
+    for (repo, digest, children) in state.meta.latest_artifacts(registry.id, &names).await? {
+        let scans =
+            super::scans::artifact_scans(&state, &registry, &repo, &[(digest.clone(), children)])
+                .await?;
+        if let Some(scan) = scans.into_iter().next() {
+            latest.insert(repo, LatestArtifact { digest, scan });
+        }
+    }
     let items = repos
         .into_iter()
         .map(|r| RepositoryView {
+            latest_artifact: latest.remove(&r.name),
             name: r.name,
             created_at: rfc3339(r.created_at),
             artifact_count: r.artifacts,

@@ -695,6 +695,17 @@ pub struct AffectedQuery {
     pub after: Option<String>,
 }
 
+/// A vulnerability ID or alias as a path gives it, trimmed; refused when it cannot be one.
+pub(crate) fn check_vulnerability_id(id: &str) -> Result<&str, Problem> {
+    let id = id.trim();
+    if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Problem::bad_request(format!(
+            "{id:?} is not a vulnerability ID (such as CVE-2024-1234 or GHSA-xxxx-xxxx-xxxx)"
+        )));
+    }
+    Ok(id)
+}
+
 #[utoipa::path(
     get, path = "/api/v1/registries/{name}/vulnerabilities/{id}", tag = "scanning",
     params(
@@ -719,12 +730,7 @@ pub async fn affected(
 ) -> Result<Json<AffectedPage>, Problem> {
     admin.require(Permission::RegistryRead)?;
     let limit = page_limit(q.limit)?;
-    let id = id.trim();
-    if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Problem::bad_request(format!(
-            "{id:?} is not a vulnerability ID (such as CVE-2024-1234 or GHSA-xxxx-xxxx-xxxx)"
-        )));
-    }
+    let id = check_vulnerability_id(&id)?;
     let offset = match q.after.as_deref() {
         None => 0,
         Some(a) => a

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a detector changes what it finds, so stored inventories are redone.
-pub const DETECTOR_VERSION: u32 = 1;
+pub const DETECTOR_VERSION: u32 = 2;
 
 /// Where a package came from: the package manager or language ecosystem that installed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -18,6 +18,8 @@ pub enum Kind {
     Npm,
     Go,
     Cargo,
+    /// Java archives' `pom.properties`: the name is `groupId:artifactId`.
+    Maven,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Npm => "npm",
             Kind::Go => "go",
             Kind::Cargo => "cargo",
+            Kind::Maven => "maven",
         }
     }
 }

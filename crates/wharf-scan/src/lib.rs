@@ -10,5 +10,6 @@ pub mod digest;
 pub mod image;
 pub mod inventory;
 pub mod matcher;
+pub mod sbom;
 pub mod version;
 pub mod walk;

@@ -85,6 +85,12 @@ pub fn target(pkg: &Package, os: Option<&Os>) -> Option<Target> {
             pkg.version.clone(),
             Scheme::Semver,
         ),
+        Kind::Maven => (
+            "Maven".into(),
+            pkg.name.clone(),
+            pkg.version.clone(),
+            Scheme::Maven,
+        ),
     };
     Some(Target {
         key: package_key(&ecosystem, &name),

@@ -340,11 +340,6 @@ fn read_interesting(
         // read, and no size to complain about.
         return detect::parse(interest, path, &[]);
     }
-    if limit == 0 {
-        // Kinds recognised by their path alone (an rpmdb format that is not read): nothing to
-        // read, and no size to complain about.
-        return detect::parse(interest, path, &[]);
-    }
     let mut bytes = Vec::new();
     entry
         .take(limit + 1)

@@ -49,6 +49,32 @@ pub(crate) struct Scope<'a> {
     pub actor: String,
 }
 
+/// What the metadata store keeps of a parsed manifest; its bytes (`content`, `size`) are the
+/// caller's to add.
+pub(crate) fn manifest_record(digest: &Digest, manifest: &wharf_oci::Manifest) -> NewManifest {
+    NewManifest {
+        digest: digest.to_string(),
+        media_type: manifest.media_type.to_string(),
+        artifact_type: manifest.artifact_type.clone(),
+        subject: manifest.subject.as_ref().map(|s| s.digest.to_string()),
+        annotations: manifest
+            .annotations
+            .as_ref()
+            .map(|a| serde_json::to_string(a).unwrap_or_default()),
+        blobs: manifest
+            .required_blobs()
+            .map(|d| d.digest.to_string())
+            .collect(),
+        manifests: manifest
+            .required_manifests()
+            .iter()
+            .map(|d| d.digest.to_string())
+            .collect(),
+        size: 0,
+        content: Vec::new(),
+    }
+}
+
 /// What just happened to content.
 pub(crate) enum Event<'a> {
     BlobCommitted {
@@ -186,6 +212,25 @@ impl Service<'_> {
             .get_upload(scope.registry_id, scope.repository, id)
             .await?
             .ok_or_else(|| ServiceError::UploadUnknown(id.to_string()))
+    }
+
+    /// Stores bytes wharf made itself (an SBOM, say) as a blob of the scope's repository,
+    /// verified and durable as a client's push would be.
+    pub async fn put_blob(&self, scope: &Scope<'_>, content: bytes::Bytes) -> Result<Digest> {
+        let digest = Digest::sha256_of(&content);
+        let id = self.open_upload(scope).await?;
+        let upload = self.upload(scope, &id).await?;
+        let len = content.len() as u64;
+        let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(content) }));
+        let stored = async {
+            let grown = self.append(scope, &upload, body, Some(len), false).await?;
+            self.finish(scope, &upload, grown, &digest).await
+        };
+        if let Err(e) = stored.await {
+            let _ = self.discard_upload(&id).await;
+            return Err(e);
+        }
+        Ok(digest)
     }
 
     /// Drops a session and its bytes.

@@ -37,6 +37,22 @@ pub enum ArtifactCommand {
         #[arg(long)]
         fixable: bool,
     },
+    /// An image's SBOM, made from its last scan's package inventory: printed, written to a
+    /// file, or attached to the image as an OCI referrer.
+    Sbom {
+        registry: String,
+        /// REPOSITORY:TAG, REPOSITORY@DIGEST or REPOSITORY (the tag latest).
+        artifact: String,
+        /// spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.5 JSON).
+        #[arg(long, default_value = "spdx")]
+        format: String,
+        /// Write the document to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// Push it to the image's repository with the image as its subject.
+        #[arg(long, conflicts_with = "output")]
+        attach: bool,
+    },
 }
 
 /// `repo:tag`, `repo@digest` or `repo` as (repository, reference).
@@ -197,6 +213,50 @@ pub fn artifact(conn: Connection, cmd: ArtifactCommand) -> Result<(), String> {
                     table(&["PLATFORM", "DIGEST", "SCAN", "HIGHEST"], rows);
                 }
             });
+        }
+        ArtifactCommand::Sbom {
+            registry,
+            artifact,
+            format,
+            output,
+            attach,
+        } => {
+            if attach {
+                let (repository, reference) = split_artifact(&artifact)?;
+                let r = client.call(
+                    Method::POST,
+                    &format!("/api/v1/registries/{}/sboms", encode(&registry)),
+                    Some(serde_json::json!({
+                        "repository": repository, "reference": reference, "format": format,
+                    })),
+                )?;
+                client.print(&r, |r| {
+                    println!(
+                        "attached {} to {} as {}@{}",
+                        text(&r["artifact_type"]),
+                        text(&r["subject"]),
+                        text(&r["repository"]),
+                        text(&r["digest"])
+                    )
+                });
+                return Ok(());
+            }
+            let path = format!(
+                "{}/sbom?format={}",
+                artifact_path(&registry, &artifact)?,
+                encode(&format)
+            );
+            let doc = client.call(Method::GET, &path, None)?;
+            let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
+            match output {
+                Some(file) => {
+                    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?
+                }
+                None => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                }
+            }
         }
         ArtifactCommand::Vulns {
             registry,

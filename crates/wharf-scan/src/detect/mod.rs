@@ -3,6 +3,7 @@
 //! that changes or deletes the file changes the result.
 
 mod binary;
+mod java;
 mod lang;
 mod os;
 mod osdb;
@@ -32,6 +33,8 @@ pub enum Interest {
     NpmPackage,
     NpmLock,
     CargoLock,
+    /// A Java archive: jar, war or ear.
+    JavaArchive,
     /// An executable: perhaps a Go or Rust binary.
     Executable,
 }
@@ -44,13 +47,14 @@ impl Interest {
             Interest::OsRelease => 64 * 1024,
             Interest::DpkgStatus | Interest::ApkInstalled | Interest::RpmSqlite => 128 * MIB,
             // Not read at all: the file is named in a warning.
-            // Not read at all: the file is named in a warning.
             Interest::RpmLegacy => 0,
             Interest::DpkgStatusD
             | Interest::PythonMetadata
             | Interest::NpmPackage
             | Interest::CargoLock => 4 * MIB,
             Interest::NpmLock => 32 * MIB,
+            // Zips are read whole (their index is at the end); fat jars run to 100 MiB.
+            Interest::JavaArchive => 128 * MIB,
             // Larger executables are still searched for Go build info as a stream.
             Interest::Executable => 64 * MIB,
         }
@@ -96,6 +100,9 @@ pub fn classify(path: &str, executable: bool) -> Option<Interest> {
     if name == "Cargo.lock" {
         return Some(Interest::CargoLock);
     }
+    if java::is_archive(name) {
+        return Some(Interest::JavaArchive);
+    }
     if executable {
         return Some(Interest::Executable);
     }
@@ -132,6 +139,7 @@ pub fn parse(interest: Interest, path: &str, bytes: &[u8]) -> Result<Option<Foun
         Interest::NpmPackage => packages(lang::parse_npm_package(bytes, path)?),
         Interest::NpmLock => packages(lang::parse_npm_lock(bytes, path)?),
         Interest::CargoLock => packages(lang::parse_cargo_lock(text()?, path)?),
+        Interest::JavaArchive => packages(java::parse_archive(bytes, path)?),
         Interest::Executable => {
             let mut scan = BinaryScan::new(path);
             scan.feed(bytes);

@@ -5,6 +5,7 @@
 mod apk;
 mod dpkg;
 mod go;
+mod maven;
 mod pep440;
 mod rpm;
 mod semver_like;
@@ -14,6 +15,7 @@ use std::cmp::Ordering;
 pub use apk::{compare as apk, is_valid as apk_is_valid};
 pub use dpkg::compare as dpkg;
 pub use go::{compare as go, toolchain_version as go_toolchain_version};
+pub use maven::compare as maven;
 pub use pep440::compare as pep440;
 pub use rpm::{compare as rpm, compare_evr as rpm_evr};
 pub use semver_like::compare as semver;
@@ -27,6 +29,7 @@ pub enum Scheme {
     Semver,
     Pep440,
     Go,
+    Maven,
 }
 
 impl Scheme {
@@ -40,6 +43,7 @@ impl Scheme {
             Scheme::Semver => semver(a, b),
             Scheme::Pep440 => pep440(a, b),
             Scheme::Go => go(a, b),
+            Scheme::Maven => Some(maven(a, b)),
         }
     }
 }

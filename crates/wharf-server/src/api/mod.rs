@@ -7,6 +7,7 @@ mod gc;
 mod keys;
 mod problem;
 pub(crate) mod registries;
+mod sbom;
 mod scans;
 pub(crate) mod system;
 mod tokens;
@@ -45,7 +46,7 @@ pub const MAX_LIMIT: i64 = 100;
         system::rotate, system::sealing_existing, system::seal_existing, gc::start, gc::list,
         gc::show, gc::start_instance, gc::list_instance, gc::show_instance, scans::artifact,
         scans::vulnerabilities, scans::list_artifacts, scans::affected, vulndb::show,
-        vulndb::import, vulndb::details,
+        vulndb::import, vulndb::details, sbom::export, sbom::attach,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -159,6 +160,10 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route(
             "/api/v1/registries/{name}/artifacts/{*path}",
             get(scans::repository_resource),
+        )
+        .route(
+            "/api/v1/registries/{name}/sboms",
+            axum::routing::post(sbom::attach),
         )
         .route(
             "/api/v1/registries/{name}/vulnerabilities/{id}",

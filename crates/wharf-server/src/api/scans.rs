@@ -192,6 +192,9 @@ pub struct FindingQuery {
     pub limit: Option<i64>,
     /// The `next` of the page before.
     pub after: Option<String>,
+    /// Of an SBOM only (documented there): spdx or cyclonedx.
+    #[param(ignore)]
+    pub format: Option<String>,
 }
 
 /// `GET /api/v1/registries/{name}/artifacts/{path}`: the artifact views, by what follows `/-/`.
@@ -203,6 +206,14 @@ pub async fn repository_resource(
 ) -> Result<Response, Problem> {
     admin.require(Permission::RegistryRead)?;
     let no_endpoint = || Problem::not_found("no such API endpoint");
+    let sbom = path
+        .split_once("/-/")
+        .is_some_and(|(_, rest)| matches!(rest.split('/').collect::<Vec<_>>()[..], [_, "sbom"]));
+    if q.format.is_some() && !sbom {
+        return Err(Problem::bad_request(
+            "format= is for an SBOM (.../-/{reference}/sbom) only",
+        ));
+    }
     let Some((repository, rest)) = path.split_once("/-/") else {
         return Ok(list_artifacts(&state, &name, &path, q)
             .await?
@@ -213,6 +224,16 @@ pub async fn repository_resource(
         [reference] => Ok(artifact(&state, &name, repository, reference)
             .await?
             .into_response()),
+        [reference, "sbom"] => {
+            if q.severity.is_some() || q.fixable.is_some() || q.limit.is_some() || q.after.is_some()
+            {
+                return Err(Problem::bad_request(
+                    "an SBOM takes only format= (severity, fixable, limit and after are for lists)",
+                ));
+            }
+            let format = super::sbom::parse_format(q.format.as_deref())?;
+            super::sbom::export(&state, &name, repository, reference, format).await
+        }
         [reference, "vulnerabilities"] => {
             Ok(vulnerabilities(&state, &name, repository, reference, q)
                 .await?
@@ -223,13 +244,13 @@ pub async fn repository_resource(
 }
 
 /// The registry, repository and manifest a view is about.
-struct Target {
-    registry: Registry,
-    repository: RepositoryName,
-    manifest: StoredManifest,
+pub(crate) struct Target {
+    pub registry: Registry,
+    pub repository: RepositoryName,
+    pub manifest: StoredManifest,
 }
 
-async fn target(
+pub(crate) async fn target(
     state: &AppState,
     name: &str,
     repository: &str,
@@ -265,7 +286,7 @@ async fn target(
 
 /// The scans of `digests`, as views, in their order; an image with no scan row is pending
 /// (queued moments from now) when the registry scans, and `unknown` when it does not.
-async fn scan_views(
+pub(crate) async fn scan_views(
     state: &AppState,
     registry: &Registry,
     repository: &str,
@@ -303,7 +324,7 @@ fn platform_text(p: &serde_json::Value) -> Option<String> {
 }
 
 /// The images of an index (digest and platform); empty for an image.
-fn children(m: &StoredManifest) -> Vec<(String, Option<String>)> {
+pub(crate) fn children(m: &StoredManifest) -> Vec<(String, Option<String>)> {
     if !wharf_oci::media::is_index(&m.media_type) {
         return Vec::new();
     }

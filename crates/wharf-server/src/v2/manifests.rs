@@ -3,7 +3,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::json;
-use wharf_meta::NewManifest;
 use wharf_oci::manifest::MAX_MANIFEST_SIZE;
 use wharf_oci::{media, Digest, ErrorCode, Manifest, Reference};
 
@@ -158,29 +157,9 @@ pub(super) async fn put(
         Reference::Digest(_) => None,
     };
     let subject = manifest.subject.as_ref().map(|s| s.digest.to_string());
-    let annotations = manifest
-        .annotations
-        .as_ref()
-        .map(|a| serde_json::to_string(a).unwrap_or_default());
-    let new = NewManifest {
-        digest: digest.to_string(),
-        media_type: manifest.media_type.to_string(),
-        artifact_type: manifest.artifact_type.clone(),
-        subject: subject.clone(),
-        annotations,
-        blobs: manifest
-            .required_blobs()
-            .map(|d| d.digest.to_string())
-            .collect(),
-        manifests: manifest
-            .required_manifests()
-            .iter()
-            .map(|d| d.digest.to_string())
-            .collect(),
-        size: content.len() as i64,
-        // Last: the parsed manifest borrows the body until the fields above are taken.
-        content,
-    };
+    let mut new = crate::service::manifest_record(&digest, &manifest);
+    new.size = content.len() as i64;
+    new.content = content;
     repo.state
         .service()
         .put_manifest(&repo.scope(), new, tag)

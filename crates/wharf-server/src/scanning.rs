@@ -69,16 +69,21 @@ pub async fn match_inventory(meta: &Meta, inventory: &Inventory) -> Result<Repor
         .scores_for(&ids)
         .await?
         .into_iter()
-        .map(|s| Score {
-            cve: s.cve,
-            source: s.source,
-            version: s.version,
-            vector: s.vector,
-            score: s.score,
-            modified: s.modified,
-        })
+        .map(score_of)
         .collect();
     Ok(matcher::match_inventory(inventory, &advisories, &scores))
+}
+
+/// A stored score as the matcher takes it.
+pub(crate) fn score_of(s: wharf_meta::ScoreRow) -> Score {
+    Score {
+        cve: s.cve,
+        source: s.source,
+        version: s.version,
+        vector: s.vector,
+        score: s.score,
+        modified: s.modified,
+    }
 }
 
 /// A stored inventory of `image`, if one was made by the current detectors.

@@ -17,7 +17,7 @@ use wharf_scan::sbom::{self, Format};
 
 use super::auth::Admin;
 use super::problem::ApiJson;
-use super::scans::{children, scan_views, target, Target};
+use super::scans::{image_scan, target, Target};
 use super::Problem;
 use crate::AppState;
 
@@ -33,24 +33,7 @@ pub(crate) fn parse_format(text: Option<&str>) -> Result<Format, Problem> {
 
 /// The SBOM of the image `t` names, with the subject's address.
 async fn document(state: &AppState, t: &Target, format: Format) -> Result<Value, Problem> {
-    let images = children(&t.manifest);
-    if !images.is_empty() {
-        let list: Vec<String> = images.iter().map(|(d, _)| d.clone()).collect();
-        return Err(Problem::conflict(format!(
-            "{} is an index; ask for the SBOM of one of its images: {}",
-            t.manifest.digest,
-            list.join(", ")
-        )));
-    }
-    let digest = t.manifest.digest.clone();
-    let scan = scan_views(
-        state,
-        &t.registry,
-        t.repository.as_str(),
-        std::slice::from_ref(&digest),
-    )
-    .await?
-    .remove(0);
+    let (digest, scan) = image_scan(state, t).await?;
     let not_yet = |why: String| {
         Problem::conflict(format!(
             "{digest} has no package inventory to make an SBOM from: {why}"

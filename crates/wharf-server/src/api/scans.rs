@@ -243,6 +243,39 @@ pub async fn repository_resource(
     }
 }
 
+/// The digest and scan of the image `t` names; an index is refused, with its images listed
+/// (each has its own scan).
+pub(crate) async fn image_scan(
+    state: &AppState,
+    t: &Target,
+) -> Result<(String, ScanView), Problem> {
+    let images = children(&t.manifest);
+    if !images.is_empty() {
+        let list: Vec<String> = images
+            .iter()
+            .map(|(d, p)| match p {
+                Some(p) => format!("{d} ({p})"),
+                None => d.clone(),
+            })
+            .collect();
+        return Err(Problem::conflict(format!(
+            "{} is an index; ask for one of its images: {}",
+            t.manifest.digest,
+            list.join(", ")
+        )));
+    }
+    let digest = t.manifest.digest.clone();
+    let scan = scan_views(
+        state,
+        &t.registry,
+        t.repository.as_str(),
+        std::slice::from_ref(&digest),
+    )
+    .await?
+    .remove(0);
+    Ok((digest, scan))
+}
+
 /// The registry, repository and manifest a view is about.
 pub(crate) struct Target {
     pub registry: Registry,
@@ -472,30 +505,7 @@ async fn vulnerabilities(
     };
     let after = q.after.as_deref().map(decode_cursor).transpose()?;
     let t = target(state, name, repository, reference).await?;
-    let images = children(&t.manifest);
-    if !images.is_empty() {
-        let list: Vec<String> = images
-            .iter()
-            .map(|(d, p)| match p {
-                Some(p) => format!("{d} ({p})"),
-                None => d.clone(),
-            })
-            .collect();
-        return Err(Problem::conflict(format!(
-            "{} is an index; ask for one of its images: {}",
-            t.manifest.digest,
-            list.join(", ")
-        )));
-    }
-    let digest = t.manifest.digest.clone();
-    let scan = scan_views(
-        state,
-        &t.registry,
-        t.repository.as_str(),
-        std::slice::from_ref(&digest),
-    )
-    .await?
-    .remove(0);
+    let (digest, scan) = image_scan(state, &t).await?;
     let scope = t.registry.key_id.clone().unwrap_or_default();
     let (rows, more) = if scan.status == "scanned" {
         state

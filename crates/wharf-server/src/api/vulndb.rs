@@ -314,17 +314,7 @@ pub async fn vulnerability(meta: &Meta, id: &str) -> Result<Option<Vulnerability
         .into_iter()
         .map(|s| (s.source.clone(), s))
         .collect();
-    let scores: Vec<Score> = stored
-        .into_iter()
-        .map(|s| Score {
-            cve: s.cve,
-            source: s.source,
-            version: s.version,
-            vector: s.vector,
-            score: s.score,
-            modified: s.modified,
-        })
-        .collect();
+    let scores: Vec<Score> = stored.into_iter().map(crate::scanning::score_of).collect();
     let vectors: Vec<String> = advisories.iter().flat_map(|a| a.cvss.clone()).collect();
     let (score, severity) = wharf_scan::matcher::rate(&names, &vectors, &scores);
     let mut score_views: Vec<ScoreView> = advisories

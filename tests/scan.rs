@@ -2231,8 +2231,21 @@ sys.exit(1 if errors else 0)
             support::gzip(remote.join("\n").as_bytes()),
         )
         .expect("remote");
+        // OSV's own dumps: a zip of one JSON record per entry, one `all.zip` per ecosystem.
+        std::fs::create_dir(served.join("Debian")).expect("dir");
+        let (z1, z2) = (osv_line("WHARF-Z-1", "bash"), osv_line("WHARF-Z-2", "bash"));
+        std::fs::write(
+            served.join("Debian/all.zip"),
+            zip_of(&[
+                ("WHARF-Z-1.json", z1.as_bytes()),
+                ("WHARF-Z-2.json", z2.as_bytes()),
+                ("WHARF-Z-3.json", b"{\"not\": \"osv\"}"),
+            ]),
+        )
+        .expect("zip");
         let http = HttpDir::start(&served);
         let url = format!("http://127.0.0.1:{}/remote.jsonl.gz", http.port);
+        let zip_url = format!("http://127.0.0.1:{}/Debian/all.zip", http.port);
 
         let s = Server::start_with(
             backend,
@@ -2241,6 +2254,8 @@ sys.exit(1 if errors else 0)
                 local.to_str().expect("path"),
                 "--vulndb-source",
                 &url,
+                "--vulndb-source",
+                &zip_url,
             ],
         )
         .await;
@@ -2249,7 +2264,7 @@ sys.exit(1 if errors else 0)
         let first = run_after(&s, "").await;
         assert_eq!(
             first["schedule"]["sources"],
-            json!([local.to_str(), url]),
+            json!([local.to_str(), url, zip_url]),
             "{first}"
         );
         assert_eq!(report_of(&first, "alpha.jsonl")["added"], 2, "{first}");
@@ -2263,8 +2278,14 @@ sys.exit(1 if errors else 0)
             (Some("remote"), &json!(3)),
             "{first}"
         );
+        let z = report_of(&first, &zip_url);
+        assert_eq!(
+            (z["source"].as_str(), &z["added"], &z["skipped"]),
+            (Some("Debian-all"), &json!(2), &json!(1)),
+            "{first}"
+        );
         assert_eq!(first["schedule"]["last_run"]["changed"], true);
-        assert_eq!(first["advisories"], 5);
+        assert_eq!(first["advisories"], 7);
         let remote_source = first["sources"]
             .as_array()
             .expect("sources")
@@ -2306,10 +2327,10 @@ sys.exit(1 if errors else 0)
             second["version"].as_i64() > first["version"].as_i64(),
             "{second}"
         );
-        assert_eq!(second["advisories"], 6);
+        assert_eq!(second["advisories"], 8);
         let human = wharf_on(&s, &["vulndb", "status"]);
         assert!(
-            human.contains("alpha: 1 added") && human.contains("6 advisories"),
+            human.contains("alpha: 1 added") && human.contains("8 advisories"),
             "{human}"
         );
 
@@ -2334,7 +2355,7 @@ sys.exit(1 if errors else 0)
                 .contains("download failed"),
             "{third}"
         );
-        assert_eq!(third["advisories"], 6);
+        assert_eq!(third["advisories"], 8);
         assert_eq!(third["schedule"]["last_run"]["changed"], false);
         let err = cli(&s, Some(OWNER_KEY), &["vulndb", "update"]);
         assert!(

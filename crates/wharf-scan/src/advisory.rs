@@ -153,18 +153,78 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, ImportError> {
     })
 }
 
-/// The source name of a file: its name without `.gz`, `.jsonl`, `.json`, `.tsv`.
+/// The source name of a file: its name without `.gz`, `.zip`, `.jsonl`, `.json`, `.tsv`.
 pub fn source_name(path: &Path) -> String {
     let mut name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    for ext in [".gz", ".jsonl", ".json", ".tsv"] {
+    for ext in [".gz", ".zip", ".jsonl", ".json", ".tsv"] {
         if let Some(stem) = name.strip_suffix(ext) {
             name = stem.to_string();
         }
     }
     name
+}
+
+/// Whether the file is a zip archive (OSV publishes its dumps as zips of JSON records).
+fn is_zip(path: &Path) -> io::Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path)?;
+    let n = f.read(&mut magic)?;
+    Ok(n == 4 && magic == *b"PK\x03\x04")
+}
+
+/// The largest record read from a zip: OSV records are a few KiB; a bigger entry is skipped.
+const MAX_ZIP_RECORD: u64 = 16 * 1024 * 1024;
+
+/// An OSV dump as a zip: one JSON record per `.json` entry, read one at a time.
+fn read_zip(
+    path: &Path,
+    display: &str,
+    source: &str,
+    sink: &mut dyn FnMut(Record) -> Result<(), String>,
+    bad: &mut dyn FnMut(BadRecord),
+) -> Result<(), ImportError> {
+    let file = std::fs::File::open(path).map_err(|e| ImportError::Io {
+        path: display.to_string(),
+        source: e,
+    })?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| ImportError::Unsupported(format!("{display}: unreadable zip: {e}")))?;
+    for i in 0..zip.len() {
+        let mut entry = match zip.by_index(i) {
+            Ok(e) => e,
+            Err(e) => {
+                bad(BadRecord {
+                    location: format!("{display}: entry {i}"),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let name = entry.name().map(|n| n.to_string()).unwrap_or_default();
+        if entry.is_dir() || !name.ends_with(".json") {
+            continue;
+        }
+        let location = format!("{display}!{name}");
+        let mut bytes = Vec::new();
+        let read = (&mut entry)
+            .take(MAX_ZIP_RECORD + 1)
+            .read_to_end(&mut bytes);
+        let parsed = match read {
+            Err(e) => Err(e.to_string()),
+            Ok(_) if bytes.len() as u64 > MAX_ZIP_RECORD => {
+                Err(format!("larger than the {MAX_ZIP_RECORD} bytes read"))
+            }
+            Ok(_) => parse_osv(&bytes, source),
+        };
+        match parsed {
+            Ok(a) => sink(Record::Advisory(Box::new(a))).map_err(ImportError::Sink)?,
+            Err(reason) => bad(BadRecord { location, reason }),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one import file, calling `sink` with every record and `bad` with every record that
@@ -179,6 +239,11 @@ pub fn read_file(
         path: display.clone(),
         source,
     };
+    if is_zip(path).map_err(io_err)? {
+        let source = source_name(path);
+        read_zip(path, &display, &source, sink, bad)?;
+        return Ok((FileKind::Osv, source));
+    }
     let mut reader = open(path)?;
     let head = reader.fill_buf().map_err(io_err)?.to_vec();
     let head_text = String::from_utf8_lossy(&head[..head.len().min(4096)]).into_owned();

@@ -128,7 +128,9 @@ pub fn import_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>, String> {
         out.extend(files_of(p)?);
     }
     if out.is_empty() {
-        return Err("no importable files (.json, .jsonl, .tsv, optionally .gz) found".to_string());
+        return Err(
+            "no importable files (.json, .jsonl, .tsv, optionally .gz; .zip) found".to_string(),
+        );
     }
     Ok(out)
 }
@@ -140,7 +142,9 @@ fn files_of(path: &Path) -> Result<Vec<(PathBuf, bool)>, String> {
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
         let name = name.strip_suffix(".gz").unwrap_or(&name);
-        name.ends_with(".json") || name.ends_with(".jsonl") || name.ends_with(".tsv")
+        [".json", ".jsonl", ".tsv", ".zip"]
+            .iter()
+            .any(|e| name.ends_with(e))
     }
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -351,12 +355,18 @@ impl Source {
     }
 }
 
-/// The file name a URL ends in: the source name of what it holds, as for a local file.
+/// The file name a URL ends in: the source name of what it holds, as for a local file. OSV
+/// publishes one `all.zip` per ecosystem (`.../Debian/all.zip`): that one is named after its
+/// folder too (`Debian-all.zip`), so that two ecosystems do not share a source.
 fn file_name(url: &reqwest::Url) -> Option<String> {
-    url.path_segments()?
-        .next_back()
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
+    let mut segments: Vec<&str> = url.path_segments()?.collect();
+    let name = segments.pop().filter(|n| !n.is_empty())?;
+    match segments.pop() {
+        Some(parent) if name.starts_with("all.") && !parent.is_empty() => {
+            Some(format!("{parent}-{name}"))
+        }
+        _ => Some(name.to_string()),
+    }
 }
 
 /// The last scheduled run, as stored for `vulndb status`.

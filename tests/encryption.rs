@@ -33,25 +33,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Every file under `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path, bytes));
-        }
-    }
-    out
-}
-
 /// Fails if the marker is in any stored file, object or database row (in the clear, or as the
 /// hex a database dump writes binary columns in).
 async fn assert_marker_nowhere(s: &Server) {
     let hex = hex::encode(MARKER);
-    for (path, bytes) in files_under(&s.data_dir()) {
+    for (path, bytes) in common::files_under(&s.data_dir()) {
         if let Some(at) = bytes.windows(MARKER.len()).position(|w| w == MARKER) {
             let around = &bytes[at.saturating_sub(200)..(at + 100).min(bytes.len())];
             panic!(
@@ -682,7 +668,7 @@ fn header_key(bytes: &[u8]) -> Option<String> {
 /// Every stored object of a registry with its own key: files or S3 objects under `scopes/`.
 async fn scoped_objects(s: &Server) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = match std::fs::metadata(s.data_dir().join("scopes")) {
-        Ok(_) => files_under(&s.data_dir().join("scopes"))
+        Ok(_) => common::files_under(&s.data_dir().join("scopes"))
             .into_iter()
             .map(|(_, b)| b)
             .collect(),

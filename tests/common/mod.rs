@@ -732,6 +732,42 @@ pub fn cli(s: &Server, key: Option<&str>, args: &[&str]) -> std::process::Output
     cmd.output().expect("run wharf cli")
 }
 
+/// Every file below `dir` with its bytes (what a test searches for a secret left in the clear).
+pub fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+/// Runs the CLI with `input` on standard input (secrets are read from there).
+pub fn cli_with_input(s: &Server, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let home = s.dir.path().join("cli-home");
+    std::fs::create_dir_all(&home).expect("cli home");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .env("WHARF_URL", &s.base)
+        .env("WHARF_KEY", OWNER_KEY)
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wharf cli");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("wharf cli")
+}
+
 /// Runs the CLI and expects success; returns standard output.
 pub fn cli_ok(s: &Server, args: &[&str]) -> String {
     let out = cli(s, Some(OWNER_KEY), args);

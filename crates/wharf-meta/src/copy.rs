@@ -34,6 +34,8 @@ const TABLES: &[&str] = &[
     "scans",
     "scan_findings",
     "gc_runs",
+    "upstreams",
+    "expired_tokens",
 ];
 
 /// Tables whose `id` a counter hands out on PostgreSQL.
@@ -46,6 +48,7 @@ const IDENTITY_TABLES: &[&str] = &[
     "tokens",
     "token_scopes",
     "gc_runs",
+    "upstreams",
 ];
 
 /// Rows per INSERT statement, within PostgreSQL's 65,535 parameters for the widest table.

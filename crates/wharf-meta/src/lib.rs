@@ -13,6 +13,7 @@ mod registries;
 mod scans;
 mod tokens;
 mod uploads;
+mod upstreams;
 mod vulndb;
 
 pub use admin::{AdminKey, AuditEntry, AuditRecord, OwnedAuditEntry};
@@ -26,6 +27,7 @@ pub use scans::{
 };
 pub use tokens::{NewScope, ScopeRecord, TokenRecord};
 pub use uploads::Upload;
+pub use upstreams::{UpstreamChanges, UpstreamRecord};
 pub use vulndb::{AdvisoryRow, ImportCounts, ScoreRow, SourceStatus, VulnDbState};
 
 #[derive(Debug, thiserror::Error)]

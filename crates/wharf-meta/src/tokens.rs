@@ -35,6 +35,9 @@ pub struct ScopeRecord {
 /// A scope to store: kind, path, space-separated actions.
 pub type NewScope<'a> = (&'a str, &'a str, String);
 
+/// How long an expired token's name is remembered.
+const EXPIRED_KEPT_MS: i64 = 30 * 24 * 3600 * 1000;
+
 const TOKEN_COLUMNS: &str = "id, registry_id, name, secret_hash, enabled, expires_at, created_at";
 
 fn token(r: &AnyRow) -> Result<TokenRecord> {
@@ -98,6 +101,11 @@ impl Meta {
             MetaError::Conflict(format!("the registry already has a token named {name:?}"))
         })?;
         let t = token(&row)?;
+        sqlx::query("DELETE FROM expired_tokens WHERE registry_id = $1 AND name = $2")
+            .bind(registry_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         for (kind, path, actions) in scopes {
             insert_scope(&mut tx, t.id, kind, path, actions).await?;
         }
@@ -201,6 +209,16 @@ impl Meta {
         let mut out = Vec::new();
         for r in rows {
             let registry_id: i64 = r.try_get("registry_id")?;
+            let name: String = r.try_get("name")?;
+            sqlx::query(
+                "INSERT INTO expired_tokens (registry_id, name, expired_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (registry_id, name) DO UPDATE SET expired_at = excluded.expired_at",
+            )
+            .bind(registry_id)
+            .bind(&name)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
             let registry = sqlx::query("SELECT name FROM registries WHERE id = $1")
                 .bind(registry_id)
                 .fetch_optional(&self.read)
@@ -208,9 +226,27 @@ impl Meta {
                 .map(|row| row.try_get::<String, _>("name"))
                 .transpose()?
                 .unwrap_or_default();
-            out.push((registry, r.try_get("name")?));
+            out.push((registry, name));
         }
+        // Remembered for 30 days.
+        sqlx::query("DELETE FROM expired_tokens WHERE expired_at < $1")
+            .bind(now - EXPIRED_KEPT_MS)
+            .execute(&self.write)
+            .await?;
         Ok(out)
+    }
+
+    /// When a token of this name expired (and was deleted), if it did within the last 30 days
+    /// and no token has taken the name since.
+    pub async fn token_expired_at(&self, registry_id: i64, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT expired_at FROM expired_tokens WHERE registry_id = $1 AND name = $2",
+        )
+        .bind(registry_id)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     /// The newest key that signs registry JWTs (its id and stored secret), the first one

@@ -17,6 +17,7 @@ pub mod scanning;
 mod serve;
 mod service;
 mod token_endpoint;
+pub mod upstream;
 mod v2;
 pub mod vulndb;
 

@@ -622,7 +622,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 }
 
 /// Asks the person at the terminal to type `expected`; refuses when nobody can answer.
-fn confirm(question: &str, expected: &str) -> Result<(), String> {
+pub(crate) fn confirm(question: &str, expected: &str) -> Result<(), String> {
     if !std::io::stdin().is_terminal() {
         return Err("refusing to delete without confirmation: pass --yes".to_string());
     }

@@ -5,6 +5,7 @@ mod artifact;
 mod config;
 mod keys;
 mod scan;
+mod upstream;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -92,6 +93,13 @@ enum Command {
     System {
         #[command(flatten)]
         conn: admin::Connection,
+    },
+    /// Credentials for external registries, and their connection test.
+    Upstream {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: upstream::UpstreamCommand,
     },
     /// Garbage collection: run it now (or a dry run), see past runs.
     Gc {
@@ -248,6 +256,7 @@ fn main() -> ExitCode {
         Command::System { conn } => admin::system(conn),
         Command::Keys { conn, command } => admin::keys(conn, command),
         Command::Gc { conn, command } => admin::gc(conn, command),
+        Command::Upstream { conn, command } => upstream::upstream(conn, command),
         Command::Artifact { conn, command } => artifact::artifact(conn, command),
         Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {

@@ -11,6 +11,7 @@ mod sbom;
 mod scans;
 pub(crate) mod system;
 mod tokens;
+mod upstreams;
 pub mod vulndb;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub const MAX_LIMIT: i64 = 100;
         gc::show, gc::start_instance, gc::list_instance, gc::show_instance, scans::artifact,
         scans::vulnerabilities, scans::list_artifacts, scans::affected, vulndb::show,
         vulndb::import, vulndb::details, sbom::export, sbom::attach,
+        upstreams::list, upstreams::create, upstreams::show, upstreams::update,
+        upstreams::remove, upstreams::test,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -54,6 +57,7 @@ pub const MAX_LIMIT: i64 = 100;
         (name = "registries", description = "Registries (tenants) and their repositories"),
         (name = "scanning", description = "What vulnerability scans found in the images"),
         (name = "tokens", description = "Robot tokens of a registry and their scopes"),
+        (name = "upstreams", description = "Credentials for external registries and their connection test"),
         (name = "admin-keys", description = "Administrators' API keys"),
         (name = "audit", description = "Who changed what, when"),
         (name = "system", description = "How this server is set up"),
@@ -195,6 +199,20 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route(
             "/api/v1/registries/{name}/tokens/{token}/scopes/{id}",
             delete(tokens::remove_scope),
+        )
+        .route(
+            "/api/v1/registries/{name}/upstreams",
+            get(upstreams::list).post(upstreams::create),
+        )
+        .route(
+            "/api/v1/registries/{name}/upstreams/{host}",
+            get(upstreams::show)
+                .patch(upstreams::update)
+                .delete(upstreams::remove),
+        )
+        .route(
+            "/api/v1/registries/{name}/upstreams/{host}/test",
+            axum::routing::post(upstreams::test),
         )
         .route("/api/v1/admin-keys", get(keys::list).post(keys::create))
         .route("/api/v1/admin-keys/{id}", delete(keys::revoke))

@@ -129,12 +129,21 @@ pub(crate) async fn check_secret(
     name: &str,
     secret: &str,
 ) -> Result<TokenRecord, ApiError> {
-    let token = state
-        .token_by_name(registry_id, name)
-        .await?
-        .ok_or_else(|| unauthorized("unknown token or wrong secret"))?;
+    let Some(token) = state.token_by_name(registry_id, name).await? else {
+        // A token deleted at its expiry is named so: the client can say why it was refused.
+        if let Some(at) = state.meta.token_expired_at(registry_id, name).await? {
+            return Err(unauthorized(&format!(
+                "this token expired at {}",
+                crate::api::rfc3339(at)
+            )));
+        }
+        return Err(unauthorized("unknown token or wrong secret"));
+    };
+    if !token.enabled {
+        return Err(unauthorized("this token is disabled"));
+    }
     if !token.usable(now_millis()) {
-        return Err(unauthorized("this token is disabled or expired"));
+        return Err(unauthorized("this token has expired"));
     }
     let key = (
         token.id,

@@ -1,0 +1,489 @@
+//! Upstream registries: parsing their addresses, sealing their secrets, and the connection
+//! test, which speaks to the upstream as clients do (`/v2/`, then Basic or the Docker token
+//! flow) and names the one cause a connection fails for.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde::Serialize;
+
+use crate::AppState;
+
+/// Marks a sealed secret (base64 follows); a secret stored with encryption off has no mark.
+const SEALED: &str = "sealed:";
+
+/// An upstream's address: `scheme://host[:port]`, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `https://host[:port]`, as stored and shown.
+    pub url: String,
+    /// `host[:port]`, lower case: one entry per host in a registry.
+    pub host: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
+        let bad =
+            |why: &str| format!("upstream URL {text:?} {why}; e.g. https://registry.example.com");
+        if !text.trim().contains("://") {
+            return Err(bad("must start with https:// or http://"));
+        }
+        let url =
+            reqwest::Url::parse(text.trim()).map_err(|e| bad(&format!("is invalid ({e})")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(bad("must start with https:// or http://"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "must not hold credentials (give them as username and secret)",
+            ));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("must be scheme and host (and port) only, with no path"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| bad("has no host"))?
+            .to_ascii_lowercase();
+        let host = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host,
+        };
+        Ok(UpstreamUrl {
+            url: format!("{}://{host}", url.scheme()),
+            host,
+        })
+    }
+}
+
+/// Seals a secret for the database under the registry's keys (the instance's, or its own).
+pub(crate) async fn seal_secret(
+    state: &AppState,
+    key_id: Option<&str>,
+    secret: &str,
+) -> Result<String, wharf_store::StoreError> {
+    let (_, sealing) = state.scoped(key_id)?;
+    if !sealing.is_on() {
+        return Ok(secret.to_string());
+    }
+    let sealed = sealing.seal_bytes(secret.as_bytes()).await?;
+    Ok(format!("{SEALED}{}", BASE64.encode(sealed)))
+}
+
+/// Opens a secret `seal_secret` stored.
+pub(crate) async fn open_secret(
+    state: &AppState,
+    key_id: Option<&str>,
+    host: &str,
+    stored: &str,
+) -> Result<String, wharf_store::StoreError> {
+    let Some(encoded) = stored.strip_prefix(SEALED) else {
+        return Ok(stored.to_string());
+    };
+    let damaged = || {
+        wharf_store::StoreError::Integrity(format!(
+            "the stored secret of upstream {host} is damaged"
+        ))
+    };
+    let sealed = BASE64.decode(encoded).map_err(|_| damaged())?;
+    let (_, sealing) = state.scoped(key_id)?;
+    let plain = sealing
+        .open_bytes(&format!("upstream {host}"), &sealed)
+        .await?;
+    String::from_utf8(plain).map_err(|_| damaged())
+}
+
+/// Checks that `pem` holds at least one certificate.
+pub fn check_ca(pem: &str) -> Result<(), String> {
+    match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+        Ok(certs) if !certs.is_empty() => Ok(()),
+        Ok(_) => Err("the CA certificate holds no PEM certificate".into()),
+        Err(e) => Err(format!("the CA certificate is not PEM: {e}")),
+    }
+}
+
+/// Why a connection test ended as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Ok,
+    AuthenticationFailed,
+    TokenExpired,
+    NoPullRights,
+    NoPushRights,
+    RepositoryMissing,
+    Unreachable,
+    TlsUntrusted,
+    UnexpectedResponse,
+}
+
+/// What a connection test found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TestReport {
+    pub cause: Cause,
+    /// One sentence for a person.
+    pub detail: String,
+    /// The rights seen on the repository tested (`pull`, `push`); empty without a repository.
+    pub rights: Vec<String>,
+    /// The HTTP status behind an unexpected response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The start of an unexpected response's body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<String>,
+}
+
+impl TestReport {
+    fn fail(cause: Cause, detail: impl Into<String>) -> TestReport {
+        TestReport {
+            cause,
+            detail: detail.into(),
+            rights: Vec::new(),
+            status: None,
+            excerpt: None,
+        }
+    }
+
+    fn unexpected(status: u16, body: &str, what: &str) -> TestReport {
+        let excerpt: String = body.trim().chars().take(300).collect();
+        TestReport {
+            status: Some(status),
+            excerpt: Some(excerpt),
+            ..TestReport::fail(
+                Cause::UnexpectedResponse,
+                format!("{what} answered HTTP {status}, which no registry answers there"),
+            )
+        }
+    }
+}
+
+/// Credentials to test.
+pub struct Credentials<'a> {
+    pub url: &'a str,
+    pub username: &'a str,
+    pub secret: &'a str,
+    pub ca_certificate: Option<&'a str>,
+}
+
+/// How the upstream wants to be authenticated.
+enum Challenge {
+    None,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+fn challenge(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+    let value = headers
+        .get(reqwest::header::WWW_AUTHENTICATE)?
+        .to_str()
+        .ok()?;
+    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let param = |name: &str| {
+        params.split(',').find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            k.eq_ignore_ascii_case(name)
+                .then(|| v.trim().trim_matches('"').to_string())
+        })
+    };
+    Some(Challenge::Bearer {
+        realm: param("realm")?,
+        service: param("service"),
+    })
+}
+
+/// Whether an open `/v2/` comes from a registry: registries say their API version, or answer
+/// JSON; a web page there is something else.
+fn speaks_registry(headers: &reqwest::header::HeaderMap) -> bool {
+    let json = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("json"));
+    headers.contains_key("docker-distribution-api-version") || json
+}
+
+/// Whether a refusal says the credential expired (registries word it in the body or in the
+/// challenge's error description).
+fn says_expired(headers: &reqwest::header::HeaderMap, body: &str) -> bool {
+    let header = headers
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    format!("{header} {body}")
+        .to_ascii_lowercase()
+        .contains("expired")
+}
+
+/// A refused credential: expired or wrong.
+fn refused(headers: &reqwest::header::HeaderMap, body: &str, username: &str) -> TestReport {
+    if says_expired(headers, body) {
+        TestReport::fail(
+            Cause::TokenExpired,
+            format!(
+                "the upstream says the credential of {username:?} has expired; replace the secret"
+            ),
+        )
+    } else {
+        TestReport::fail(
+            Cause::AuthenticationFailed,
+            format!("the upstream refused {username:?} with this secret"),
+        )
+    }
+}
+
+/// Names a transport failure: no answer, or a certificate not trusted.
+fn transport(e: &reqwest::Error, url: &str) -> TestReport {
+    let mut chain = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        chain.push_str(": ");
+        chain.push_str(&c.to_string());
+        cause = c.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        return TestReport::fail(
+            Cause::TlsUntrusted,
+            format!("the TLS certificate of {url} is not trusted ({chain}); give the upstream its CA certificate"),
+        );
+    }
+    let why = if e.is_timeout() {
+        "no answer in time".to_string()
+    } else if lower.contains("dns") || lower.contains("failed to lookup") {
+        "its host name does not resolve".to_string()
+    } else if lower.contains("connection refused") {
+        "the connection was refused (nothing listens on that port)".to_string()
+    } else {
+        chain
+    };
+    TestReport::fail(Cause::Unreachable, format!("{url} is not reachable: {why}"))
+}
+
+/// Tests credentials against their upstream: reaching `/v2/`, authenticating, then (with a
+/// repository) pulling its tag list and, with `push`, opening and cancelling an upload.
+pub async fn test_connection(
+    c: &Credentials<'_>,
+    repository: Option<&str>,
+    push: bool,
+) -> TestReport {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::limited(5));
+    if let Some(pem) = c.ca_certificate {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default() {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => return TestReport::fail(Cause::Unreachable, format!("no HTTP client: {e}")),
+    };
+    let base = c.url.trim_end_matches('/');
+    let v2 = format!("{base}/v2/");
+    let first = match client.get(&v2).send().await {
+        Ok(r) => r,
+        Err(e) => return transport(&e, c.url),
+    };
+    let status = first.status().as_u16();
+    let challenge = match status {
+        200 if speaks_registry(first.headers()) => Challenge::None,
+        401 => match challenge(first.headers()) {
+            Some(ch) => ch,
+            None => {
+                let body = first.text().await.unwrap_or_default();
+                return TestReport::unexpected(status, &body, &v2);
+            }
+        },
+        _ => {
+            let body = first.text().await.unwrap_or_default();
+            return TestReport::unexpected(status, &body, &v2);
+        }
+    };
+    // The authorization to send, from the credentials.
+    let scope = repository.map(|r| {
+        if push {
+            format!("repository:{r}:pull,push")
+        } else {
+            format!("repository:{r}:pull")
+        }
+    });
+    let auth: Option<String> = match challenge {
+        Challenge::None => None,
+        Challenge::Basic => {
+            let basic = format!(
+                "Basic {}",
+                BASE64.encode(format!("{}:{}", c.username, c.secret))
+            );
+            match client
+                .get(&v2)
+                .header(reqwest::header::AUTHORIZATION, &basic)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => Some(basic),
+                Ok(r) if r.status().as_u16() == 401 => {
+                    let headers = r.headers().clone();
+                    return refused(&headers, &r.text().await.unwrap_or_default(), c.username);
+                }
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    return TestReport::unexpected(s, &r.text().await.unwrap_or_default(), &v2);
+                }
+                Err(e) => return transport(&e, c.url),
+            }
+        }
+        Challenge::Bearer { realm, service } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(s) = service {
+                query.push(("service", s));
+            }
+            if let Some(s) = &scope {
+                query.push(("scope", s.clone()));
+            }
+            let r = match client
+                .get(&realm)
+                .query(&query)
+                .basic_auth(c.username, Some(c.secret))
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return transport(&e, &realm),
+            };
+            let s = r.status().as_u16();
+            let headers = r.headers().clone();
+            let body = r.text().await.unwrap_or_default();
+            match s {
+                200 => {}
+                401 | 403 => return refused(&headers, &body, c.username),
+                _ => return TestReport::unexpected(s, &body, &realm),
+            }
+            let token = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("token")
+                        .or_else(|| v.get("access_token"))
+                        .and_then(|t| t.as_str())
+                        .map(str::to_string)
+                });
+            match token {
+                Some(t) => Some(format!("Bearer {t}")),
+                None => return TestReport::unexpected(s, &body, &realm),
+            }
+        }
+    };
+    let send = |req: reqwest::RequestBuilder| match &auth {
+        Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+        None => req,
+    };
+    let Some(repo) = repository else {
+        return TestReport {
+            cause: Cause::Ok,
+            detail: format!("{} accepts these credentials", c.url),
+            rights: Vec::new(),
+            status: None,
+            excerpt: None,
+        };
+    };
+    let mut rights = Vec::new();
+    let tags = format!("{base}/v2/{repo}/tags/list");
+    match send(client.get(&tags)).send().await {
+        Ok(r) => match r.status().as_u16() {
+            200 => rights.push("pull".to_string()),
+            404 => {
+                return TestReport::fail(
+                    Cause::RepositoryMissing,
+                    format!("repository {repo} does not exist on {}", c.url),
+                )
+            }
+            401 | 403 => {
+                return TestReport::fail(
+                    Cause::NoPullRights,
+                    format!("{:?} may not pull {repo} from {}", c.username, c.url),
+                )
+            }
+            s => {
+                let body = r.text().await.unwrap_or_default();
+                return TestReport::unexpected(s, &body, &tags);
+            }
+        },
+        Err(e) => return transport(&e, c.url),
+    }
+    if push {
+        let uploads = format!("{base}/v2/{repo}/blobs/uploads/");
+        match send(client.post(&uploads)).send().await {
+            Ok(r) if r.status().as_u16() == 202 => {
+                rights.push("push".to_string());
+                // The session opened to see is closed again.
+                if let Some(loc) = r
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                {
+                    let loc = if loc.starts_with('/') {
+                        format!("{base}{loc}")
+                    } else {
+                        loc.to_string()
+                    };
+                    let _ = send(client.delete(&loc)).send().await;
+                }
+            }
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                return TestReport {
+                    rights,
+                    ..TestReport::fail(
+                        Cause::NoPushRights,
+                        format!("{:?} may pull {repo} but not push to it", c.username),
+                    )
+                }
+            }
+            Ok(r) => {
+                let s = r.status().as_u16();
+                return TestReport::unexpected(s, &r.text().await.unwrap_or_default(), &uploads);
+            }
+            Err(e) => return transport(&e, c.url),
+        }
+    }
+    TestReport {
+        cause: Cause::Ok,
+        detail: format!(
+            "{} accepts these credentials: {} on {repo}",
+            c.url,
+            rights.join(" and ")
+        ),
+        rights,
+        status: None,
+        excerpt: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls_are_scheme_and_host() {
+        let u = UpstreamUrl::parse("https://Registry.Example.com:5000/").expect("url");
+        assert_eq!(u.host, "registry.example.com:5000");
+        assert_eq!(u.url, "https://registry.example.com:5000");
+        for bad in [
+            "registry.example.com",
+            "ftp://x.example.com",
+            "https://u:p@x.example.com",
+            "https://x.example.com/v2/",
+            "https://x.example.com?q=1",
+        ] {
+            assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

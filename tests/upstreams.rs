@@ -250,6 +250,16 @@ async fn upstream_credentials_and_connection_test(backend: Backend) {
     )
     .await;
     assert_eq!(status, 201);
+    let (status, _) = api(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/registries/default/upstreams",
+        Some(json!({ "url": "https://no-such-host.invalid", "username": "x", "secret": "y" })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let unknown = test_of(&s, "no-such-host.invalid", None, false).await;
+    assert_eq!(unknown["cause"], "unreachable", "{unknown}");
     let down = test_of(&s, &format!("127.0.0.1:{closed}"), None, false).await;
     assert_eq!(down["cause"], "unreachable", "{down}");
     assert!(
@@ -437,4 +447,198 @@ async fn upstream_credentials_and_connection_test(backend: Backend) {
     assert!(cli_ok(&s, &["audit", "--registry", "default", "--json"]).contains("upstream.delete"));
 }
 
-on_both_backends!(upstream_credentials_and_connection_test);
+/// Distribution's registry (Debian's docker-registry) on loopback, behind TLS with a CA made
+/// for the test, with htpasswd (Basic) auth.
+struct DockerRegistry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it; returns the CA's PEM path.
+fn certificates(dir: &std::path::Path) -> std::path::PathBuf {
+    let at = |n: &str| dir.join(n);
+    run(std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", "/CN=wharf test CA", "-keyout"])
+        .arg(at("ca.key"))
+        .arg("-out")
+        .arg(at("ca.crt")));
+    run(std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(at("server.key"))
+        .arg("-out")
+        .arg(at("server.csr")));
+    std::fs::write(at("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(std::process::Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(at("server.csr"))
+        .arg("-CA")
+        .arg(at("ca.crt"))
+        .arg("-CAkey")
+        .arg(at("ca.key"))
+        .args(["-CAcreateserial", "-out"])
+        .arg(at("server.crt"))
+        .arg("-extfile")
+        .arg(at("ext.cnf")));
+    at("ca.crt")
+}
+
+fn docker_registry(dir: &std::path::Path, user: &str, password: &str) -> DockerRegistry {
+    run(std::process::Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(dir.join("htpasswd"))
+        .args([user, password]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n\
+         http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {crt}\n    key: {key}\n\
+         auth:\n  htpasswd:\n    realm: wharf-test\n    path: {htpasswd}\n",
+        root = dir.join("data").display(),
+        crt = dir.join("server.crt").display(),
+        key = dir.join("server.key").display(),
+        htpasswd = dir.join("htpasswd").display(),
+    );
+    std::fs::write(dir.join("config.yml"), config).expect("config");
+    let child = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("registry.log")).expect("log"))
+        .spawn()
+        .expect("docker-registry");
+    // Owned at once: a failed start below still stops it (Drop).
+    let registry = DockerRegistry { child, port };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return registry;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "docker-registry did not start: {}",
+        std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+    );
+}
+
+/// An upstream behind TLS with a private CA: untrusted (with the certificate named) until its
+/// CA is given; Basic auth, as distribution's htpasswd speaks it.
+async fn tls_upstream_with_basic_auth(backend: Backend) {
+    let s = Server::start(backend).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = certificates(dir.path());
+    let registry = docker_registry(dir.path(), "robot", "robot-secret");
+    let host = format!("127.0.0.1:{}", registry.port);
+    let out = cli_with_input(
+        &s,
+        &[
+            "upstream",
+            "create",
+            "default",
+            &format!("https://{host}"),
+            "--username",
+            "robot",
+            "--secret-stdin",
+        ],
+        "robot-secret",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let untrusted = test_of(&s, &host, None, false).await;
+    assert_eq!(untrusted["cause"], "tls_untrusted", "{untrusted}");
+    assert_eq!(
+        untrusted["certificate"]["subject"], "CN=127.0.0.1",
+        "{untrusted}"
+    );
+    assert_eq!(
+        untrusted["certificate"]["issuer"], "CN=wharf test CA",
+        "{untrusted}"
+    );
+    // With its CA: trusted; Basic auth; a new repository may be pushed to.
+    cli_ok(
+        &s,
+        &[
+            "upstream",
+            "update",
+            "default",
+            &host,
+            "--ca-file",
+            ca.to_str().expect("path"),
+        ],
+    );
+    let shown: Value = serde_json::from_str(&cli_ok(
+        &s,
+        &["upstream", "show", "default", &host, "--json"],
+    ))
+    .expect("show");
+    assert_eq!(shown["custom_ca"], true);
+    let ok = test_of(&s, &host, Some("team/new"), true).await;
+    assert_eq!(ok["cause"], "ok", "{ok}");
+    assert_eq!(ok["rights"], json!(["push"]));
+    assert!(
+        ok["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("first push creates it"),
+        "{ok}"
+    );
+    let missing = test_of(&s, &host, Some("team/new"), false).await;
+    assert_eq!(missing["cause"], "repository_missing", "{missing}");
+    set_account(&s, &host, "robot", "wrong").await;
+    let wrong = test_of(&s, &host, None, false).await;
+    assert_eq!(wrong["cause"], "authentication_failed", "{wrong}");
+    // Back to the system's CAs only: untrusted again.
+    cli_ok(&s, &["upstream", "update", "default", &host, "--no-ca"]);
+    assert_eq!(
+        test_of(&s, &host, None, false).await["cause"],
+        "tls_untrusted"
+    );
+    drop(registry);
+}
+
+on_both_backends!(
+    upstream_credentials_and_connection_test,
+    tls_upstream_with_basic_auth
+);

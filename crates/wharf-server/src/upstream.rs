@@ -132,6 +132,16 @@ pub struct TestReport {
     /// The start of an unexpected response's body.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excerpt: Option<String>,
+    /// The certificate presented, when it is not trusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// Who a certificate names, as RFC 4514 strings.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CertificateInfo {
+    pub subject: String,
+    pub issuer: String,
 }
 
 impl TestReport {
@@ -142,6 +152,7 @@ impl TestReport {
             rights: Vec::new(),
             status: None,
             excerpt: None,
+            certificate: None,
         }
     }
 
@@ -240,8 +251,9 @@ fn refused(headers: &reqwest::header::HeaderMap, body: &str, username: &str) -> 
     }
 }
 
-/// Names a transport failure: no answer, or a certificate not trusted.
-fn transport(e: &reqwest::Error, url: &str) -> TestReport {
+/// Names a transport failure: no answer, or a certificate not trusted (with the certificate's
+/// subject and issuer).
+async fn transport(e: &reqwest::Error, url: &str) -> TestReport {
     let mut chain = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -251,10 +263,20 @@ fn transport(e: &reqwest::Error, url: &str) -> TestReport {
     }
     let lower = chain.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") {
-        return TestReport::fail(
-            Cause::TlsUntrusted,
-            format!("the TLS certificate of {url} is not trusted ({chain}); give the upstream its CA certificate"),
-        );
+        let certificate = peer_certificate(url).await;
+        let named = certificate
+            .as_ref()
+            .map(|c| format!(" (subject {}, issued by {})", c.subject, c.issuer))
+            .unwrap_or_default();
+        return TestReport {
+            certificate,
+            ..TestReport::fail(
+                Cause::TlsUntrusted,
+                format!(
+                    "the TLS certificate of {url}{named} is not trusted; give the upstream its CA certificate"
+                ),
+            )
+        };
     }
     let why = if e.is_timeout() {
         "no answer in time".to_string()
@@ -292,7 +314,7 @@ pub async fn test_connection(
     let v2 = format!("{base}/v2/");
     let first = match client.get(&v2).send().await {
         Ok(r) => r,
-        Err(e) => return transport(&e, c.url),
+        Err(e) => return transport(&e, c.url).await,
     };
     let status = first.status().as_u16();
     let challenge = match status {
@@ -339,7 +361,7 @@ pub async fn test_connection(
                     let s = r.status().as_u16();
                     return TestReport::unexpected(s, &r.text().await.unwrap_or_default(), &v2);
                 }
-                Err(e) => return transport(&e, c.url),
+                Err(e) => return transport(&e, c.url).await,
             }
         }
         Challenge::Bearer { realm, service } => {
@@ -358,7 +380,7 @@ pub async fn test_connection(
                 .await
             {
                 Ok(r) => r,
-                Err(e) => return transport(&e, &realm),
+                Err(e) => return transport(&e, &realm).await,
             };
             let s = r.status().as_u16();
             let headers = r.headers().clone();
@@ -390,22 +412,16 @@ pub async fn test_connection(
         return TestReport {
             cause: Cause::Ok,
             detail: format!("{} accepts these credentials", c.url),
-            rights: Vec::new(),
-            status: None,
-            excerpt: None,
+            ..TestReport::fail(Cause::Ok, "")
         };
     };
     let mut rights = Vec::new();
+    let mut missing = false;
     let tags = format!("{base}/v2/{repo}/tags/list");
     match send(client.get(&tags)).send().await {
         Ok(r) => match r.status().as_u16() {
             200 => rights.push("pull".to_string()),
-            404 => {
-                return TestReport::fail(
-                    Cause::RepositoryMissing,
-                    format!("repository {repo} does not exist on {}", c.url),
-                )
-            }
+            404 => missing = true,
             401 | 403 => {
                 return TestReport::fail(
                     Cause::NoPullRights,
@@ -417,7 +433,13 @@ pub async fn test_connection(
                 return TestReport::unexpected(s, &body, &tags);
             }
         },
-        Err(e) => return transport(&e, c.url),
+        Err(e) => return transport(&e, c.url).await,
+    }
+    if missing && !push {
+        return TestReport::fail(
+            Cause::RepositoryMissing,
+            format!("repository {repo} does not exist on {}", c.url),
+        );
     }
     if push {
         let uploads = format!("{base}/v2/{repo}/blobs/uploads/");
@@ -439,32 +461,128 @@ pub async fn test_connection(
                 }
             }
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                if missing {
+                    return TestReport::fail(
+                        Cause::RepositoryMissing,
+                        format!(
+                            "repository {repo} does not exist on {}, and {:?} may not create it",
+                            c.url, c.username
+                        ),
+                    );
+                }
                 return TestReport {
                     rights,
                     ..TestReport::fail(
                         Cause::NoPushRights,
                         format!("{:?} may pull {repo} but not push to it", c.username),
                     )
-                }
+                };
             }
             Ok(r) => {
                 let s = r.status().as_u16();
                 return TestReport::unexpected(s, &r.text().await.unwrap_or_default(), &uploads);
             }
-            Err(e) => return transport(&e, c.url),
+            Err(e) => return transport(&e, c.url).await,
         }
     }
-    TestReport {
-        cause: Cause::Ok,
-        detail: format!(
+    let detail = if missing {
+        format!(
+            "{} accepts these credentials: {repo} does not exist yet, and the first push creates it",
+            c.url
+        )
+    } else {
+        format!(
             "{} accepts these credentials: {} on {repo}",
             c.url,
             rights.join(" and ")
-        ),
+        )
+    };
+    TestReport {
+        cause: Cause::Ok,
+        detail,
         rights,
         status: None,
         excerpt: None,
+        certificate: None,
     }
+}
+
+/// The certificate a TLS server presents, read by a handshake that trusts anything (only to
+/// name the certificate in an error; nothing is sent over it).
+async fn peer_certificate(url: &str) -> Option<CertificateInfo> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use x509_cert::der::Decode;
+
+    #[derive(Debug)]
+    struct Capture(
+        std::sync::Mutex<Option<Vec<u8>>>,
+        Vec<rustls::SignatureScheme>,
+    );
+    impl ServerCertVerifier for Capture {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
+            // Seen; the handshake need not go on.
+            Err(rustls::Error::General("certificate read".into()))
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("not verified".into()))
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("not verified".into()))
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.1.clone()
+        }
+    }
+
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.trim_matches(['[', ']']).to_string();
+    let port = parsed.port_or_known_default()?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let schemes = provider
+        .signature_verification_algorithms
+        .supported_schemes();
+    let capture = std::sync::Arc::new(Capture(std::sync::Mutex::new(None), schemes));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let name = ServerName::try_from(host).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let _ = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await;
+    let der = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    let cert = x509_cert::Certificate::from_der(&der).ok()?;
+    Some(CertificateInfo {
+        subject: cert.tbs_certificate.subject.to_string(),
+        issuer: cert.tbs_certificate.issuer.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -155,6 +155,26 @@ impl Meta {
         Ok(done.rows_affected())
     }
 
+    /// Forgets the scans and findings of images that no registry of their scope holds any more
+    /// (deleted manifests, repositories, registries); returns how many scans went. Scans go
+    /// before their findings: a push of the same image meanwhile queues a new scan, which
+    /// replaces the findings when it ends, and never leaves a scan without its findings.
+    pub async fn drop_orphaned_scans(&self) -> Result<u64> {
+        let orphan = |table: &str| {
+            format!(
+                "DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM manifests m \
+                 JOIN repositories r ON r.id = m.repository_id \
+                 JOIN registries g ON g.id = r.registry_id \
+                 WHERE m.digest = {table}.digest AND COALESCE(g.key_id, '') = {table}.scope)"
+            )
+        };
+        let scans = sqlx::query(&orphan("scans")).execute(&self.write).await?;
+        sqlx::query(&orphan("scan_findings"))
+            .execute(&self.write)
+            .await?;
+        Ok(scans.rows_affected())
+    }
+
     /// The vulnerability database's version.
     pub async fn vuln_db_version(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT version FROM vuln_db WHERE id = 1")

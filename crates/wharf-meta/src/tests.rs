@@ -1160,6 +1160,66 @@ fn outcome(db_version: i64, findings: Vec<crate::FindingRow>) -> crate::ScanOutc
     }
 }
 
+/// Scans of images no registry holds any more are forgotten with their findings; an image still
+/// held in another repository keeps its scan.
+#[tokio::test]
+async fn orphaned_scans_are_dropped() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let a = m.ensure_registry("alpha", "eu").await.unwrap();
+        let (kept, gone) = (digest(1), digest(2));
+        m.put_manifest(a.id, "app", manifest(&kept, vec![], None), Some("v1"))
+            .await
+            .unwrap();
+        m.put_manifest(a.id, "other", manifest(&kept, vec![], None), None)
+            .await
+            .unwrap();
+        m.put_manifest(a.id, "app", manifest(&gone, vec![], None), Some("v2"))
+            .await
+            .unwrap();
+        let v = m.vuln_db_version().await.unwrap();
+        for d in [&kept, &gone] {
+            m.queue_scan("", d).await.unwrap();
+            m.finish_scan(
+                "",
+                d,
+                outcome(v, vec![finding("CVE-1", "openssl", "high", 4, true)]),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(m.drop_orphaned_scans().await.unwrap(), 0, "both are held");
+        m.delete_manifest(a.id, "app", &gone).await.unwrap();
+        m.delete_manifest(a.id, "app", &kept).await.unwrap();
+        assert_eq!(m.drop_orphaned_scans().await.unwrap(), 1);
+        let left = m.scans_of("", &[kept.clone(), gone.clone()]).await.unwrap();
+        assert_eq!(
+            left.iter().map(|r| r.digest.clone()).collect::<Vec<_>>(),
+            [kept.clone()]
+        );
+        let filter = crate::FindingFilter {
+            severities: vec![],
+            fixable: false,
+        };
+        assert_eq!(
+            m.scan_findings("", &kept, &filter, None, 10)
+                .await
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
+        assert!(m
+            .scan_findings("", &gone, &filter, None, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty());
+    }
+    finish(stores).await;
+}
+
 /// The scan queue hands each job to one claimer, takes abandoned claims over, and after the
 /// database changes hands out results of images pushed or pulled lately to be matched again.
 #[tokio::test]

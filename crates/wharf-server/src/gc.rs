@@ -247,6 +247,15 @@ async fn collect(
         }
     }
     collector.end().await.map_err(|e| e.to_string())?;
+    if !run.dry_run {
+        // What scans knew of images now gone goes with them (a failure here is for the next
+        // run: nothing depends on it).
+        match meta.drop_orphaned_scans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(scans = n, "forgot the scans of images no registry holds"),
+            Err(e) => tracing::warn!(error = %e, "orphaned scans not dropped"),
+        }
+    }
     match failures.first() {
         None => Ok(run.dry_run.then_some(findings)),
         Some(first) => Err(format!(

@@ -23,3 +23,7 @@ CREATE TABLE expired_tokens (
     expired_at  BIGINT NOT NULL,
     PRIMARY KEY (registry_id, name)
 );
+
+-- Manifests by digest alone: the registry-wide vulnerability search joins findings to them, and
+-- garbage collection looks for scans whose image no registry holds any more.
+CREATE INDEX manifests_digest ON manifests (digest);

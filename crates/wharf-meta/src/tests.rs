@@ -1196,7 +1196,7 @@ async fn orphaned_scans_are_dropped() {
         let left = m.scans_of("", &[kept.clone(), gone.clone()]).await.unwrap();
         assert_eq!(
             left.iter().map(|r| r.digest.clone()).collect::<Vec<_>>(),
-            [kept.clone()]
+            std::slice::from_ref(&kept)
         );
         let filter = crate::FindingFilter {
             severities: vec![],

@@ -290,6 +290,159 @@ async fn transport(e: &reqwest::Error, url: &str) -> TestReport {
     TestReport::fail(Cause::Unreachable, format!("{url} is not reachable: {why}"))
 }
 
+/// A client of one upstream registry that logs in as registry clients do: `/v2/` first, then
+/// Basic or the Docker token flow, as the upstream's challenge asks. A failure is the report
+/// that names its cause.
+pub struct UpstreamClient<'a> {
+    http: reqwest::Client,
+    credentials: &'a Credentials<'a>,
+    base: String,
+}
+
+impl<'a> UpstreamClient<'a> {
+    pub fn new(credentials: &'a Credentials<'a>) -> Result<UpstreamClient<'a>, Box<TestReport>> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(pem) = credentials.ca_certificate {
+            for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default() {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| {
+            Box::new(TestReport::fail(
+                Cause::Unreachable,
+                format!("no HTTP client: {e}"),
+            ))
+        })?;
+        Ok(UpstreamClient {
+            http,
+            credentials,
+            base: credentials.url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// A request to `path` (from `/v2/` on) with the authorization `login` gave.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match auth {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+            None => req,
+        }
+    }
+
+    /// Logs in for `scope` (`repository:NAME:pull[,push]`): the `Authorization` value to send,
+    /// or none where the upstream lets anyone in.
+    pub async fn login(&self, scope: Option<&str>) -> Result<Option<String>, Box<TestReport>> {
+        self.log_in(scope).await.map_err(Box::new)
+    }
+
+    async fn log_in(&self, scope: Option<&str>) -> Result<Option<String>, TestReport> {
+        let c = self.credentials;
+        let v2 = format!("{}/v2/", self.base);
+        let first = match self.http.get(&v2).send().await {
+            Ok(r) => r,
+            Err(e) => return Err(transport(&e, c.url).await),
+        };
+        let status = first.status().as_u16();
+        let challenge = match status {
+            200 if speaks_registry(first.headers()) => Challenge::None,
+            401 => match challenge(first.headers()) {
+                Some(ch) => ch,
+                None => {
+                    let body = first.text().await.unwrap_or_default();
+                    return Err(TestReport::unexpected(status, &body, &v2));
+                }
+            },
+            _ => {
+                let body = first.text().await.unwrap_or_default();
+                return Err(TestReport::unexpected(status, &body, &v2));
+            }
+        };
+        match challenge {
+            Challenge::None => Ok(None),
+            Challenge::Basic => {
+                let basic = format!(
+                    "Basic {}",
+                    BASE64.encode(format!("{}:{}", c.username, c.secret))
+                );
+                match self
+                    .http
+                    .get(&v2)
+                    .header(reqwest::header::AUTHORIZATION, &basic)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => Ok(Some(basic)),
+                    Ok(r) if r.status().as_u16() == 401 => {
+                        let headers = r.headers().clone();
+                        Err(refused(
+                            &headers,
+                            &r.text().await.unwrap_or_default(),
+                            c.username,
+                        ))
+                    }
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        Err(TestReport::unexpected(
+                            s,
+                            &r.text().await.unwrap_or_default(),
+                            &v2,
+                        ))
+                    }
+                    Err(e) => Err(transport(&e, c.url).await),
+                }
+            }
+            Challenge::Bearer { realm, service } => {
+                let mut query: Vec<(&str, String)> = Vec::new();
+                if let Some(s) = service {
+                    query.push(("service", s));
+                }
+                if let Some(s) = scope {
+                    query.push(("scope", s.to_string()));
+                }
+                let r = match self
+                    .http
+                    .get(&realm)
+                    .query(&query)
+                    .basic_auth(c.username, Some(c.secret))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => return Err(transport(&e, &realm).await),
+                };
+                let s = r.status().as_u16();
+                let headers = r.headers().clone();
+                let body = r.text().await.unwrap_or_default();
+                match s {
+                    200 => {}
+                    401 | 403 => return Err(refused(&headers, &body, c.username)),
+                    _ => return Err(TestReport::unexpected(s, &body, &realm)),
+                }
+                let token = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("token")
+                            .or_else(|| v.get("access_token"))
+                            .and_then(|t| t.as_str())
+                            .map(str::to_string)
+                    });
+                match token {
+                    Some(t) => Ok(Some(format!("Bearer {t}"))),
+                    None => Err(TestReport::unexpected(s, &body, &realm)),
+                }
+            }
+        }
+    }
+}
+
 /// Tests credentials against their upstream: reaching `/v2/`, authenticating, then (with a
 /// repository) pulling its tag list and, with `push`, opening and cancelling an upload.
 pub async fn test_connection(
@@ -297,41 +450,10 @@ pub async fn test_connection(
     repository: Option<&str>,
     push: bool,
 ) -> TestReport {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::limited(5));
-    if let Some(pem) = c.ca_certificate {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default() {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    let client = match builder.build() {
-        Ok(c) => c,
-        Err(e) => return TestReport::fail(Cause::Unreachable, format!("no HTTP client: {e}")),
+    let client = match UpstreamClient::new(c) {
+        Ok(client) => client,
+        Err(report) => return *report,
     };
-    let base = c.url.trim_end_matches('/');
-    let v2 = format!("{base}/v2/");
-    let first = match client.get(&v2).send().await {
-        Ok(r) => r,
-        Err(e) => return transport(&e, c.url).await,
-    };
-    let status = first.status().as_u16();
-    let challenge = match status {
-        200 if speaks_registry(first.headers()) => Challenge::None,
-        401 => match challenge(first.headers()) {
-            Some(ch) => ch,
-            None => {
-                let body = first.text().await.unwrap_or_default();
-                return TestReport::unexpected(status, &body, &v2);
-            }
-        },
-        _ => {
-            let body = first.text().await.unwrap_or_default();
-            return TestReport::unexpected(status, &body, &v2);
-        }
-    };
-    // The authorization to send, from the credentials.
     let scope = repository.map(|r| {
         if push {
             format!("repository:{r}:pull,push")
@@ -339,75 +461,12 @@ pub async fn test_connection(
             format!("repository:{r}:pull")
         }
     });
-    let auth: Option<String> = match challenge {
-        Challenge::None => None,
-        Challenge::Basic => {
-            let basic = format!(
-                "Basic {}",
-                BASE64.encode(format!("{}:{}", c.username, c.secret))
-            );
-            match client
-                .get(&v2)
-                .header(reqwest::header::AUTHORIZATION, &basic)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => Some(basic),
-                Ok(r) if r.status().as_u16() == 401 => {
-                    let headers = r.headers().clone();
-                    return refused(&headers, &r.text().await.unwrap_or_default(), c.username);
-                }
-                Ok(r) => {
-                    let s = r.status().as_u16();
-                    return TestReport::unexpected(s, &r.text().await.unwrap_or_default(), &v2);
-                }
-                Err(e) => return transport(&e, c.url).await,
-            }
-        }
-        Challenge::Bearer { realm, service } => {
-            let mut query: Vec<(&str, String)> = Vec::new();
-            if let Some(s) = service {
-                query.push(("service", s));
-            }
-            if let Some(s) = &scope {
-                query.push(("scope", s.clone()));
-            }
-            let r = match client
-                .get(&realm)
-                .query(&query)
-                .basic_auth(c.username, Some(c.secret))
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return transport(&e, &realm).await,
-            };
-            let s = r.status().as_u16();
-            let headers = r.headers().clone();
-            let body = r.text().await.unwrap_or_default();
-            match s {
-                200 => {}
-                401 | 403 => return refused(&headers, &body, c.username),
-                _ => return TestReport::unexpected(s, &body, &realm),
-            }
-            let token = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("token")
-                        .or_else(|| v.get("access_token"))
-                        .and_then(|t| t.as_str())
-                        .map(str::to_string)
-                });
-            match token {
-                Some(t) => Some(format!("Bearer {t}")),
-                None => return TestReport::unexpected(s, &body, &realm),
-            }
-        }
+    let auth = match client.login(scope.as_deref()).await {
+        Ok(auth) => auth,
+        Err(report) => return *report,
     };
-    let send = |req: reqwest::RequestBuilder| match &auth {
-        Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
-        None => req,
-    };
+    let send = |method: reqwest::Method, path: &str| client.request(method, path, auth.as_deref());
+    let base = client.base.as_str();
     let Some(repo) = repository else {
         return TestReport {
             cause: Cause::Ok,
@@ -418,7 +477,10 @@ pub async fn test_connection(
     let mut rights = Vec::new();
     let mut missing = false;
     let tags = format!("{base}/v2/{repo}/tags/list");
-    match send(client.get(&tags)).send().await {
+    match send(reqwest::Method::GET, &format!("/v2/{repo}/tags/list"))
+        .send()
+        .await
+    {
         Ok(r) => match r.status().as_u16() {
             200 => rights.push("pull".to_string()),
             404 => missing = true,
@@ -443,7 +505,10 @@ pub async fn test_connection(
     }
     if push {
         let uploads = format!("{base}/v2/{repo}/blobs/uploads/");
-        match send(client.post(&uploads)).send().await {
+        match send(reqwest::Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+        {
             Ok(r) if r.status().as_u16() == 202 => {
                 rights.push("push".to_string());
                 // The session opened to see is closed again.
@@ -452,12 +517,17 @@ pub async fn test_connection(
                     .get(reqwest::header::LOCATION)
                     .and_then(|l| l.to_str().ok())
                 {
-                    let loc = if loc.starts_with('/') {
-                        format!("{base}{loc}")
+                    // Usually a path; a full URL is sent as it is.
+                    let req = if loc.starts_with('/') {
+                        send(reqwest::Method::DELETE, loc)
                     } else {
-                        loc.to_string()
+                        let r = client.http.delete(loc);
+                        match auth.as_deref() {
+                            Some(a) => r.header(reqwest::header::AUTHORIZATION, a),
+                            None => r,
+                        }
                     };
-                    let _ = send(client.delete(&loc)).send().await;
+                    let _ = req.send().await;
                 }
             }
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {

@@ -26,7 +26,7 @@ const SCORE_BATCH: usize = 5000;
 const SCHEDULE_POLL: Duration = Duration::from_secs(30);
 
 /// A run whose node has not said it is alive for this long stopped; another node takes over.
-const RUN_STALE: Duration = Duration::from_secs(600);
+pub(crate) const RUN_STALE: Duration = Duration::from_secs(600);
 
 /// Longest wait for a download's next bytes.
 const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);

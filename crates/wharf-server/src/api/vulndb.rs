@@ -108,7 +108,9 @@ pub async fn status(
         .run_report
         .as_deref()
         .and_then(|r| serde_json::from_str(r).ok());
-    let running = state.run_claimed_at.is_some();
+    // A claim not refreshed for that long belongs to a node that stopped: nothing runs.
+    let stale_before = wharf_meta::now_millis() - crate::vulndb::RUN_STALE.as_millis() as i64;
+    let running = state.run_claimed_at.is_some_and(|c| c >= stale_before);
     let last_run = state.run_started_at.map(|started| {
         // The report belongs to the run that started last only once it finished.
         let finished = state.run_finished_at.filter(|f| *f >= started && !running);

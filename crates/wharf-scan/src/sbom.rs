@@ -86,6 +86,11 @@ impl Subject<'_> {
     }
 }
 
+/// Installed by the OS's package manager (a distribution package), not a language's.
+fn is_os_package(kind: Kind) -> bool {
+    matches!(kind, Kind::Dpkg | Kind::Apk | Kind::Rpm)
+}
+
 /// The package URL of an installed package; `None` where the package kind has no purl type.
 pub fn purl(pkg: &Package, os: Option<&Os>) -> Option<String> {
     let distro = os.map(|o| match &o.version_id {
@@ -123,8 +128,7 @@ pub fn purl(pkg: &Package, os: Option<&Os>) -> Option<String> {
         p.with_namespace(ns).ok()?;
     }
     p.with_version(pkg.version.clone()).ok()?;
-    let os_package = matches!(pkg.kind, Kind::Dpkg | Kind::Apk | Kind::Rpm);
-    if os_package {
+    if is_os_package(pkg.kind) {
         if let Some(d) = distro {
             p.add_qualifier("distro", d).ok()?;
         }
@@ -214,7 +218,7 @@ pub fn spdx(inv: &Inventory, subject: &Subject) -> Value {
             "licenseConcluded": "NOASSERTION",
             "licenseDeclared": "NOASSERTION",
             "copyrightText": "NOASSERTION",
-            "primaryPackagePurpose": if pkg.kind == Kind::Go || pkg.kind == Kind::Cargo || pkg.kind == Kind::Npm || pkg.kind == Kind::Python || pkg.kind == Kind::Maven { "LIBRARY" } else { "INSTALL" },
+            "primaryPackagePurpose": if is_os_package(pkg.kind) { "INSTALL" } else { "LIBRARY" },
             "sourceInfo": format!("{} package read from {}", pkg.kind.as_str(), pkg.path),
         });
         if let Some(purl) = purl(pkg, inv.os.as_ref()) {

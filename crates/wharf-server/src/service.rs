@@ -120,12 +120,28 @@ pub struct SealProgress {
 }
 
 /// Text kept in a database column, sealed when encryption is on: `sealed:` and base64.
-async fn seal_text(sealing: &wharf_store::seal::Sealing, text: &str) -> Result<String> {
+pub(crate) async fn seal_text(sealing: &wharf_store::seal::Sealing, text: &str) -> Result<String> {
     if !sealing.is_on() {
         return Ok(text.to_string());
     }
     let sealed = sealing.seal_bytes(text.as_bytes()).await?;
     Ok(format!("{SEALED_TEXT}{}", BASE64.encode(sealed)))
+}
+
+/// Opens text [`seal_text`] stored; text stored in the clear (no mark) is returned as it is.
+/// `name` says what it is in the error when it is damaged.
+pub(crate) async fn open_text(
+    sealing: &wharf_store::seal::Sealing,
+    name: &str,
+    text: &str,
+) -> Result<String> {
+    let Some(encoded) = text.strip_prefix(SEALED_TEXT) else {
+        return Ok(text.to_string());
+    };
+    let damaged = || ServiceError::Store(StoreError::Integrity(format!("{name} is damaged")));
+    let sealed = BASE64.decode(encoded).map_err(|_| damaged())?;
+    let plain = sealing.open_bytes(name, &sealed).await?;
+    String::from_utf8(plain).map_err(|_| damaged())
 }
 
 /// Borrowed from the server's state: the service keeps nothing of its own.
@@ -521,20 +537,10 @@ impl Service<'_> {
         for row in &mut rows {
             if let Some(text) = &row.annotations {
                 let name = format!("annotations of manifest {}", row.digest);
-                row.annotations = Some(self.open_text(&name, text).await?);
+                row.annotations = Some(open_text(&self.state.sealing, &name, text).await?);
             }
         }
         Ok(rows)
-    }
-
-    async fn open_text(&self, name: &str, text: &str) -> Result<String> {
-        let Some(encoded) = text.strip_prefix(SEALED_TEXT) else {
-            return Ok(text.to_string());
-        };
-        let damaged = || ServiceError::Store(StoreError::Integrity(format!("{name} is damaged")));
-        let sealed = BASE64.decode(encoded).map_err(|_| damaged())?;
-        let plain = self.state.sealing.open_bytes(name, &sealed).await?;
-        String::from_utf8(plain).map_err(|_| damaged())
     }
 
     /// Records that a manifest was handed to a client.

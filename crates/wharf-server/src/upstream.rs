@@ -8,10 +8,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde::Serialize;
 
+use crate::service::{self, ServiceError};
 use crate::AppState;
-
-/// Marks a sealed secret (base64 follows); a secret stored with encryption off has no mark.
-const SEALED: &str = "sealed:";
 
 /// An upstream's address: `scheme://host[:port]`, nothing more.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +60,9 @@ pub(crate) async fn seal_secret(
     state: &AppState,
     key_id: Option<&str>,
     secret: &str,
-) -> Result<String, wharf_store::StoreError> {
+) -> Result<String, ServiceError> {
     let (_, sealing) = state.scoped(key_id)?;
-    if !sealing.is_on() {
-        return Ok(secret.to_string());
-    }
-    let sealed = sealing.seal_bytes(secret.as_bytes()).await?;
-    Ok(format!("{SEALED}{}", BASE64.encode(sealed)))
+    service::seal_text(&sealing, secret).await
 }
 
 /// Opens a secret `seal_secret` stored.
@@ -77,21 +71,14 @@ pub(crate) async fn open_secret(
     key_id: Option<&str>,
     host: &str,
     stored: &str,
-) -> Result<String, wharf_store::StoreError> {
-    let Some(encoded) = stored.strip_prefix(SEALED) else {
-        return Ok(stored.to_string());
-    };
-    let damaged = || {
-        wharf_store::StoreError::Integrity(format!(
-            "the stored secret of upstream {host} is damaged"
-        ))
-    };
-    let sealed = BASE64.decode(encoded).map_err(|_| damaged())?;
+) -> Result<String, ServiceError> {
     let (_, sealing) = state.scoped(key_id)?;
-    let plain = sealing
-        .open_bytes(&format!("upstream {host}"), &sealed)
-        .await?;
-    String::from_utf8(plain).map_err(|_| damaged())
+    service::open_text(
+        &sealing,
+        &format!("the stored secret of upstream {host}"),
+        stored,
+    )
+    .await
 }
 
 /// Checks that `pem` holds at least one certificate.
@@ -251,16 +238,23 @@ fn refused(headers: &reqwest::header::HeaderMap, body: &str, username: &str) -> 
     }
 }
 
-/// Names a transport failure: no answer, or a certificate not trusted (with the certificate's
-/// subject and issuer).
-async fn transport(e: &reqwest::Error, url: &str) -> TestReport {
+/// An error with its causes, `: `-separated: reqwest's own message stops at "error sending
+/// request", the cause (refused, DNS, certificate) is further down.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut chain = e.to_string();
-    let mut cause = std::error::Error::source(e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         chain.push_str(": ");
         chain.push_str(&c.to_string());
         cause = c.source();
     }
+    chain
+}
+
+/// Names a transport failure: no answer, or a certificate not trusted (with the certificate's
+/// subject and issuer).
+async fn transport(e: &reqwest::Error, url: &str) -> TestReport {
+    let chain = error_chain(e);
     let lower = chain.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") {
         let certificate = peer_certificate(url).await;

@@ -553,13 +553,7 @@ async fn download(
     Ok(Some(path))
 }
 
-/// A download error with its cause (reqwest's own message stops at "error sending request").
+/// A download error with its cause.
 fn describe(e: reqwest::Error) -> String {
-    let mut out = format!("download failed: {e}");
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        out.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    out
+    format!("download failed: {}", crate::upstream::error_chain(&e))
 }

@@ -190,21 +190,11 @@ pub fn vulndb(command: VulndbCommand) -> Result<(), String> {
 
 /// A file report of an import run, as `wharf vulndb import` prints it.
 fn file_line(f: &Value) -> String {
-    let location = text(&f["location"]);
-    if let Some(e) = f["error"].as_str() {
-        return format!("wharf: error: {location}: {e}");
+    match serde_json::from_value::<vulndb::FileReport>(f.clone()) {
+        Ok(r) if r.error.is_some() => format!("wharf: error: {}", r.line()),
+        Ok(r) => r.line(),
+        Err(_) => f.to_string(),
     }
-    if f["not_modified"] == true {
-        return format!("{location}: not modified since the last download");
-    }
-    format!(
-        "{}: {} added, {} updated, {} unchanged, {} skipped ({location})",
-        text(&f["source"]),
-        text(&f["added"]),
-        text(&f["updated"]),
-        text(&f["unchanged"]),
-        text(&f["skipped"]),
-    )
 }
 
 fn print_vulnerability(v: &Value) {

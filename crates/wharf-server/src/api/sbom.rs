@@ -31,8 +31,12 @@ pub(crate) fn parse_format(text: Option<&str>) -> Result<Format, Problem> {
     }
 }
 
-/// The SBOM of the image `t` names, with the subject's address.
-async fn document(state: &AppState, t: &Target, format: Format) -> Result<Value, Problem> {
+/// The SBOM of the image `t` names, and the time it says it was made (its scan's).
+async fn document(
+    state: &AppState,
+    t: &Target,
+    format: Format,
+) -> Result<(Value, String), Problem> {
     let (digest, scan) = image_scan(state, t).await?;
     let not_yet = |why: String| {
         Problem::conflict(format!(
@@ -75,7 +79,8 @@ async fn document(state: &AppState, t: &Target, format: Format) -> Result<Value,
         created: &created,
         tool_version: env!("CARGO_PKG_VERSION"),
     };
-    Ok(sbom::document(format, &inventory, &subject))
+    let doc = sbom::document(format, &inventory, &subject);
+    Ok((doc, created))
 }
 
 #[utoipa::path(
@@ -105,7 +110,7 @@ pub(crate) async fn export(
     format: Format,
 ) -> Result<Response, Problem> {
     let t = target(state, name, repository, reference).await?;
-    let doc = document(state, &t, format).await?;
+    let (doc, _) = document(state, &t, format).await?;
     let body = serde_json::to_vec_pretty(&doc).map_err(|e| Problem::internal("SBOM", e))?;
     Ok(([(header::CONTENT_TYPE, format.media_type())], body).into_response())
 }
@@ -170,7 +175,7 @@ pub async fn attach(
             "registry {name:?} is in maintenance mode: nothing can be pushed to it"
         )));
     }
-    let doc = document(&state, &t, format).await?;
+    let (doc, created) = document(&state, &t, format).await?;
     let content = serde_json::to_vec(&doc).map_err(|e| Problem::internal("SBOM", e))?;
     let size = content.len() as i64;
     let actor = admin.actor();
@@ -198,7 +203,7 @@ pub async fn attach(
             "annotations": {"org.opencontainers.image.title": format!("sbom.{}.json", format.as_str())},
         }],
         "subject": {"mediaType": t.manifest.media_type, "digest": t.manifest.digest, "size": t.manifest.content.len()},
-        "annotations": {"org.opencontainers.image.created": doc_created(&doc)},
+        "annotations": {"org.opencontainers.image.created": created},
     });
     let bytes = serde_json::to_vec(&manifest).map_err(|e| Problem::internal("SBOM", e))?;
     let parsed = wharf_oci::Manifest::parse(Some(media::OCI_MANIFEST), &bytes)
@@ -219,13 +224,4 @@ pub async fn attach(
             size,
         }),
     ))
-}
-
-/// The creation time a document states.
-fn doc_created(doc: &Value) -> String {
-    doc.pointer("/creationInfo/created")
-        .or_else(|| doc.pointer("/metadata/timestamp"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }

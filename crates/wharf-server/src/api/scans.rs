@@ -206,20 +206,20 @@ pub async fn repository_resource(
 ) -> Result<Response, Problem> {
     admin.require(Permission::RegistryRead)?;
     let no_endpoint = || Problem::not_found("no such API endpoint");
-    let sbom = path
+    let split = path
         .split_once("/-/")
-        .is_some_and(|(_, rest)| matches!(rest.split('/').collect::<Vec<_>>()[..], [_, "sbom"]));
+        .map(|(repository, rest)| (repository, rest.split('/').collect::<Vec<&str>>()));
+    let sbom = matches!(&split, Some((_, parts)) if matches!(parts[..], [_, "sbom"]));
     if q.format.is_some() && !sbom {
         return Err(Problem::bad_request(
             "format= is for an SBOM (.../-/{reference}/sbom) only",
         ));
     }
-    let Some((repository, rest)) = path.split_once("/-/") else {
+    let Some((repository, parts)) = split else {
         return Ok(list_artifacts(&state, &name, &path, q)
             .await?
             .into_response());
     };
-    let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
         [reference] => Ok(artifact(&state, &name, repository, reference)
             .await?

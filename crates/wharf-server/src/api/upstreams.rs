@@ -137,7 +137,7 @@ async fn find_upstream(
         })
 }
 
-fn sealing_failed(e: wharf_store::StoreError) -> Problem {
+fn sealing_failed(e: crate::service::ServiceError) -> Problem {
     Problem::internal("sealing an upstream secret", e)
 }
 

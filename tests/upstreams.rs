@@ -3,7 +3,11 @@
 //! each cause produced for real (wrong secret, expired token, pull-only account, missing
 //! repository, closed port, a server that is no registry).
 
+#[path = "upstreams/cache.rs"]
+mod cache;
 mod common;
+#[path = "upstreams/replication.rs"]
+mod replication;
 
 use std::time::Duration;
 
@@ -626,6 +630,7 @@ async fn tls_upstream_with_basic_auth(backend: Backend) {
     );
     let missing = test_of(&s, &host, Some("team/new"), false).await;
     assert_eq!(missing["cause"], "repository_missing", "{missing}");
+    cache::through_distribution(&s, &host, dir.path()).await;
     set_account(&s, &host, "robot", "wrong").await;
     let wrong = test_of(&s, &host, None, false).await;
     assert_eq!(wrong["cause"], "authentication_failed", "{wrong}");
@@ -638,7 +643,13 @@ async fn tls_upstream_with_basic_auth(backend: Backend) {
     drop(registry);
 }
 
+use cache::{faults_of_an_upstream, pull_through_cache};
+use replication::push_replication;
+
 on_both_backends!(
     upstream_credentials_and_connection_test,
-    tls_upstream_with_basic_auth
+    tls_upstream_with_basic_auth,
+    pull_through_cache,
+    faults_of_an_upstream,
+    push_replication
 );

@@ -3,7 +3,7 @@
 pub mod scope;
 pub mod token;
 
-pub use scope::{Action, Pattern, Rights, Scope, ScopeError};
+pub use scope::{glob_matches, Action, Pattern, Rights, Scope, ScopeError};
 
 use std::collections::BTreeSet;
 use std::fmt;

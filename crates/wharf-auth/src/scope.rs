@@ -143,8 +143,13 @@ impl Pattern {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        glob(self.0.as_bytes(), name.as_bytes())
+        glob_matches(&self.0, name)
     }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    glob(pattern.as_bytes(), text.as_bytes())
 }
 
 /// `*` matches any run of characters, '/' included; everything else matches itself.

@@ -36,6 +36,10 @@ const TABLES: &[&str] = &[
     "gc_runs",
     "upstreams",
     "expired_tokens",
+    "caches",
+    "cache_checks",
+    "replication_rules",
+    "replication_jobs",
 ];
 
 /// Tables whose `id` a counter hands out on PostgreSQL.
@@ -49,6 +53,9 @@ const IDENTITY_TABLES: &[&str] = &[
     "token_scopes",
     "gc_runs",
     "upstreams",
+    "caches",
+    "replication_rules",
+    "replication_jobs",
 ];
 
 /// Rows per INSERT statement, within PostgreSQL's 65,535 parameters for the widest table.

@@ -4,12 +4,14 @@
 //! written in the SQL both accept and run through sqlx's `Any` driver; only the migrations differ.
 
 mod admin;
+mod caches;
 mod copy;
 mod db;
 mod gc;
 mod keys;
 mod manifests;
 mod registries;
+mod replication;
 mod scans;
 mod tokens;
 mod uploads;
@@ -17,10 +19,12 @@ mod upstreams;
 mod vulndb;
 
 pub use admin::{AdminKey, AuditEntry, AuditRecord, OwnedAuditEntry};
+pub use caches::{CacheChanges, CacheRecord};
 pub use db::{Backend, Meta};
 pub use gc::{Collector, Garbage, GcCounts, GcPhase, GcRun, Pin};
 pub use manifests::{ListPage, NewManifest, Referrer, StoredManifest};
 pub use registries::{NewRegistry, Registry, RegistryChanges, RegistryStats, RepositoryInfo};
+pub use replication::{ReplicationJob, ReplicationRule, RuleChanges, RuleStatus};
 pub use scans::{
     AffectedArtifact, ArtifactInfo, FindingCursor, FindingFilter, FindingRow, ScanJob, ScanOutcome,
     ScanRecord, SCANNABLE_NAME,

@@ -88,6 +88,31 @@ impl Meta {
         manifest: NewManifest,
         tag: Option<&str>,
     ) -> Result<()> {
+        self.store_manifest(registry_id, repository, manifest, tag, true)
+            .await
+    }
+
+    /// Stores a manifest fetched from an upstream (a pull-through cache) and points `tag` at it:
+    /// what it references is fetched when first pulled, so it need not be present yet.
+    pub async fn put_cached_manifest(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        manifest: NewManifest,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        self.store_manifest(registry_id, repository, manifest, tag, false)
+            .await
+    }
+
+    async fn store_manifest(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        manifest: NewManifest,
+        tag: Option<&str>,
+        complete: bool,
+    ) -> Result<()> {
         let repository = repository.to_string();
         let tag = tag.map(str::to_string);
         let share = self.lock("SHARE");
@@ -99,6 +124,7 @@ impl Meta {
                 manifest,
                 tag,
                 share,
+                complete,
             ))
         })
         .await
@@ -249,6 +275,7 @@ fn stored_manifest(r: sqlx::any::AnyRow) -> Result<StoredManifest> {
 /// The body of [`Meta::put_manifest`], inside its transaction. `share` locks (on PostgreSQL)
 /// what the manifest references until it is committed, so that garbage collection, which
 /// locks before it checks again, sees the new references (or this sees the content gone).
+/// Without `complete`, references need not be present (a cached manifest's come later).
 async fn store_manifest(
     tx: &mut sqlx::AnyConnection,
     registry_id: i64,
@@ -256,6 +283,7 @@ async fn store_manifest(
     manifest: NewManifest,
     tag: Option<String>,
     share: String,
+    complete: bool,
 ) -> Result<()> {
     let now = now_millis();
     let repo_id = ensure_repository(tx, registry_id, &repository).await?;
@@ -276,7 +304,7 @@ async fn store_manifest(
             &manifest.manifests,
         ),
     ];
-    for (sql, digests) in &present {
+    for (sql, digests) in present.iter().filter(|_| complete) {
         for digest in *digests {
             let found = sqlx::query(sql)
                 .bind(repo_id)

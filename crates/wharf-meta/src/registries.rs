@@ -143,6 +143,16 @@ impl Meta {
         row.as_ref().map(registry).transpose()
     }
 
+    pub async fn registry_by_id(&self, id: i64) -> Result<Option<Registry>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REGISTRY_COLUMNS} FROM registries WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(registry).transpose()
+    }
+
     /// Registries in name order after `after`, at most `limit`, and whether more follow.
     pub async fn list_registries(
         &self,

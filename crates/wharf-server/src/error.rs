@@ -182,6 +182,10 @@ impl From<ServiceError> for ApiError {
                 json!({ "size": size }),
             )
             .status(StatusCode::RANGE_NOT_SATISFIABLE),
+            ServiceError::Upstream(why) => {
+                ApiError::with_message(ErrorCode::Unavailable, why, None)
+                    .status(StatusCode::BAD_GATEWAY)
+            }
         }
     }
 }

@@ -2,9 +2,11 @@
 //! call. Data flows one way: HTTP -> service -> (metadata store, content store).
 
 mod api;
+mod cache;
 mod error;
 mod gc;
 pub use gc::schedule_gc;
+pub use replication::run_worker as run_replication;
 pub use scanning::run_workers as run_scan_workers;
 pub use vulndb::run_schedule as schedule_vulndb_imports;
 pub mod jwt;
@@ -12,6 +14,7 @@ mod keyring;
 mod locks;
 mod metrics;
 mod rate;
+pub mod replication;
 mod route;
 pub mod scanning;
 mod serve;
@@ -83,6 +86,10 @@ pub struct Settings {
     pub scan_timeout: std::time::Duration,
     /// Tests only: no scan starts while this file exists.
     pub scan_pause_file: Option<std::path::PathBuf>,
+    /// A pull-through cache's upstream that sends nothing for this long fails the pull.
+    pub upstream_timeout: std::time::Duration,
+    /// The wait before a failed replication's first retry; it doubles with each attempt.
+    pub replication_backoff: std::time::Duration,
     /// Where scheduled imports read vulnerability data from; none: imports are left to
     /// `wharf vulndb import`.
     pub vulndb_sources: Vec<vulndb::Source>,
@@ -111,6 +118,8 @@ impl Default for Settings {
             gc_heartbeat: std::time::Duration::from_secs(5),
             scan_workers: 2,
             scan_timeout: std::time::Duration::from_secs(600),
+            upstream_timeout: std::time::Duration::from_secs(30),
+            replication_backoff: std::time::Duration::from_secs(10),
             scan_pause_file: None,
             vulndb_sources: Vec::new(),
             vulndb_interval: std::time::Duration::from_secs(6 * 3600),
@@ -237,6 +246,8 @@ pub(crate) struct RegistryRef {
     pub key_id: Option<String>,
     pub quota_bytes: Option<i64>,
     pub scanning: bool,
+    /// Its pull-through caches.
+    pub caches: Arc<Vec<wharf_meta::CacheRecord>>,
 }
 
 pub struct AppState {
@@ -264,6 +275,8 @@ pub struct AppState {
     /// flood of wrong secrets cannot make memory grow with the number of connections.
     pub(crate) hashing: tokio::sync::Semaphore,
     pub(crate) upload_locks: locks::KeyedLocks,
+    /// One fetch from an upstream at a time per content (pull-through caches).
+    pub(crate) cache_locks: locks::KeyedLocks,
     /// Registry name to id, briefly: every /v2/ request resolves its host to a registry.
     pub(crate) registry_ids:
         std::sync::Mutex<std::collections::HashMap<String, (RegistryRef, std::time::Instant)>>,
@@ -285,6 +298,8 @@ pub struct AppState {
     pub(crate) scan_wakeup: tokio::sync::Notify,
     /// Wakes this node's import schedule when an import was asked for through the API.
     pub(crate) vulndb_wakeup: tokio::sync::Notify,
+    /// Wakes this node's replication worker when a push queued a copy.
+    pub(crate) replication_wakeup: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -324,9 +339,11 @@ impl AppState {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
             upload_locks: locks::KeyedLocks::default(),
+            cache_locks: locks::KeyedLocks::default(),
             requests: Default::default(),
             scan_wakeup: Default::default(),
             vulndb_wakeup: Default::default(),
+            replication_wakeup: Default::default(),
         }
     }
 }
@@ -422,14 +439,18 @@ impl AppState {
                 }
             }
         }
-        let found = self.meta.registry(name).await?.map(|r| RegistryRef {
-            id: r.id,
-            rate_limit: r.rate_limit,
-            read_only: r.read_only,
-            key_id: r.key_id,
-            quota_bytes: r.quota_bytes,
-            scanning: r.scanning,
-        });
+        let found = match self.meta.registry(name).await? {
+            Some(r) => Some(RegistryRef {
+                caches: Arc::new(self.meta.caches(r.id).await?),
+                id: r.id,
+                rate_limit: r.rate_limit,
+                read_only: r.read_only,
+                key_id: r.key_id,
+                quota_bytes: r.quota_bytes,
+                scanning: r.scanning,
+            }),
+            None => None,
+        };
         let mut cache = self.registry_ids.lock().unwrap_or_else(|e| e.into_inner());
         match &found {
             Some(r) => {

@@ -204,3 +204,15 @@ pub(crate) fn scan_done(kind: &'static str, status: &str, took: std::time::Durat
     ::metrics::counter!("wharf_scans_total", "kind" => kind, "status" => status).increment(1);
     ::metrics::histogram!("wharf_scan_duration_seconds", "kind" => kind).record(took.as_secs_f64());
 }
+
+/// A pull-through cache fetched (`kind`: manifest or blob) from its upstream, or failed to.
+pub(crate) fn cache_fetch(kind: &'static str, ok: bool) {
+    let outcome = if ok { "stored" } else { "failed" };
+    ::metrics::counter!("wharf_cache_fetches_total", "kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// A replication attempt ended: `succeeded`, `retrying` or `failed` (given up).
+pub(crate) fn replication_done(outcome: &'static str) {
+    ::metrics::counter!("wharf_replications_total", "outcome" => outcome).increment(1);
+}

@@ -30,6 +30,9 @@ pub(crate) enum ServiceError {
     /// Another request moved the upload on while this one ran; it now holds `size` bytes.
     #[error("the upload changed during this request")]
     UploadMoved { size: u64 },
+    /// A pull-through cache's upstream failed or sent what cannot be used; nothing was stored.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ServiceError>;
@@ -89,6 +92,11 @@ pub(crate) enum Event<'a> {
     },
     ManifestPulled {
         digest: &'a str,
+    },
+    /// Fetched from a pull-through cache's upstream and stored.
+    ManifestCached {
+        digest: &'a str,
+        tag: Option<&'a str>,
     },
     ManifestDeleted {
         digest: &'a str,
@@ -172,6 +180,11 @@ impl Service<'_> {
                 tag.map(|t| serde_json::json!({ "tag": t }).to_string()),
             ),
             Event::ManifestPulled { digest } => ("manifest.pull", Some(digest.to_string()), None),
+            Event::ManifestCached { digest, tag } => (
+                "manifest.cache",
+                Some(digest.to_string()),
+                tag.map(|t| serde_json::json!({ "tag": t }).to_string()),
+            ),
             Event::ManifestDeleted { digest } => {
                 ("manifest.delete", Some(digest.to_string()), None)
             }
@@ -234,19 +247,33 @@ impl Service<'_> {
     /// verified and durable as a client's push would be.
     pub async fn put_blob(&self, scope: &Scope<'_>, content: bytes::Bytes) -> Result<Digest> {
         let digest = Digest::sha256_of(&content);
-        let id = self.open_upload(scope).await?;
-        let upload = self.upload(scope, &id).await?;
         let len = content.len() as u64;
         let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(content) }));
+        self.store_blob(scope, body, Some(len), &digest).await?;
+        Ok(digest)
+    }
+
+    /// Stores `body` (of `len` bytes, when known) as the blob `digest` of the scope's
+    /// repository, through an upload session of its own: verified and durable before it is
+    /// linked; on any failure nothing is kept.
+    pub async fn store_blob(
+        &self,
+        scope: &Scope<'_>,
+        body: ByteStream,
+        len: Option<u64>,
+        digest: &Digest,
+    ) -> Result<()> {
+        let id = self.open_upload(scope).await?;
         let stored = async {
-            let grown = self.append(scope, &upload, body, Some(len), false).await?;
-            self.finish(scope, &upload, grown, &digest).await
+            let upload = self.upload(scope, &id).await?;
+            let grown = self.append(scope, &upload, body, len, false).await?;
+            self.finish(scope, &upload, grown, digest).await
         };
         if let Err(e) = stored.await {
             let _ = self.discard_upload(&id).await;
             return Err(e);
         }
-        Ok(digest)
+        Ok(())
     }
 
     /// Drops a session and its bytes.
@@ -557,29 +584,59 @@ impl Service<'_> {
         manifest: NewManifest,
         tag: Option<&str>,
     ) -> Result<()> {
+        self.store_manifest(scope, manifest, tag, false).await
+    }
+
+    /// Stores a manifest a pull-through cache fetched and verified, and moves `tag` to it; what
+    /// it references is fetched when first pulled.
+    pub async fn put_cached_manifest(
+        &self,
+        scope: &Scope<'_>,
+        manifest: NewManifest,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        self.store_manifest(scope, manifest, tag, true).await
+    }
+
+    async fn store_manifest(
+        &self,
+        scope: &Scope<'_>,
+        manifest: NewManifest,
+        tag: Option<&str>,
+        cached: bool,
+    ) -> Result<()> {
         let mut manifest = manifest;
         let digest = manifest.digest.clone();
+        let referrer = manifest.subject.is_some();
         let is_index = wharf_oci::media::is_index(&manifest.media_type);
         let (_, sealing) = self.state.scoped(scope.key_id)?;
         manifest.content = sealing.seal_bytes(&manifest.content).await?;
         if let Some(text) = &manifest.annotations {
             manifest.annotations = Some(seal_text(&sealing, text).await?);
         }
-        self.state
-            .meta
-            .put_manifest(scope.registry_id, scope.repository, manifest, tag)
-            .await?;
-        if scope.scanning && !is_index {
+        let meta = &self.state.meta;
+        let (registry, repository) = (scope.registry_id, scope.repository);
+        if cached {
+            meta.put_cached_manifest(registry, repository, manifest, tag)
+                .await?;
+        } else {
+            meta.put_manifest(registry, repository, manifest, tag)
+                .await?;
+        }
+        // A cached image's layers arrive as they are pulled: a scan now would find them missing.
+        if scope.scanning && !is_index && !cached {
             self.queue_scan(scope, &digest).await;
         }
-        self.emit(
-            scope,
-            Event::ManifestPushed {
-                digest: &digest,
-                tag,
-            },
-        )
-        .await;
+        if !cached {
+            crate::replication::queue(self.state, scope, &digest, tag, referrer).await;
+        }
+        let digest = digest.as_str();
+        let event = if cached {
+            Event::ManifestCached { digest, tag }
+        } else {
+            Event::ManifestPushed { digest, tag }
+        };
+        self.emit(scope, event).await;
         Ok(())
     }
 

@@ -66,7 +66,7 @@ pub(crate) async fn seal_secret(
 }
 
 /// Opens a secret `seal_secret` stored.
-pub(crate) async fn open_secret(
+async fn open_secret(
     state: &AppState,
     key_id: Option<&str>,
     host: &str,
@@ -79,6 +79,45 @@ pub(crate) async fn open_secret(
         stored,
     )
     .await
+}
+
+/// An upstream's credentials as the registry stores them, the secret opened: for the node's
+/// own use (the cache and replication), never shown.
+pub(crate) struct Opened {
+    pub url: String,
+    pub username: String,
+    secret: String,
+    ca_certificate: Option<String>,
+}
+
+impl Opened {
+    /// The upstream `host` of a registry; `None` when it has no such entry.
+    pub async fn load(
+        state: &AppState,
+        registry_id: i64,
+        key_id: Option<&str>,
+        host: &str,
+    ) -> Result<Option<Opened>, ServiceError> {
+        let Some(record) = state.meta.upstream(registry_id, host).await? else {
+            return Ok(None);
+        };
+        let secret = open_secret(state, key_id, &record.host, &record.secret).await?;
+        Ok(Some(Opened {
+            url: record.url,
+            username: record.username,
+            secret,
+            ca_certificate: record.ca_certificate,
+        }))
+    }
+
+    pub fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            url: &self.url,
+            username: &self.username,
+            secret: &self.secret,
+            ca_certificate: self.ca_certificate.as_deref(),
+        }
+    }
 }
 
 /// Checks that `pem` holds at least one certificate.
@@ -294,10 +333,29 @@ pub struct UpstreamClient<'a> {
 }
 
 impl<'a> UpstreamClient<'a> {
+    /// A client for short exchanges (a connection test): each ends within 15 s.
     pub fn new(credentials: &'a Credentials<'a>) -> Result<UpstreamClient<'a>, Box<TestReport>> {
-        let mut builder = reqwest::Client::builder()
+        Self::build(
+            credentials,
+            reqwest::Client::builder().timeout(Duration::from_secs(15)),
+        )
+    }
+
+    /// A client for transfers (a blob may take long): it fails only when the upstream sends
+    /// nothing for `idle`.
+    pub fn for_transfer(
+        credentials: &'a Credentials<'a>,
+        idle: Duration,
+    ) -> Result<UpstreamClient<'a>, Box<TestReport>> {
+        Self::build(credentials, reqwest::Client::builder().read_timeout(idle))
+    }
+
+    fn build(
+        credentials: &'a Credentials<'a>,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<UpstreamClient<'a>, Box<TestReport>> {
+        let mut builder = builder
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::limited(5));
         if let Some(pem) = credentials.ca_certificate {
             for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default() {
@@ -325,6 +383,23 @@ impl<'a> UpstreamClient<'a> {
         auth: Option<&str>,
     ) -> reqwest::RequestBuilder {
         let req = self.http.request(method, format!("{}{path}", self.base));
+        match auth {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+            None => req,
+        }
+    }
+
+    /// A request to an upload's `Location`: a path on the upstream, or a full URL.
+    pub fn request_location(
+        &self,
+        method: reqwest::Method,
+        location: &str,
+        auth: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        if location.starts_with('/') {
+            return self.request(method, location, auth);
+        }
+        let req = self.http.request(method, location);
         match auth {
             Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
             None => req,
@@ -511,17 +586,10 @@ pub async fn test_connection(
                     .get(reqwest::header::LOCATION)
                     .and_then(|l| l.to_str().ok())
                 {
-                    // Usually a path; a full URL is sent as it is.
-                    let req = if loc.starts_with('/') {
-                        send(reqwest::Method::DELETE, loc)
-                    } else {
-                        let r = client.http.delete(loc);
-                        match auth.as_deref() {
-                            Some(a) => r.header(reqwest::header::AUTHORIZATION, a),
-                            None => r,
-                        }
-                    };
-                    let _ = req.send().await;
+                    let _ = client
+                        .request_location(reqwest::Method::DELETE, loc, auth.as_deref())
+                        .send()
+                        .await;
                 }
             }
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {

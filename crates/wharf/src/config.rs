@@ -148,6 +148,13 @@ pub struct ServeArgs {
     /// Tests only: no scan starts while this file exists.
     #[arg(long, env = "WHARF_SCAN_PAUSE_FILE", hide = true)]
     scan_pause_file: Option<PathBuf>,
+    /// A pull-through cache's upstream that sends nothing for this long fails the pull (what
+    /// it sent is not kept) [default: 30s].
+    #[arg(long, env = "WHARF_UPSTREAM_TIMEOUT", value_parser = duration)]
+    upstream_timeout: Option<Duration>,
+    /// Tests only: the wait before a failed replication's first retry (it doubles each time).
+    #[arg(long, hide = true, value_parser = duration)]
+    replication_backoff: Option<Duration>,
     /// Vulnerability data imported on a schedule: files, directories (as `wharf vulndb import`
     /// takes) and http(s) URLs of OSV dumps; comma-separated or repeated [default: none].
     #[arg(
@@ -278,6 +285,8 @@ struct FileConfig {
     scan_workers: Option<usize>,
     #[serde(default, deserialize_with = "file_duration")]
     scan_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "file_duration")]
+    upstream_timeout: Option<Duration>,
     vulndb_sources: Option<Vec<String>>,
     #[serde(default, deserialize_with = "file_duration")]
     vulndb_interval: Option<Duration>,
@@ -311,6 +320,8 @@ pub struct Config {
     pub scan_workers: usize,
     pub scan_timeout: Duration,
     pub scan_pause_file: Option<PathBuf>,
+    pub upstream_timeout: Duration,
+    pub replication_backoff: Duration,
     pub vulndb_sources: Vec<String>,
     pub vulndb_interval: Duration,
 }
@@ -457,6 +468,11 @@ impl Config {
                 .or(file.scan_timeout)
                 .unwrap_or(Duration::from_secs(600)),
             scan_pause_file: args.scan_pause_file,
+            upstream_timeout: args
+                .upstream_timeout
+                .or(file.upstream_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            replication_backoff: args.replication_backoff.unwrap_or(Duration::from_secs(10)),
             vulndb_sources: args
                 .vulndb_sources
                 .or(file.vulndb_sources)

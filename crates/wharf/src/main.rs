@@ -2,8 +2,10 @@
 
 mod admin;
 mod artifact;
+mod cache;
 mod config;
 mod keys;
+mod replication;
 mod scan;
 mod upstream;
 
@@ -100,6 +102,20 @@ enum Command {
         conn: admin::Connection,
         #[command(subcommand)]
         command: upstream::UpstreamCommand,
+    },
+    /// Pull-through caches: repository prefixes fetched from an upstream.
+    Cache {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: cache::CacheCommand,
+    },
+    /// Push replication to upstreams: rules, their status and history.
+    Replication {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        command: replication::ReplicationCommand,
     },
     /// Garbage collection: run it now (or a dry run), see past runs.
     Gc {
@@ -257,6 +273,8 @@ fn main() -> ExitCode {
         Command::Keys { conn, command } => admin::keys(conn, command),
         Command::Gc { conn, command } => admin::gc(conn, command),
         Command::Upstream { conn, command } => upstream::upstream(conn, command),
+        Command::Cache { conn, command } => cache::cache(conn, command),
+        Command::Replication { conn, command } => replication::replication(conn, command),
         Command::Artifact { conn, command } => artifact::artifact(conn, command),
         Command::Token { conn, command } => admin::token(conn, command),
         Command::Ref {
@@ -391,6 +409,8 @@ async fn run(config: Config) -> Result<(), String> {
             scan_workers: config.scan_workers,
             scan_timeout: config.scan_timeout,
             scan_pause_file: config.scan_pause_file.clone(),
+            upstream_timeout: config.upstream_timeout,
+            replication_backoff: config.replication_backoff,
             vulndb_sources,
             vulndb_interval: config.vulndb_interval,
         },
@@ -406,6 +426,7 @@ async fn run(config: Config) -> Result<(), String> {
     tokio::spawn(wharf_server::expire_uploads(state.clone()));
     tokio::spawn(wharf_server::schedule_gc(state.clone()));
     tokio::spawn(wharf_server::run_scan_workers(state.clone()));
+    tokio::spawn(wharf_server::run_replication(state.clone()));
     tokio::spawn(wharf_server::schedule_vulndb_imports(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -3,10 +3,12 @@
 
 mod audit;
 mod auth;
+mod caches;
 mod gc;
 mod keys;
 mod problem;
 pub(crate) mod registries;
+mod replication;
 mod sbom;
 mod scans;
 pub(crate) mod system;
@@ -49,7 +51,9 @@ pub const MAX_LIMIT: i64 = 100;
         scans::vulnerabilities, scans::list_artifacts, scans::affected, vulndb::show,
         vulndb::import, vulndb::details, sbom::export, sbom::attach,
         upstreams::list, upstreams::create, upstreams::show, upstreams::update,
-        upstreams::remove, upstreams::test,
+        upstreams::remove, upstreams::test, caches::list, caches::create, caches::show,
+        caches::update, caches::remove, replication::list, replication::create,
+        replication::show, replication::update, replication::remove, replication::history,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
@@ -58,6 +62,8 @@ pub const MAX_LIMIT: i64 = 100;
         (name = "scanning", description = "What vulnerability scans found in the images"),
         (name = "tokens", description = "Robot tokens of a registry and their scopes"),
         (name = "upstreams", description = "Credentials for external registries and their connection test"),
+        (name = "caches", description = "Pull-through caches: repository prefixes fetched from an upstream"),
+        (name = "replication", description = "Push replication rules, their status and history"),
         (name = "admin-keys", description = "Administrators' API keys"),
         (name = "audit", description = "Who changed what, when"),
         (name = "system", description = "How this server is set up"),
@@ -213,6 +219,30 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route(
             "/api/v1/registries/{name}/upstreams/{host}/test",
             axum::routing::post(upstreams::test),
+        )
+        .route(
+            "/api/v1/registries/{name}/replications",
+            get(replication::list).post(replication::create),
+        )
+        .route(
+            "/api/v1/registries/{name}/replications/{rule}",
+            get(replication::show)
+                .patch(replication::update)
+                .delete(replication::remove),
+        )
+        .route(
+            "/api/v1/registries/{name}/replications/{rule}/history",
+            get(replication::history),
+        )
+        .route(
+            "/api/v1/registries/{name}/caches",
+            get(caches::list).post(caches::create),
+        )
+        .route(
+            "/api/v1/registries/{name}/caches/{prefix}",
+            get(caches::show)
+                .patch(caches::update)
+                .delete(caches::remove),
         )
         .route("/api/v1/admin-keys", get(keys::list).post(keys::create))
         .route("/api/v1/admin-keys/{id}", delete(keys::revoke))

@@ -17,7 +17,7 @@ use super::auth::Admin;
 use super::problem::ApiJson;
 use super::registries::find;
 use super::{rfc3339, Problem};
-use crate::upstream::{self, Credentials, TestReport, UpstreamUrl};
+use crate::upstream::{self, TestReport, UpstreamUrl};
 use crate::AppState;
 
 /// Longest username, secret and description accepted.
@@ -100,7 +100,7 @@ pub struct TestUpstream {
 }
 
 fn unprocessable(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    Problem::unprocessable(detail)
 }
 
 fn check_field(name: &str, value: &str, max: usize, empty_ok: bool) -> Result<(), Problem> {
@@ -118,6 +118,26 @@ fn check_field(name: &str, value: &str, max: usize, empty_ok: bool) -> Result<()
 
 fn check_ca(pem: &str) -> Result<(), Problem> {
     upstream::check_ca(pem).map_err(unprocessable)
+}
+
+/// The id of the registry's upstream named by host or URL (for caches and replication rules).
+pub(super) async fn upstream_id(
+    state: &AppState,
+    registry: &Registry,
+    upstream: &str,
+) -> Result<i64, Problem> {
+    let host = if upstream.contains("://") {
+        UpstreamUrl::parse(upstream).map_err(unprocessable)?.host
+    } else {
+        upstream.trim().to_ascii_lowercase()
+    };
+    match find_upstream(state, registry, &host).await {
+        Ok(u) => Ok(u.id),
+        Err(_) => Err(unprocessable(format!(
+            "registry {:?} has no upstream {host:?}; store its credentials first (POST .../upstreams, or wharf upstream create)",
+            registry.name
+        ))),
+    }
 }
 
 async fn find_upstream(
@@ -349,6 +369,7 @@ pub async fn update(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "A pull-through cache or replication rule uses it"),
     )
 )]
 pub async fn remove(
@@ -359,6 +380,22 @@ pub async fn remove(
     admin.require(Permission::RegistryWrite)?;
     let registry = find(&state, &name).await?;
     let current = find_upstream(&state, &registry, &host).await?;
+    let users: Vec<String> = (state.meta.caches_of_upstream(current.id).await?)
+        .into_iter()
+        .map(|c| format!("the cache {c}/"))
+        .chain(
+            (state.meta.rules_of_upstream(current.id).await?)
+                .into_iter()
+                .map(|r| format!("the replication rule {r:?}")),
+        )
+        .collect();
+    if !users.is_empty() {
+        return Err(Problem::conflict(format!(
+            "upstream {} is used by {}; delete them first",
+            current.host,
+            users.join(", ")
+        )));
+    }
     if !state
         .meta
         .delete_upstream(registry.id, &current.host)
@@ -411,20 +448,13 @@ pub async fn test(
         wharf_oci::RepositoryName::parse(r)
             .map_err(|e| unprocessable(format!("repository {r:?}: {e}")))?;
     }
-    let secret = upstream::open_secret(&state, registry.key_id.as_deref(), &u.host, &u.secret)
+    let opened = upstream::Opened::load(&state, registry.id, registry.key_id.as_deref(), &u.host)
         .await
-        .map_err(|e| Problem::internal("opening an upstream secret", e))?;
-    let report = upstream::test_connection(
-        &Credentials {
-            url: &u.url,
-            username: &u.username,
-            secret: &secret,
-            ca_certificate: u.ca_certificate.as_deref(),
-        },
-        body.repository.as_deref(),
-        body.push,
-    )
-    .await;
+        .map_err(|e| Problem::internal("opening an upstream secret", e))?
+        .ok_or_else(|| Problem::not_found(format!("upstream {host:?} was deleted meanwhile")))?;
+    let report =
+        upstream::test_connection(&opened.credentials(), body.repository.as_deref(), body.push)
+            .await;
     super::audit_change(
         &state,
         &admin,

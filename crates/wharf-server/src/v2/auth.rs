@@ -1,6 +1,7 @@
 //! Who is calling `/v2/` and what they may do: robot tokens over HTTP Basic or as the Bearer
 //! JWTs of the Docker token flow, and anonymous pulls of public repositories.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -28,6 +29,8 @@ pub(crate) struct Target {
     pub quota_bytes: Option<i64>,
     /// Whether pushed images are scanned.
     pub scanning: bool,
+    /// Its pull-through caches.
+    pub caches: Arc<Vec<wharf_meta::CacheRecord>>,
     /// The service name JWTs are issued for: the registry's host name.
     pub service: String,
     /// The Host the client used, for the realm of the challenge.

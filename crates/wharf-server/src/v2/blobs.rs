@@ -5,6 +5,7 @@ use serde_json::json;
 use wharf_oci::{Digest, ErrorCode};
 
 use super::{ensure_delete_enabled, header_str, Repo, Result};
+use crate::cache::BlobFetch;
 use crate::ApiError;
 
 /// What a `Range` request header asks of a blob of a known size.
@@ -62,12 +63,32 @@ pub(super) async fn get(
 ) -> Result<Response> {
     let digest = Digest::parse(digest)?;
     let service = repo.state.service();
-    let size = service
-        .blob_size(&repo.scope(), &digest)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(ErrorCode::BlobUnknown, json!({ "digest": digest.as_str() }))
-        })?;
+    let unknown = || ApiError::new(ErrorCode::BlobUnknown, json!({ "digest": digest.as_str() }));
+    let mut size = service.blob_size(&repo.scope(), &digest).await?;
+    if let (None, Some(rule)) = (size, repo.cache) {
+        let scope = repo.scope();
+        if head {
+            let len = crate::cache::blob_len(repo.state, &scope, rule, &digest)
+                .await?
+                .ok_or_else(unknown)?;
+            return blob_response(StatusCode::OK, &digest, len, Body::empty());
+        }
+        // Fetched whole (a Range is answered with all of it, as HTTP allows) on first pull.
+        match crate::cache::blob(repo.state.clone(), &scope, rule, &digest).await? {
+            BlobFetch::Missing => return Err(unknown()),
+            BlobFetch::Stored => size = service.blob_size(&scope, &digest).await?,
+            BlobFetch::Streaming { len, body } => {
+                let body = Body::from_stream(body);
+                return match len {
+                    Some(len) => blob_response(StatusCode::OK, &digest, len, body),
+                    None => blob_headers(StatusCode::OK, &digest)
+                        .body(body)
+                        .map_err(|e| ApiError::internal("building blob response", e)),
+                };
+            }
+        }
+    }
+    let size = size.ok_or_else(unknown)?;
 
     let (status, start, len) = match parse_range(header_str(headers, header::RANGE), size) {
         RangeRequest::Full => (StatusCode::OK, 0, size),
@@ -92,15 +113,7 @@ pub(super) async fn get(
                 .await?,
         )
     };
-    let mut resp = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, format!("\"{digest}\""))
-        // Content addressed: the bytes behind a digest never change.
-        .header(header::CACHE_CONTROL, "max-age=31536000")
-        .header("docker-content-digest", digest.as_str());
+    let mut resp = blob_headers(status, &digest).header(header::CONTENT_LENGTH, len);
     if status == StatusCode::PARTIAL_CONTENT {
         resp = resp.header(
             header::CONTENT_RANGE,
@@ -108,6 +121,25 @@ pub(super) async fn get(
         );
     }
     resp.body(body)
+        .map_err(|e| ApiError::internal("building blob response", e))
+}
+
+/// The headers of every blob response but its length.
+fn blob_headers(status: StatusCode, digest: &Digest) -> axum::http::response::Builder {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{digest}\""))
+        // Content addressed: the bytes behind a digest never change.
+        .header(header::CACHE_CONTROL, "max-age=31536000")
+        .header("docker-content-digest", digest.as_str())
+}
+
+fn blob_response(status: StatusCode, digest: &Digest, len: u64, body: Body) -> Result<Response> {
+    blob_headers(status, digest)
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
         .map_err(|e| ApiError::internal("building blob response", e))
 }
 

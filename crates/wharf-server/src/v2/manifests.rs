@@ -95,10 +95,11 @@ pub(super) async fn get(
     })?;
     let service = repo.state.service();
     let scope = repo.scope();
-    let manifest = service
-        .manifest(&scope, &reference)
-        .await?
-        .ok_or_else(|| unknown(&reference))?;
+    let found = match repo.cache {
+        Some(rule) => crate::cache::manifest(repo.state, &scope, rule, &reference).await?,
+        None => service.manifest(&scope, &reference).await?,
+    };
+    let manifest = found.ok_or_else(|| unknown(&reference))?;
     let accept = accepted(headers);
     if !acceptable(&accept, &manifest.media_type) {
         return Err(ApiError::with_message(

@@ -27,7 +27,7 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// What every repository-scoped handler needs: the state, the registry, the repository and
 /// who is calling.
 pub(crate) struct Repo<'a> {
-    state: &'a AppState,
+    state: &'a Arc<AppState>,
     registry_id: i64,
     /// The registry's own master key, if it has one.
     key_id: Option<&'a str>,
@@ -35,6 +35,8 @@ pub(crate) struct Repo<'a> {
     scanning: bool,
     name: RepositoryName,
     caller: &'a Caller,
+    /// The pull-through cache the repository belongs to, if any.
+    cache: Option<&'a wharf_meta::CacheRecord>,
 }
 
 impl Repo<'_> {
@@ -77,7 +79,7 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Respo
     }
 }
 
-async fn handle(state: &AppState, req: Request) -> Result<Response> {
+async fn handle(state: &Arc<AppState>, req: Request) -> Result<Response> {
     state
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -137,6 +139,20 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         .status(StatusCode::METHOD_NOT_ALLOWED));
     }
 
+    let cache = name
+        .as_ref()
+        .and_then(|n| crate::cache::rule_for(&target.caches, n.as_str()));
+    if let (Some(rule), Some(Action::Push)) = (cache, action) {
+        return Err(ApiError::with_message(
+            ErrorCode::Denied,
+            format!(
+                "repositories under {}/ are a pull-through cache of {}: they are pulled, not pushed to",
+                rule.prefix, rule.upstream_host
+            ),
+            serde_json::json!({ "cache": rule.prefix }),
+        ));
+    }
+
     if let (Some(quota), Some(Action::Push), Some(repository)) = (target.quota_bytes, action, &name)
     {
         check_quota(state, &target, quota, &endpoint, repository, headers).await?;
@@ -149,6 +165,7 @@ async fn handle(state: &AppState, req: Request) -> Result<Response> {
         scanning: target.scanning,
         name,
         caller: &caller,
+        cache,
     });
     // Every endpoint but the version check and the catalog names a repository.
     let repo = || {
@@ -278,6 +295,7 @@ pub(crate) async fn resolve_target(
         key_id: registry.key_id,
         quota_bytes: registry.quota_bytes,
         scanning: registry.scanning,
+        caches: registry.caches,
         service: format!("{name}.{}", state.settings.base_domain),
         name,
         host,

@@ -82,10 +82,6 @@ pub struct UpdateCache {
     pub revalidate_secs: Option<i64>,
 }
 
-fn unprocessable(detail: impl Into<String>) -> Problem {
-    Problem::unprocessable(detail)
-}
-
 /// A prefix is one or more repository name components, without a trailing slash.
 fn check_prefix(field: &str, prefix: &str, empty_ok: bool) -> Result<(), Problem> {
     if prefix.is_empty() && empty_ok {
@@ -94,7 +90,7 @@ fn check_prefix(field: &str, prefix: &str, empty_ok: bool) -> Result<(), Problem
     wharf_oci::RepositoryName::parse(prefix)
         .map(|_| ())
         .map_err(|e| {
-            unprocessable(format!(
+            Problem::unprocessable(format!(
                 "{field} {prefix:?} is not a repository prefix: {e}"
             ))
         })
@@ -102,7 +98,7 @@ fn check_prefix(field: &str, prefix: &str, empty_ok: bool) -> Result<(), Problem
 
 fn check_revalidate(secs: i64) -> Result<(), Problem> {
     if !(0..=MAX_REVALIDATE_SECS).contains(&secs) {
-        return Err(unprocessable(format!(
+        return Err(Problem::unprocessable(format!(
             "revalidate_secs must be between 0 and {MAX_REVALIDATE_SECS} (30 days), not {secs}"
         )));
     }
@@ -258,7 +254,7 @@ pub async fn update(
     let registry = find(&state, &name).await?;
     let current = find_cache(&state, &registry, &prefix).await?;
     if body.prefix.is_some() {
-        return Err(unprocessable(
+        return Err(Problem::unprocessable(
             "a cache's prefix is fixed once created; delete it and create another",
         ));
     }

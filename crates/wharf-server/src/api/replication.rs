@@ -142,14 +142,10 @@ pub struct HistoryQuery {
     pub before: Option<i64>,
 }
 
-fn unprocessable(detail: impl Into<String>) -> Problem {
-    Problem::unprocessable(detail)
-}
-
 fn check_repositories(pattern: &str) -> Result<(), Problem> {
     wharf_auth::Pattern::parse(pattern)
         .map(|_| ())
-        .map_err(|e| unprocessable(format!("repositories: {e}")))
+        .map_err(|e| Problem::unprocessable(format!("repositories: {e}")))
 }
 
 fn check_tags(pattern: &str) -> Result<(), Problem> {
@@ -160,7 +156,7 @@ fn check_tags(pattern: &str) -> Result<(), Problem> {
     if ok {
         Ok(())
     } else {
-        Err(unprocessable(format!(
+        Err(Problem::unprocessable(format!(
             "tags {pattern:?} is not a tag pattern: letters, digits, '_', '.', '-' and '*' (any characters), up to 128"
         )))
     }
@@ -170,7 +166,7 @@ fn check_target(target: &str) -> Result<(), Problem> {
     RepositoryName::parse(&target.replace(SAME_NAME, "name"))
         .map(|_| ())
         .map_err(|e| {
-            unprocessable(format!(
+            Problem::unprocessable(format!(
                 "target {target:?} is not a repository name ({{name}} stands for the pushed one's): {e}"
             ))
         })
@@ -265,8 +261,9 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<RuleView>), Problem> {
     admin.require(Permission::RegistryWrite)?;
     let registry = find(&state, &name).await?;
-    RegistryName::parse(&body.name)
-        .map_err(|e| unprocessable(format!("rule name {:?} is invalid: {e}", body.name)))?;
+    RegistryName::parse(&body.name).map_err(|e| {
+        Problem::unprocessable(format!("rule name {:?} is invalid: {e}", body.name))
+    })?;
     check_repositories(&body.repositories)?;
     check_tags(&body.tags)?;
     let target = body.target.unwrap_or_else(|| SAME_NAME.to_string());
@@ -349,7 +346,7 @@ pub async fn update(
     let registry = find(&state, &name).await?;
     let current = find_rule(&state, &registry, &rule).await?;
     if body.name.is_some() {
-        return Err(unprocessable(
+        return Err(Problem::unprocessable(
             "a rule's name is fixed once created; delete it and create another",
         ));
     }

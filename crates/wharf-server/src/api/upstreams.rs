@@ -99,25 +99,25 @@ pub struct TestUpstream {
     pub push: bool,
 }
 
-fn unprocessable(detail: impl Into<String>) -> Problem {
-    Problem::unprocessable(detail)
-}
-
 fn check_field(name: &str, value: &str, max: usize, empty_ok: bool) -> Result<(), Problem> {
     if !empty_ok && value.trim().is_empty() {
-        return Err(unprocessable(format!("{name} must not be empty")));
+        return Err(Problem::unprocessable(format!("{name} must not be empty")));
     }
     if value.len() > max {
-        return Err(unprocessable(format!("{name} is longer than {max} bytes")));
+        return Err(Problem::unprocessable(format!(
+            "{name} is longer than {max} bytes"
+        )));
     }
     if value.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(unprocessable(format!("{name} holds control characters")));
+        return Err(Problem::unprocessable(format!(
+            "{name} holds control characters"
+        )));
     }
     Ok(())
 }
 
 fn check_ca(pem: &str) -> Result<(), Problem> {
-    upstream::check_ca(pem).map_err(unprocessable)
+    upstream::check_ca(pem).map_err(Problem::unprocessable)
 }
 
 /// The id of the registry's upstream named by host or URL (for caches and replication rules).
@@ -127,13 +127,15 @@ pub(super) async fn upstream_id(
     upstream: &str,
 ) -> Result<i64, Problem> {
     let host = if upstream.contains("://") {
-        UpstreamUrl::parse(upstream).map_err(unprocessable)?.host
+        UpstreamUrl::parse(upstream)
+            .map_err(Problem::unprocessable)?
+            .host
     } else {
         upstream.trim().to_ascii_lowercase()
     };
     match find_upstream(state, registry, &host).await {
         Ok(u) => Ok(u.id),
-        Err(_) => Err(unprocessable(format!(
+        Err(_) => Err(Problem::unprocessable(format!(
             "registry {:?} has no upstream {host:?}; store its credentials first (POST .../upstreams, or wharf upstream create)",
             registry.name
         ))),
@@ -214,7 +216,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<UpstreamView>), Problem> {
     admin.require(Permission::RegistryWrite)?;
     let registry = find(&state, &name).await?;
-    let url = UpstreamUrl::parse(&body.url).map_err(unprocessable)?;
+    let url = UpstreamUrl::parse(&body.url).map_err(Problem::unprocessable)?;
     check_field("username", &body.username, MAX_USERNAME, false)?;
     check_field("secret", &body.secret, MAX_SECRET, false)?;
     check_field("description", &body.description, MAX_DESCRIPTION, true)?;
@@ -302,7 +304,7 @@ pub async fn update(
     let registry = find(&state, &name).await?;
     let current = find_upstream(&state, &registry, &host).await?;
     if body.url.is_some() {
-        return Err(unprocessable(
+        return Err(Problem::unprocessable(
             "an upstream's URL is fixed once created; delete it and create another",
         ));
     }
@@ -446,7 +448,7 @@ pub async fn test(
     let u = find_upstream(&state, &registry, &host).await?;
     if let Some(r) = &body.repository {
         wharf_oci::RepositoryName::parse(r)
-            .map_err(|e| unprocessable(format!("repository {r:?}: {e}")))?;
+            .map_err(|e| Problem::unprocessable(format!("repository {r:?}: {e}")))?;
     }
     let opened = upstream::Opened::load(&state, registry.id, registry.key_id.as_deref(), &u.host)
         .await

@@ -3,6 +3,8 @@
 //! the OpenAPI document checked by schemathesis.
 
 mod common;
+#[path = "console/console.rs"]
+mod console;
 
 use std::net::ToSocketAddrs;
 
@@ -1020,7 +1022,10 @@ async fn maintenance_mode_refuses_writes_while_pulls_go_on(b: Backend) {
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
+use console::console_in_a_browser;
+
 on_both_backends!(
+    console_in_a_browser,
     registries_are_isolated_tenants,
     registry_rules_and_bad_input,
     admin_key_permission_matrix,

@@ -3,6 +3,7 @@
 
 mod api;
 mod cache;
+mod console;
 mod error;
 mod gc;
 pub use gc::schedule_gc;
@@ -715,6 +716,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/{*path}", any(v2::dispatch))
         .layer(middleware::map_response(api_version_header))
         .merge(api)
+        .merge(console::router())
         .route(
             "/auth/token",
             get(token_endpoint::token).post(token_endpoint::token),

@@ -48,12 +48,16 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
         let unauthorized = |detail: &str| Problem::new(StatusCode::UNAUTHORIZED, detail);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| {
-                unauthorized("send an administrator key as Authorization: Bearer <key>")
-            })?
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            // The console's session, when its script calls.
+            return match crate::console::session_key(&parts.headers) {
+                Some(key) => Admin::by_key(state, key).await,
+                None => Err(unauthorized(
+                    "send an administrator key as Authorization: Bearer <key>",
+                )),
+            };
+        };
+        let value = value
             .to_str()
             .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
         let secret = value
@@ -61,11 +65,23 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header must be: Bearer <key>"))?;
+        Admin::by_key(state, secret).await
+    }
+}
+
+impl Admin {
+    /// The administrator holding `secret`; 401 when no live key is that.
+    pub(crate) async fn by_key(state: &AppState, secret: &str) -> Result<Admin, Problem> {
         let key = state
             .meta
             .admin_key_by_hash(&hash_admin_key(secret))
             .await?
-            .ok_or_else(|| unauthorized("the administrator key is unknown or revoked"))?;
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the administrator key is unknown or revoked",
+                )
+            })?;
         let permissions = Permissions::parse(&key.permissions)
             .map_err(|e| Problem::internal("stored key permissions unreadable", e))?;
         Ok(Admin { key, permissions })

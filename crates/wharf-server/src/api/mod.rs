@@ -28,6 +28,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
+pub(crate) use auth::Admin;
+pub(crate) use problem::ApiJson;
 pub use problem::Problem;
 
 use crate::AppState;

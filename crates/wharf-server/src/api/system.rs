@@ -20,6 +20,10 @@ pub struct SystemView {
     /// share it; apart per registry key): the instance's physical total.
     pub stored_bytes: i64,
     pub encryption: EncryptionView,
+    /// The locations a registry may be created in.
+    pub locations: Vec<String>,
+    /// Registries are reached at `<name>.<base_domain>`.
+    pub base_domain: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,6 +75,8 @@ pub async fn show(
         storage: state.settings.storage.clone(),
         stored_bytes: state.meta.stored_bytes().await?,
         encryption: EncryptionView::of(&state),
+        locations: state.settings.locations.clone(),
+        base_domain: state.settings.base_domain.clone(),
     }))
 }
 

@@ -1,0 +1,187 @@
+// Drives the wharf console in Debian's headless Chromium (playwright-core), as tests/console.rs
+// starts it: sign-in, registry, token (its one-time secret and copy buttons), a push with that
+// token (skopeo), the repository and its artifact, deletions, a read-only key, a revoked key,
+// and axe-core on every page. Exits non-zero with the reason on the first failure.
+//
+// Environment: WHARF_URL (http://127.0.0.1:PORT), WHARF_KEY (an owner key), WHARF_READ_KEY and
+// WHARF_READ_KEY_ID (a registry:read key and its id), WHARF_IMAGE (an OCI layout tagged v1),
+// WHARF_HOST_SUFFIX (e.g. .wharf.test:PORT), CHROMIUM, and SCREENSHOTS (a directory, optional).
+
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+};
+const base = env('WHARF_URL');
+const ownerKey = env('WHARF_KEY');
+const readKey = env('WHARF_READ_KEY');
+const readKeyId = env('WHARF_READ_KEY_ID');
+const image = env('WHARF_IMAGE');
+const hostSuffix = env('WHARF_HOST_SUFFIX');
+const shots = process.env.SCREENSHOTS;
+const axeSource = readFileSync(new URL('./node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
+
+function check(ok, what) {
+  if (!ok) throw new Error(what);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox'],
+});
+const problems = [];
+let current = null;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  const page = await context.newPage();
+  current = page;
+  page.on('pageerror', (e) => problems.push(`script error: ${e.message}`));
+  page.on('console', (m) => {
+    // A refused call (401 before sign-in, 4xx shown in the page) is logged by the browser
+    // itself; anything else is a fault of the page (a CSP violation, say).
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
+  page.on('dialog', (d) => d.accept());
+
+  const heading = (text) => page.getByRole('heading', { level: 1, name: text }).waitFor();
+
+  /** axe-core on the page as it is: no serious or critical violation. */
+  async function accessible(name) {
+    await page.evaluate(`${axeSource}\n;0`);
+    const found = await page.evaluate(async () => {
+      // eslint-disable-next-line no-undef
+      const r = await axe.run(document, { resultTypes: ['violations'] });
+      return r.violations
+        .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+        .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+    });
+    check(found.length === 0, `accessibility on ${name}: ${found.join('; ')}`);
+  }
+
+  async function shoot(name) {
+    if (!shots) return;
+    mkdirSync(shots, { recursive: true });
+    for (const [width, height] of [[1280, 900], [390, 844]]) {
+      await page.setViewportSize({ width, height });
+      await page.screenshot({ path: `${shots}/${name}-${width}.png`, fullPage: true });
+    }
+    await page.setViewportSize({ width: 1280, height: 900 });
+  }
+
+  // Sign-in: a wrong key is refused next to the field; the right one signs in.
+  await page.goto(`${base}/console/`);
+  await heading('Sign in to wharf');
+  await accessible('sign-in');
+  await shoot('sign-in');
+  await page.getByLabel('Administrator key').fill('wak_not-a-key');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#key-error', { hasText: 'unknown or revoked' }).waitFor();
+  await page.getByLabel('Administrator key').fill(ownerKey);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await heading('Registries');
+  const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
+  check(!stored.includes(ownerKey.slice(4)), 'the key is kept in web storage');
+
+  // A registry: the name rules are explained as it is typed; the API's refusal shows there too.
+  await page.getByLabel('Name', { exact: true }).fill('Alpha');
+  await page.locator('#registry-name-error', { hasText: 'is not allowed' }).waitFor();
+  await page.getByLabel('Name', { exact: true }).fill('default');
+  await page.getByRole('button', { name: 'Create registry' }).click();
+  await page.locator('#registry-name-error', { hasText: 'already exists' }).waitFor();
+  await page.getByLabel('Name', { exact: true }).fill('alpha');
+  await page.getByRole('button', { name: 'Create registry' }).click();
+  await heading('Registry alpha');
+  await accessible('registry');
+
+  // A token for CI: push needs pull; the one-time dialog gives the login line to copy.
+  await page.getByLabel('Token name').fill('ci-bot');
+  await page.locator('#scope-0-path').fill('team/*');
+  await page.locator('#scope-0-pull').uncheck();
+  await page.locator('#scope-0-push').check();
+  await page.getByRole('button', { name: 'Create token' }).click();
+  await page.locator('#token-scopes-error', { hasText: 'push needs pull' }).waitFor();
+  await page.locator('#scope-0-pull').check();
+  await page.getByRole('button', { name: 'Create token' }).click();
+  const dialog = page.getByRole('dialog', { name: 'Token ci-bot created' });
+  await dialog.waitFor();
+  await accessible('token secret dialog');
+  await shoot('token-secret');
+  await dialog.getByRole('button', { name: 'Copy docker login' }).click();
+  const login = await page.evaluate(() => navigator.clipboard.readText());
+  check(login === `docker login alpha${hostSuffix} -u ci-bot --password-stdin`, `copied login line: ${login}`);
+  await dialog.getByRole('button', { name: 'Copy Secret' }).click();
+  const secret = await page.evaluate(() => navigator.clipboard.readText());
+  check(secret.length > 20, 'the secret was copied');
+  const kube = await dialog.locator('pre').nth(3).textContent();
+  check(kube.includes('kubernetes.io/dockerconfigjson'), `Kubernetes Secret: ${kube}`);
+  await dialog.getByRole('button', { name: 'Done' }).click();
+  await page.waitForFunction(() => !document.querySelector('dialog'));
+  check((await page.content()).indexOf(secret) === -1, 'the secret is still on the page');
+
+  // Pushed with that token, the image shows up in its repository.
+  execFileSync('skopeo', [
+    'copy', '--all', '--dest-tls-verify=false', '--dest-creds', `ci-bot:${secret}`,
+    `oci:${image}:v1`, `docker://alpha${hostSuffix}/team/app:v1`,
+  ], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await page.reload();
+  await heading('Registry alpha');
+  await page.getByRole('link', { name: 'team/app' }).click();
+  await heading('team/app');
+  await page.getByRole('cell', { name: 'v1', exact: true }).waitFor();
+  await accessible('repository');
+  await shoot('repository');
+
+  // The token is deleted, then the registry, its name typed to confirm.
+  await page.getByRole('link', { name: 'alpha' }).click();
+  await heading('Registry alpha');
+  await shoot('registry');
+  await page.getByRole('button', { name: 'Delete ci-bot' }).click();
+  await page.getByText('No tokens yet.').waitFor();
+  const remove = page.getByRole('button', { name: 'Delete registry' });
+  check(await remove.isDisabled(), 'delete is enabled before the name is typed');
+  await page.getByLabel('Type alpha to confirm').fill('alpha');
+  await remove.click();
+  await heading('Registries');
+  check((await page.getByRole('link', { name: 'alpha' }).count()) === 0, 'alpha is still listed');
+  await shoot('registries');
+  await accessible('registries');
+
+  // A read-only key sees no create or delete; revoked, it is sent back to sign-in.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await heading('Sign in to wharf');
+  await page.getByLabel('Administrator key').fill(readKey);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await heading('Registries');
+  check((await page.getByRole('button', { name: 'Create registry' }).count()) === 0, 'a read key may create');
+  await page.getByRole('link', { name: 'default' }).click();
+  await heading('Registry default');
+  check((await page.getByRole('button', { name: /Delete|Create token/ }).count()) === 0, 'a read key sees delete or create buttons');
+  const revoked = await fetch(`${base}/api/v1/admin-keys/${readKeyId}`, {
+    method: 'DELETE',
+    headers: { Authorization: `Bearer ${ownerKey}` },
+  });
+  check(revoked.status === 204, `revoking the read key: ${revoked.status}`);
+  await page.getByRole('link', { name: 'Registries' }).first().click();
+  await heading('Sign in to wharf');
+  await page.locator('#key-error', { hasText: 'session ended' }).waitFor();
+
+  // The session lives in a cookie scripts cannot read, sent to this site only.
+  const cookies = await context.cookies(base);
+  const session = cookies.find((c) => c.name === 'wharf_console');
+  check(session && session.httpOnly && session.sameSite === 'Strict', `session cookie: ${JSON.stringify(session)}`);
+  check(problems.length === 0, problems.join('\n'));
+  console.log('console flows: ok');
+} catch (e) {
+  // What the page showed when the flow stopped says why.
+  const shown = current ? await current.locator('body').innerText().catch(() => '') : '';
+  console.error(`page at failure:\n${shown}\n`);
+  throw e;
+} finally {
+  await browser.close();
+}

@@ -5,6 +5,8 @@
 mod common;
 #[path = "console/console.rs"]
 mod console;
+#[path = "../crates/wharf-scan/tests/support/mod.rs"]
+mod support;
 
 use std::net::ToSocketAddrs;
 

@@ -5,6 +5,7 @@
 //
 // Environment: WHARF_URL (http://127.0.0.1:PORT), WHARF_KEY (an owner key), WHARF_READ_KEY and
 // WHARF_READ_KEY_ID (a registry:read key and its id), WHARF_IMAGE (an OCI layout tagged v1),
+// WHARF_ALPINE (an Alpine image with a vulnerable OpenSSL, its advisories imported),
 // WHARF_HOST_SUFFIX (e.g. .wharf.test:PORT), CHROMIUM, and SCREENSHOTS (a directory, optional).
 
 import { execFileSync } from 'node:child_process';
@@ -21,6 +22,7 @@ const ownerKey = env('WHARF_KEY');
 const readKey = env('WHARF_READ_KEY');
 const readKeyId = env('WHARF_READ_KEY_ID');
 const image = env('WHARF_IMAGE');
+const alpine = env('WHARF_ALPINE');
 const hostSuffix = env('WHARF_HOST_SUFFIX');
 const shots = process.env.SCREENSHOTS;
 const axeSource = readFileSync(new URL('./node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
@@ -62,6 +64,9 @@ try {
         .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
     });
     check(found.length === 0, `accessibility on ${name}: ${found.join('; ')}`);
+    const text = await page.locator('body').innerText();
+    const junk = text.match(/null|undefined|\[object |NaN/);
+    check(!junk, `${name} shows ${junk && junk[0]}`);
   }
 
   async function shoot(name) {
@@ -123,6 +128,13 @@ try {
   await dialog.getByRole('button', { name: 'Done' }).click();
   await page.waitForFunction(() => !document.querySelector('dialog'));
   check((await page.content()).indexOf(secret) === -1, 'the secret is still on the page');
+  // Scopes are added to a token and removed again.
+  await page.locator('summary', { hasText: 'Add a scope' }).first().click();
+  await page.getByLabel('New scope for ci-bot').fill('tools/*');
+  await page.getByRole('button', { name: 'Add', exact: true }).click();
+  await page.getByText('tools/* — pull').waitFor();
+  await page.getByRole('button', { name: 'Remove scope tools/* — pull from ci-bot' }).click();
+  await page.getByText('tools/* — pull').waitFor({ state: 'detached' });
 
   // Pushed with that token, the image shows up in its repository.
   execFileSync('skopeo', [
@@ -137,10 +149,88 @@ try {
   await accessible('repository');
   await shoot('repository');
 
-  // The token is deleted, then the registry, its name typed to confirm.
+  // Scanning on, a vulnerable image pushed: its findings, filters, details, the CVE search
+  // across the registry, the chart, and its SBOM.
   await page.getByRole('link', { name: 'alpha' }).click();
   await heading('Registry alpha');
+  await page.getByRole('button', { name: 'Turn scanning on' }).click();
+  await page.getByText('Scanning is on').waitFor();
+  execFileSync('skopeo', [
+    'copy', '--dest-tls-verify=false', '--dest-creds', `ci-bot:${secret}`,
+    `oci:${alpine}:v1`, `docker://alpha${hostSuffix}/team/base:v1`,
+  ], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const deadline = Date.now() + 60000;
+  for (;;) {
+    await page.reload();
+    await heading('Registry alpha');
+    const row = page.getByRole('row').filter({ has: page.getByRole('link', { name: 'team/base' }) });
+    const badge = await row.locator('.badge').textContent().catch(() => '');
+    if (badge && badge !== 'scan pending') break;
+    check(Date.now() < deadline, `team/base was not scanned: ${badge}`);
+    await page.waitForTimeout(500);
+  }
+  await page.getByRole('figure').filter({ hasText: 'Findings by severity' }).waitFor();
+  const samples = await page.getByRole('figure').filter({ hasText: 'Storage used' }).locator('tr').count();
+  check(samples >= 2, `storage over time has ${samples} samples`);
   await shoot('registry');
+  // An SBOM attached to the image (a referrer) is listed with it.
+  const attached = await fetch(`${base}/api/v1/registries/alpha/sboms`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${ownerKey}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ repository: 'team/base', reference: 'v1' }),
+  });
+  check(attached.status === 201, `attaching an SBOM: ${attached.status} ${await attached.text()}`);
+  await page.getByRole('link', { name: 'team/base' }).click();
+  await heading('team/base');
+  await page.getByRole('row').filter({ has: page.getByRole('cell', { name: 'v1', exact: true }) }).locator('a.mono').click();
+  await heading(/^team\/base@/);
+  await page.getByRole('link', { name: 'CVE-2023-0286' }).waitFor();
+  await page.getByRole('cell', { name: 'application/spdx+json' }).waitFor();
+  await page.getByLabel('Only fixable').check();
+  await page.getByRole('link', { name: 'CVE-2023-0286' }).waitFor();
+  await page.getByLabel('critical').check();
+  await page.getByText('No findings match.').waitFor();
+  await page.getByLabel('critical').uncheck();
+  await accessible('artifact');
+  await shoot('artifact');
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('button', { name: 'Download SBOM (SPDX)' }).click(),
+  ]);
+  check(download.suggestedFilename().endsWith('.spdx.json'), `SBOM file name: ${download.suggestedFilename()}`);
+  const sbom = JSON.parse(readFileSync(await download.path(), 'utf8'));
+  check(sbom.spdxVersion === 'SPDX-2.3' && sbom.packages.some((p) => p.name === 'libcrypto3'), 'the SBOM lists libcrypto3');
+  await page.getByRole('link', { name: 'CVE-2023-0286' }).first().click();
+  await heading('CVE-2023-0286');
+  await page.getByRole('link', { name: /^team\/base@/ }).waitFor();
+  await accessible('vulnerability');
+  await page.getByRole('link', { name: 'alpha' }).click();
+  await heading('Registry alpha');
+  await page.getByLabel('Find a vulnerability in this registry').fill('CVE-2023-0286');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await heading('CVE-2023-0286');
+  await page.getByRole('link', { name: /^team\/base@/ }).waitFor();
+
+  // Garbage collection on demand (a dry run), with its report; the audit log, filtered.
+  await page.getByRole('link', { name: 'alpha' }).click();
+  await heading('Registry alpha');
+  await page.getByLabel('Dry run (free nothing, list what would go)').check();
+  await page.getByRole('button', { name: 'Collect now' }).click();
+  await page.locator('#gc-report', { hasText: 'would free' }).waitFor();
+  await page.getByRole('link', { name: 'Audit log' }).click();
+  await heading('Audit log');
+  await page.getByRole('cell', { name: 'registry.create' }).first().waitFor();
+  await page.getByLabel('Action contains').fill('token');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.getByRole('cell', { name: 'token.create' }).first().waitFor();
+  check((await page.getByRole('cell', { name: 'registry.create' }).count()) === 0, 'the filter left other actions');
+  await accessible('audit log');
+  await shoot('audit');
+
+  // The token is deleted, then the registry, its name typed to confirm.
+  await page.getByRole('link', { name: 'Registries' }).first().click();
+  await page.getByRole('link', { name: 'alpha' }).click();
+  await heading('Registry alpha');
   await page.getByRole('button', { name: 'Delete ci-bot' }).click();
   await page.getByText('No tokens yet.').waitFor();
   const remove = page.getByRole('button', { name: 'Delete registry' });

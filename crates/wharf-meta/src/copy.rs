@@ -40,6 +40,7 @@ const TABLES: &[&str] = &[
     "cache_checks",
     "replication_rules",
     "replication_jobs",
+    "storage_samples",
 ];
 
 /// Tables whose `id` a counter hands out on PostgreSQL.

@@ -192,6 +192,55 @@ impl Meta {
         })
     }
 
+    /// Records every registry's storage (as [`Meta::registry_stats`] counts it) at `at`, the
+    /// start of a sampling interval; a registry sampled at `at` already keeps its sample (another
+    /// node took it). Returns how many samples were written.
+    pub async fn sample_storage(&self, at: i64) -> Result<u64> {
+        let taken = sqlx::query("SELECT 1 AS found FROM storage_samples WHERE at = $1 LIMIT 1")
+            .bind(at)
+            .fetch_optional(&self.read)
+            .await?;
+        if taken.is_some() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "INSERT INTO storage_samples (registry_id, at, bytes) \
+             SELECT g.id, $1, CAST( \
+               (SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN \
+                  (SELECT rb.digest FROM repository_blobs rb \
+                   JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = g.id)) \
+               + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m \
+                  JOIN repositories r ON r.id = m.repository_id WHERE r.registry_id = g.id) \
+             AS BIGINT) FROM registries g WHERE 1 = 1 \
+             ON CONFLICT (registry_id, at) DO NOTHING",
+        )
+        .bind(at)
+        .execute(&self.write)
+        .await?;
+        // (`WHERE 1 = 1`: without it SQLite reads ON CONFLICT as the join's ON.)
+        // A year and a month of history is kept.
+        sqlx::query("DELETE FROM storage_samples WHERE at < $1")
+            .bind(at - 400 * 24 * 3600 * 1000)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A registry's storage samples since `since` (milliseconds), oldest first: (at, bytes).
+    pub async fn storage_history(&self, registry_id: i64, since: i64) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT at, bytes FROM storage_samples WHERE registry_id = $1 AND at >= $2 \
+             ORDER BY at",
+        )
+        .bind(registry_id)
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at")?, r.try_get("bytes")?)))
+            .collect()
+    }
+
     /// Applies `changes` (the fields that are `Some`) in one statement.
     pub async fn update_registry(&self, id: i64, changes: &RegistryChanges<'_>) -> Result<()> {
         enum Value<'v> {

@@ -1393,3 +1393,35 @@ async fn scans_are_claimed_once_and_rematched_when_the_database_changes() {
     }
     finish(stores).await;
 }
+
+#[tokio::test]
+async fn storage_is_sampled_once_per_interval_per_registry() {
+    use crate::NewRegistry;
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m
+            .create_registry(&NewRegistry {
+                name: "alpha",
+                location: "eu",
+                scanning: false,
+                gc_schedule: None,
+            })
+            .await
+            .unwrap();
+        let hour = 3_600_000;
+        assert_eq!(m.sample_storage(10 * hour).await.unwrap(), 1);
+        // Another node in the same interval finds it taken.
+        assert_eq!(m.sample_storage(10 * hour).await.unwrap(), 0);
+        m.pin_and_commit(r.id, "app", "sha256:aa", 1000, None)
+            .await
+            .unwrap();
+        assert_eq!(m.sample_storage(11 * hour).await.unwrap(), 1);
+        assert_eq!(
+            m.storage_history(r.id, 0).await.unwrap(),
+            vec![(10 * hour, 0), (11 * hour, 1000)]
+        );
+        assert_eq!(m.storage_history(r.id, 11 * hour).await.unwrap().len(), 1);
+    }
+    finish(stores).await;
+}

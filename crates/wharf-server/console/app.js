@@ -54,11 +54,16 @@ function h(tag, attrs, ...children) {
     else if (k === 'class') el.className = v;
     else el.setAttribute(k, v === true ? '' : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : String(c));
   }
   return el;
+}
+
+/** Replaces the page's content; absent parts (null, false) are left out. */
+function show(...parts) {
+  main.replaceChildren(...parts.flat(Infinity).filter((p) => p !== null && p !== undefined && p !== false));
 }
 
 const can = (permission) =>
@@ -207,7 +212,7 @@ function signIn(message) {
     key.el,
     h('button', { type: 'submit' }, 'Sign in'),
   );
-  main.replaceChildren(h('h1', {}, 'Sign in to wharf'), form);
+  show(h('h1', {}, 'Sign in to wharf'), form);
   key.input.focus();
 }
 
@@ -251,7 +256,7 @@ async function registriesView() {
     r.scanning ? 'on' : 'off',
     gcText(r),
   ]);
-  main.replaceChildren(
+  show(
     h('h1', {}, 'Registries'),
     table(
       ['Name', 'Location', 'Storage', 'Repositories', 'Artifacts', 'Scanning', 'Garbage collection'],
@@ -323,10 +328,11 @@ function scopeText(s) {
 
 async function registryView(name) {
   const base = `/api/v1/registries/${enc(name)}`;
-  const [r, repos, tokens] = await Promise.all([
+  const [r, repos, tokens, storage] = await Promise.all([
     api('GET', base),
     api('GET', `${base}/repositories?limit=100`),
     api('GET', `${base}/tokens?limit=100`),
+    api('GET', `${base}/storage?days=30`),
   ]);
   const refresh = () => registryView(name);
   const props = h(
@@ -367,7 +373,21 @@ async function registryView(name) {
   ]);
   const tokenRows = tokens.items.map((t) => [
     t.name,
-    h('ul', { class: 'plain' }, t.scopes.map((s) => h('li', {}, scopeText(s)))),
+    h('div', {},
+      h('ul', { class: 'plain' }, t.scopes.map((s) => h('li', {}, scopeText(s), ' ',
+        can('registry:write') && t.scopes.length > 1
+          ? h('button', {
+              type: 'button',
+              class: 'link',
+              'aria-label': `Remove scope ${scopeText(s)} from ${t.name}`,
+              onclick: act(async () => {
+                await api('DELETE', `${base}/tokens/${enc(t.name)}/scopes/${s.id}`);
+                say(`Scope removed from ${t.name}`);
+                await refresh();
+              }),
+            }, 'remove')
+          : null))),
+      can('registry:write') ? addScopeForm(base, t, refresh) : null),
     when(t.expires_at),
     t.enabled ? 'enabled' : 'disabled',
     can('registry:write')
@@ -404,16 +424,394 @@ async function registryView(name) {
         )
       : '',
   ]);
-  main.replaceChildren(
+  const maintenance =
+    can('registry:write')
+      ? h(
+          'button',
+          {
+            type: 'button',
+            class: 'secondary',
+            onclick: act(async () => {
+              await api('PATCH', base, { read_only: !r.read_only });
+              say(r.read_only ? 'Maintenance ended' : 'Read-only for maintenance');
+              await refresh();
+            }),
+          },
+          r.read_only ? 'End maintenance' : 'Start maintenance (read-only)',
+        )
+      : null;
+  show(
     h('p', { class: 'crumbs' }, h('a', { href: '#/registries' }, 'Registries'), ' / ', name),
     h('h1', {}, `Registry ${name}`),
-    h('section', { class: 'panel', 'aria-label': 'Properties' }, props, scanSwitch),
+    h('section', { class: 'panel', 'aria-label': 'Properties' }, props, h('div', { class: 'actions' }, scanSwitch, maintenance)),
+    storageChart(storage),
+    cveSearch(name),
     h('h2', {}, 'Repositories'),
     table(['Repository', 'Artifacts', 'Tags', 'Storage', 'Latest artifact'], repoRows, 'Nothing pushed yet.'),
+    findingsChart(repos.items),
     h('h2', {}, 'Tokens'),
     table(['Name', 'Scopes', 'Expires', 'State', 'Actions'], tokenRows, 'No tokens yet.'),
     can('registry:write') ? createTokenForm(r, refresh) : null,
+    await gcSection(r, refresh),
+    await upstreamsSection(name, refresh),
     can('registry:delete') ? deleteRegistryForm(name) : null,
+  );
+}
+
+// --- Vulnerabilities ---
+
+const SEVERITIES = ['critical', 'high', 'medium', 'low', 'none', 'unknown'];
+
+/** An SVG element (charts are drawn by hand: a few shapes, no library). */
+function svg(tag, attrs, ...kids) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...kids);
+  return el;
+}
+
+/** The registry's storage over the last 30 days as a line, with its samples as a table. */
+function storageChart(history) {
+  const points = history.samples.map((p) => ({ t: Date.parse(p.at), bytes: p.bytes }));
+  const width = 640;
+  const height = 180;
+  const left = 70;
+  const bottom = 24;
+  const t0 = points[0].t;
+  const t1 = Math.max(points[points.length - 1].t, t0 + 1);
+  const most = Math.max(1, ...points.map((p) => p.bytes));
+  const x = (t) => left + ((width - left - 10) * (t - t0)) / (t1 - t0);
+  const y = (b) => height - bottom - ((height - bottom - 10) * b) / most;
+  const path = points.map((p, i) => `${i ? 'L' : 'M'}${x(p.t).toFixed(1)},${y(p.bytes).toFixed(1)}`).join(' ');
+  const day = (t) => new Date(t).toISOString().slice(0, 10);
+  const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-labelledby': 'storage-title', class: 'chart' },
+    svg('title', { id: 'storage-title' }, `Storage used, ${day(t0)} to ${day(t1)}: now ${bytes(points[points.length - 1].bytes)}`),
+    svg('line', { x1: left, y1: height - bottom, x2: width - 10, y2: height - bottom, stroke: '#4a5561' }),
+    svg('line', { x1: left, y1: 10, x2: left, y2: height - bottom, stroke: '#4a5561' }),
+    svg('text', { x: left - 6, y: 16, 'text-anchor': 'end', 'font-size': 12, fill: '#17202a' }, bytes(most)),
+    svg('text', { x: left - 6, y: height - bottom, 'text-anchor': 'end', 'font-size': 12, fill: '#17202a' }, '0'),
+    svg('text', { x: left, y: height - 6, 'font-size': 12, fill: '#17202a' }, day(t0)),
+    svg('text', { x: width - 10, y: height - 6, 'text-anchor': 'end', 'font-size': 12, fill: '#17202a' }, day(t1)),
+    svg('path', { d: path, fill: 'none', stroke: '#0b5cad', 'stroke-width': 2 }),
+    points.length === 1 ? svg('circle', { cx: x(points[0].t), cy: y(points[0].bytes), r: 3, fill: '#0b5cad' }) : '');
+  const list = h('table', { class: 'sr-only' }, h('caption', {}, 'Storage samples'),
+    points.map((p) => h('tr', {}, h('th', { scope: 'row' }, new Date(p.t).toISOString()), h('td', {}, bytes(p.bytes)))));
+  return h('figure', { class: 'panel' }, h('figcaption', {}, h('strong', {}, 'Storage used'), ' over the last 30 days'), chart, list);
+}
+
+/** Findings by severity of each repository's latest artifact, as horizontal stacked bars. */
+function findingsChart(repos) {
+  const data = repos
+    .filter((p) => p.latest_artifact && p.latest_artifact.scan && p.latest_artifact.scan.status === 'scanned')
+    .map((p) => ({ name: p.name, counts: p.latest_artifact.scan.summary || {} }));
+  if (!data.length) return null;
+  const total = (d) => SEVERITIES.reduce((n, s) => n + (d.counts[s] || 0), 0);
+  const most = Math.max(1, ...data.map(total));
+  const colors = { critical: '#7a0a0a', high: '#a61b1b', medium: '#8a4b00', low: '#35586e', none: '#17663a', unknown: '#4a5561' };
+  const rowH = 26;
+  const width = 640;
+  const label = 200;
+  const chart = svg('svg', { viewBox: `0 0 ${width} ${data.length * rowH + 4}`, role: 'img', 'aria-labelledby': 'findings-title', class: 'chart' },
+    svg('title', { id: 'findings-title' }, 'Findings by severity of each repository\'s latest artifact'));
+  data.forEach((d, i) => {
+    const y = i * rowH + 2;
+    chart.append(svg('text', { x: 0, y: y + 16, 'font-size': 13, fill: '#17202a' }, d.name.length > 26 ? `${d.name.slice(0, 25)}…` : d.name));
+    let x = label;
+    for (const sev of SEVERITIES) {
+      const n = d.counts[sev] || 0;
+      if (!n) continue;
+      const w = Math.max(2, ((width - label - 60) * n) / most);
+      chart.append(svg('rect', { x, y: y + 3, width: w, height: rowH - 8, fill: colors[sev] }, svg('title', {}, `${sev}: ${n}`)));
+      x += w;
+    }
+    chart.append(svg('text', { x: x + 6, y: y + 16, 'font-size': 13, fill: '#17202a' }, String(total(d))));
+  });
+  const legend = h('ul', { class: 'legend' }, SEVERITIES.map((s) => h('li', {}, h('span', { class: `badge ${s}` }, s))));
+  const list = h('table', { class: 'sr-only' }, h('caption', {}, 'Findings by severity'),
+    h('tr', {}, h('th', { scope: 'col' }, 'Repository'), SEVERITIES.map((s) => h('th', { scope: 'col' }, s))),
+    data.map((d) => h('tr', {}, h('th', { scope: 'row' }, d.name), SEVERITIES.map((s) => h('td', {}, d.counts[s] || 0)))));
+  return h('figure', { class: 'panel' }, h('figcaption', {}, h('strong', {}, 'Findings by severity'), ' (latest artifact of each repository)'), chart, legend, list);
+}
+
+function cveSearch(name) {
+  const id = field('cve-id', 'Find a vulnerability in this registry', h('input', { type: 'text', placeholder: 'CVE-2024-3094', autocomplete: 'off' }), 'A CVE, GHSA or distribution advisory ID.');
+  const form = h('form', {
+    class: 'inline',
+    role: 'search',
+    onsubmit: (e) => {
+      e.preventDefault();
+      const v = id.input.value.trim();
+      if (!v || /\s/.test(v)) {
+        id.error.textContent = 'Give one ID, such as CVE-2024-3094.';
+        return;
+      }
+      location.hash = `#/r/${enc(name)}/cve/${enc(v)}`;
+    },
+  }, id.el, h('button', { type: 'submit' }, 'Search'));
+  return h('section', { class: 'panel', 'aria-label': 'Vulnerability search' }, form);
+}
+
+async function cveView(name, id) {
+  const base = `/api/v1/registries/${enc(name)}`;
+  const [affected, details] = await Promise.all([
+    api('GET', `${base}/vulnerabilities/${enc(id)}?limit=100`),
+    api('GET', `/api/v1/vulnerabilities/${enc(id)}`).catch((x) => {
+      if (x instanceof SessionEnded) throw x;
+      return null;
+    }),
+  ]);
+  const rows = affected.items.map((a) => [
+    h('a', { href: `#/r/${enc(name)}/a/${encPath(a.repository)}/-/${enc(a.digest)}` }, `${a.repository}@${a.digest.slice(7, 19)}`),
+    a.package,
+    a.installed,
+    a.fixed || '—',
+    severityBadge({ status: 'scanned', highest_severity: a.severity }),
+  ]);
+  show(
+    h('p', { class: 'crumbs' }, h('a', { href: '#/registries' }, 'Registries'), ' / ', h('a', { href: `#/r/${enc(name)}` }, name), ' / ', id),
+    h('h1', {}, id),
+    details ? vulnerabilityDetails(details) : h('p', { class: 'muted' }, 'The vulnerability database has no details of this ID.'),
+    h('h2', {}, `Artifacts of ${name} it affects`),
+    table(['Artifact', 'Package', 'Installed', 'Fixed in', 'Severity'], rows, 'No artifact of this registry is affected.'),
+  );
+}
+
+function vulnerabilityDetails(v) {
+  return h('section', { class: 'panel', 'aria-label': 'Details' },
+    v.summary ? h('p', {}, h('strong', {}, v.summary)) : null,
+    v.description ? h('p', {}, v.description) : null,
+    h('dl', { class: 'props' },
+      h('dt', {}, 'Severity'), h('dd', {}, severityBadge({ status: 'scanned', highest_severity: v.severity }), v.score ? ` ${v.score}` : ''),
+      h('dt', {}, 'Also known as'), h('dd', {}, v.aliases.length ? v.aliases.join(', ') : '—'),
+      h('dt', {}, 'Published'), h('dd', {}, when(v.published)),
+      h('dt', {}, 'Scores'), h('dd', {}, v.scores.length ? h('ul', { class: 'plain' }, v.scores.map((s) => h('li', {}, `${s.source} CVSS ${s.version}: ${s.score ?? '—'} `, s.vector ? h('code', {}, s.vector) : null))) : '—'),
+      h('dt', {}, 'References'), h('dd', {}, v.references.length ? h('ul', { class: 'plain' }, v.references.slice(0, 10).map((u) => h('li', {}, /^https?:\/\//.test(u) ? h('a', { href: u, rel: 'noreferrer noopener', target: '_blank' }, u) : u))) : '—'),
+    ));
+}
+
+async function artifactView(name, repo, reference) {
+  const base = `/api/v1/registries/${enc(name)}/artifacts/${encPath(repo)}/-/${enc(reference)}`;
+  const a = await api('GET', base);
+  const isIndex = a.platforms && a.platforms.length > 0;
+  const platforms = isIndex
+    ? table(['Platform', 'Digest', 'Vulnerabilities'], a.platforms.map((p) => [
+        p.platform || '—',
+        h('a', { href: `#/r/${enc(name)}/a/${encPath(repo)}/-/${enc(p.digest)}`, class: 'mono' }, p.digest.slice(0, 19)),
+        severityBadge(p.scan),
+      ]), 'No platforms.')
+    : null;
+  const severity = h('fieldset', {}, h('legend', {}, 'Severity'), h('div', { class: 'checks' }, SEVERITIES.map((s) => [
+    h('input', { type: 'checkbox', id: `sev-${s}`, value: s }), h('label', { for: `sev-${s}` }, s)])));
+  const fixable = h('input', { type: 'checkbox', id: 'fixable' });
+  const findings = h('div', {});
+  const load = act(async () => {
+    const chosen = SEVERITIES.filter((s) => document.getElementById(`sev-${s}`).checked);
+    const q = new URLSearchParams({ limit: '100' });
+    if (chosen.length) q.set('severity', chosen.join(','));
+    if (fixable.checked) q.set('fixable', 'true');
+    const page = await api('GET', `${base}/vulnerabilities?${q}`);
+    findings.replaceChildren(table(['ID', 'Package', 'Installed', 'Fixed in', 'Severity', 'Score'], page.items.map((f) => [
+      h('a', { href: `#/r/${enc(name)}/cve/${enc(f.id)}` }, f.id),
+      f.package,
+      f.installed,
+      f.fixed || '—',
+      severityBadge({ status: 'scanned', highest_severity: f.severity }),
+      f.score ?? '—',
+    ]), a.scan.status === 'scanned' ? 'No findings match.' : `No findings: the scan is ${a.scan.status}${a.scan.reason ? ` (${a.scan.reason})` : ''}.`));
+  });
+  const sbom = (format) => act(async () => {
+    const r = await fetch(`${base}/sbom?format=${format}`, { headers: { 'X-Wharf-Console': '1' } });
+    if (!r.ok) {
+      const p = await r.json().catch(() => ({}));
+      throw new ApiError(r.status, p.detail || `HTTP ${r.status}`);
+    }
+    const url = URL.createObjectURL(await r.blob());
+    const link = h('a', { href: url, download: `${repo.replaceAll('/', '_')}-${a.digest.slice(7, 19)}.${format}.json` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  });
+  show(
+    h('p', { class: 'crumbs' }, h('a', { href: '#/registries' }, 'Registries'), ' / ', h('a', { href: `#/r/${enc(name)}` }, name), ' / ',
+      h('a', { href: `#/r/${enc(name)}/repo/${encPath(repo)}` }, repo), ' / ', reference.slice(0, 19)),
+    h('h1', {}, `${repo}@${a.digest.slice(7, 19)}`),
+    h('section', { class: 'panel', 'aria-label': 'Artifact' }, h('dl', { class: 'props' },
+      h('dt', {}, 'Digest'), h('dd', { class: 'mono' }, a.digest),
+      h('dt', {}, 'Type'), h('dd', {}, a.media_type),
+      h('dt', {}, 'Scan'), h('dd', {}, severityBadge(a.scan), a.scan.os ? ` ${a.scan.os}` : '', a.scan.packages ? `, ${a.scan.packages} packages` : ''),
+      h('dt', {}, 'Scanned'), h('dd', {}, when(a.scan.scanned_at))),
+      isIndex ? null : h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'secondary', onclick: sbom('spdx') }, 'Download SBOM (SPDX)'),
+        h('button', { type: 'button', class: 'secondary', onclick: sbom('cyclonedx') }, 'Download SBOM (CycloneDX)'))),
+    isIndex ? h('h2', {}, 'Platforms') : null,
+    platforms,
+    h('h2', {}, 'Referrers'),
+    table(['Kind', 'Digest', 'Size'], a.referrers.map((x) => [
+      x.artifact_type || x.media_type,
+      h('a', { href: `#/r/${enc(name)}/a/${encPath(repo)}/-/${enc(x.digest)}`, class: 'mono' }, x.digest.slice(0, 19)),
+      bytes(x.size),
+    ]), 'No signatures, SBOMs or other referrers.'),
+    h('h2', {}, 'Vulnerabilities'),
+    h('form', { class: 'inline', onchange: load, onsubmit: (e) => e.preventDefault() }, severity,
+      h('div', { class: 'checks' }, fixable, h('label', { for: 'fixable' }, 'Only fixable'))),
+    findings,
+  );
+  await load();
+}
+
+// --- Garbage collection ---
+
+const WEEKDAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'];
+
+function gcReport(run) {
+  if (run.status === 'failed') return `failed: ${run.error || 'unknown error'}`;
+  const what = `${run.manifests_freed} manifests, ${run.blobs_freed} blobs, ${bytes(run.bytes_freed)}`;
+  return `${run.dry_run ? 'would free' : 'freed'} ${what} in ${run.duration_seconds.toFixed(1)} s`;
+}
+
+async function gcSection(r, refresh) {
+  const base = `/api/v1/registries/${enc(r.name)}/gc`;
+  const runs = await api('GET', `${base}/runs?limit=10`);
+  const history = table(['Started', 'Cause', 'Status', 'Report'], runs.items.map((run) => [
+    when(run.started_at), run.dry_run ? `${run.cause} (dry run)` : run.cause, run.status, run.status === 'running' ? `phase ${run.phase || '…'}` : gcReport(run),
+  ]), 'No collection has run.', 'Recent runs');
+  if (!can('registry:write')) return h('section', { 'aria-labelledby': 'gc-title' }, h('h2', { id: 'gc-title' }, 'Garbage collection'), history);
+  const weekly = r.gc_schedule && r.gc_schedule.weekdays ? r.gc_schedule : null;
+  const days = h('fieldset', {}, h('legend', {}, 'Weekdays (UTC)'), h('div', { class: 'checks' }, WEEKDAYS.map((d) => [
+    h('input', { type: 'checkbox', id: `gc-${d}`, checked: !!(weekly && weekly.weekdays.includes(d)) }), h('label', { for: `gc-${d}` }, d)])));
+  const time = field('gc-time', 'Time (UTC)', h('input', { type: 'time', value: weekly ? weekly.time : '03:00' }));
+  const scheduleError = h('p', { class: 'error', role: 'alert', id: 'gc-schedule-error' });
+  const schedule = h('form', {
+    class: 'inline',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      scheduleError.textContent = '';
+      const chosen = WEEKDAYS.filter((d) => document.getElementById(`gc-${d}`).checked);
+      const body = { gc_schedule: chosen.length ? { weekdays: chosen, time: time.input.value } : null };
+      try {
+        await api('PATCH', `/api/v1/registries/${enc(r.name)}`, body);
+        say(chosen.length ? 'Schedule saved' : 'Schedule removed');
+        await refresh();
+      } catch (x) {
+        if (!(x instanceof SessionEnded)) scheduleError.textContent = x.message;
+      }
+    },
+  }, days, time.el, h('button', { type: 'submit' }, 'Save schedule'), scheduleError);
+  const dry = h('input', { type: 'checkbox', id: 'gc-dry' });
+  const report = h('p', { role: 'status', id: 'gc-report' });
+  const runNow = h('form', {
+    class: 'inline',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      report.textContent = 'Collecting…';
+      try {
+        let run = await api('POST', base, { dry_run: dry.checked });
+        while (run.status === 'running') {
+          await new Promise((res) => setTimeout(res, 500));
+          run = await api('GET', `${base}/runs/${run.id}`);
+          report.textContent = `Collecting… ${run.phase || ''}`;
+        }
+        report.textContent = `Run ${run.id} ${gcReport(run)}`;
+      } catch (x) {
+        if (!(x instanceof SessionEnded)) report.textContent = x.message;
+      }
+    },
+  }, h('div', { class: 'checks' }, dry, h('label', { for: 'gc-dry' }, 'Dry run (free nothing, list what would go)')), h('button', { type: 'submit' }, 'Collect now'));
+  return h('section', { class: 'panel', 'aria-labelledby': 'gc-title' }, h('h2', { id: 'gc-title' }, 'Garbage collection'), schedule, runNow, report, history);
+}
+
+// --- Upstreams, caches and replication ---
+
+async function upstreamsSection(name, refresh) {
+  const base = `/api/v1/registries/${enc(name)}`;
+  const [ups, caches, rules] = await Promise.all([
+    api('GET', `${base}/upstreams`),
+    api('GET', `${base}/caches`),
+    api('GET', `${base}/replications`),
+  ]);
+  const result = h('p', { role: 'status', id: 'upstream-test' });
+  const upRows = ups.items.map((u) => [
+    u.url, u.username, u.description || '—', when(u.secret_updated_at),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'secondary', onclick: act(async () => {
+        result.textContent = `Testing ${u.host}…`;
+        const t = await api('POST', `${base}/upstreams/${enc(u.host)}/test`, {});
+        result.textContent = `${u.host}: ${t.cause} — ${t.detail}`;
+      }) }, `Test ${u.host}`),
+      can('registry:write') ? h('button', { type: 'button', class: 'danger', onclick: act(async () => {
+        if (!window.confirm(`Delete the credentials for ${u.host}?`)) return;
+        await api('DELETE', `${base}/upstreams/${enc(u.host)}`);
+        say(`Upstream ${u.host} deleted`);
+        await refresh();
+      }) }, `Delete ${u.host}`) : null),
+  ]);
+  const cacheRows = caches.items.map((c) => [`${c.prefix}/`, c.upstream, c.upstream_prefix || '—', `${c.revalidate_secs} s`]);
+  const ruleRows = rules.items.map((r) => [
+    r.name, `${r.repositories}${r.tags ? ` : ${r.tags}` : ''}`, `${r.upstream} ${r.target}`, r.enabled ? 'on' : 'off',
+    `${r.status.pending} pending, ${r.status.succeeded} done, ${r.status.failed} failed`, r.status.last_error || '—',
+  ]);
+  let form = null;
+  if (can('registry:write')) {
+    const url = field('up-url', 'URL', h('input', { type: 'text', placeholder: 'https://registry.example.com', autocomplete: 'off' }));
+    const user = field('up-user', 'Username', h('input', { type: 'text', autocomplete: 'off' }));
+    const secret = field('up-secret', 'Password or token', h('input', { type: 'password', autocomplete: 'new-password' }), 'Stored sealed; never shown again.');
+    form = h('form', {
+      class: 'inline',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        for (const f of [url, user, secret]) f.error.textContent = '';
+        try {
+          await api('POST', `${base}/upstreams`, { url: url.input.value.trim(), username: user.input.value, secret: secret.input.value });
+          secret.input.value = '';
+          say('Upstream saved');
+          await refresh();
+        } catch (x) {
+          if (x instanceof SessionEnded) return;
+          const target = /secret/i.test(x.message) ? secret : /username/i.test(x.message) ? user : url;
+          target.error.textContent = x.message;
+        }
+      },
+    }, url.el, user.el, secret.el, h('button', { type: 'submit' }, 'Add upstream'));
+  }
+  return h('section', { class: 'panel', 'aria-labelledby': 'upstreams-title' },
+    h('h2', { id: 'upstreams-title' }, 'Upstream registries'),
+    table(['URL', 'Username', 'Description', 'Secret set', 'Actions'], upRows, 'No upstream credentials.'),
+    result,
+    form,
+    h('h3', {}, 'Pull-through caches'),
+    table(['Prefix', 'Upstream', 'Upstream prefix', 'Revalidate after'], cacheRows, 'No caches.'),
+    h('h3', {}, 'Replication'),
+    table(['Rule', 'Repositories : tags', 'To', 'Enabled', 'Copies', 'Last error'], ruleRows, 'No replication rules.'));
+}
+
+// --- Audit log ---
+
+async function auditView() {
+  const q = new URLSearchParams(location.hash.split('?')[1] || '');
+  const registry = field('audit-registry', 'Registry', h('input', { type: 'text', value: q.get('registry') || '', autocomplete: 'off' }));
+  const action = field('audit-action', 'Action contains', h('input', { type: 'text', value: q.get('action') || '', autocomplete: 'off' }));
+  const params = new URLSearchParams({ limit: '100' });
+  if (q.get('registry')) params.set('registry', q.get('registry'));
+  const page = await api('GET', `/api/v1/audit?${params}`);
+  const wanted = (q.get('action') || '').toLowerCase();
+  const rows = page.items
+    .filter((e) => !wanted || e.action.toLowerCase().includes(wanted))
+    .map((e) => [when(e.at), e.actor, e.action, e.registry || '—', e.repository || '—', e.detail ? h('code', {}, JSON.stringify(e.detail)) : '—']);
+  show(
+    h('h1', {}, 'Audit log'),
+    h('form', {
+      class: 'inline panel',
+      role: 'search',
+      onsubmit: (e) => {
+        e.preventDefault();
+        const next = new URLSearchParams();
+        if (registry.input.value.trim()) next.set('registry', registry.input.value.trim());
+        if (action.input.value.trim()) next.set('action', action.input.value.trim());
+        location.hash = `#/audit?${next}`;
+      },
+    }, registry.el, action.el, h('button', { type: 'submit' }, 'Filter')),
+    table(['When', 'Who', 'Action', 'Registry', 'Repository', 'Detail'], rows, 'No entries match.'),
   );
 }
 
@@ -443,6 +841,37 @@ function scopeRow(index) {
     return { type: 'repository', path: path.value.trim(), actions: chosen };
   };
   return row;
+}
+
+/** A scope added to an existing token: a repository pattern and its actions. */
+function addScopeForm(base, t, refresh) {
+  const id = `add-${t.name}`;
+  const path = h('input', { type: 'text', id: `${id}-path`, placeholder: 'team/*', autocomplete: 'off' });
+  const actions = ['pull', 'push', 'delete'].map((a) => [
+    h('input', { type: 'checkbox', id: `${id}-${a}`, checked: a === 'pull' }),
+    h('label', { for: `${id}-${a}` }, a),
+  ]);
+  const error = h('p', { class: 'error', role: 'alert', id: `${id}-error` });
+  const form = h('form', {
+    class: 'inline',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      error.textContent = '';
+      const chosen = ['pull', 'push', 'delete'].filter((a) => document.getElementById(`${id}-${a}`).checked);
+      try {
+        await api('POST', `${base}/tokens/${enc(t.name)}/scopes`, { type: 'repository', path: path.value.trim(), actions: chosen });
+        say(`Scope added to ${t.name}`);
+        await refresh();
+      } catch (x) {
+        if (!(x instanceof SessionEnded)) error.textContent = x.message;
+      }
+    },
+  },
+  h('div', { class: 'field' }, h('label', { for: `${id}-path` }, `New scope for ${t.name}`), path),
+  h('div', { class: 'checks' }, actions),
+  h('button', { type: 'submit', class: 'secondary' }, 'Add'),
+  error);
+  return h('details', {}, h('summary', {}, 'Add a scope'), form);
 }
 
 function createTokenForm(registry, refresh) {
@@ -555,14 +984,14 @@ async function repositoryView(name, repo) {
   const page = await api('GET', `/api/v1/registries/${enc(name)}/artifacts/${encPath(repo)}?limit=100`);
   const rows = page.items.map((a) => [
     a.tags.length ? a.tags.join(', ') : h('span', { class: 'muted' }, 'untagged'),
-    h('code', { title: a.digest }, a.digest.slice(0, 19)),
+    h('a', { href: `#/r/${enc(name)}/a/${encPath(repo)}/-/${enc(a.digest)}`, title: a.digest, class: 'mono' }, a.digest.slice(0, 19)),
     a.artifact_type || a.media_type.replace('application/vnd.', ''),
     bytes(a.size),
     when(a.pushed_at),
     when(a.pulled_at),
     severityBadge(a.scan),
   ]);
-  main.replaceChildren(
+  show(
     h('p', { class: 'crumbs' }, h('a', { href: '#/registries' }, 'Registries'), ' / ', h('a', { href: `#/r/${enc(name)}` }, name), ' / ', repo),
     h('h1', {}, repo),
     table(['Tags', 'Digest', 'Type', 'Size', 'Pushed', 'Pulled', 'Vulnerabilities'], rows, 'No artifacts.'),
@@ -573,8 +1002,11 @@ async function repositoryView(name, repo) {
 
 const routes = [
   [/^#\/registries$/, registriesView],
+  [/^#\/audit(?:\?.*)?$/, auditView],
   [/^#\/r\/([^/]+)$/, registryView],
   [/^#\/r\/([^/]+)\/repo\/(.+)$/, repositoryView],
+  [/^#\/r\/([^/]+)\/a\/(.+)\/-\/([^/]+)$/, artifactView],
+  [/^#\/r\/([^/]+)\/cve\/([^/]+)$/, cveView],
 ];
 
 async function route() {
@@ -595,7 +1027,7 @@ async function route() {
       await view(...m.slice(1).map(decodeURIComponent));
     } catch (x) {
       if (x instanceof SessionEnded) return;
-      main.replaceChildren(h('h1', {}, 'That did not work'), h('p', { class: 'error', role: 'alert' }, x.message));
+      show(h('h1', {}, 'That did not work'), h('p', { class: 'error', role: 'alert' }, x.message));
     }
     main.focus();
     return;

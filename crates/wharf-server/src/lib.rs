@@ -91,6 +91,8 @@ pub struct Settings {
     pub upstream_timeout: std::time::Duration,
     /// The wait before a failed replication's first retry; it doubles with each attempt.
     pub replication_backoff: std::time::Duration,
+    /// How often each registry's storage is sampled for the chart of storage over time.
+    pub storage_sample_interval: std::time::Duration,
     /// Where scheduled imports read vulnerability data from; none: imports are left to
     /// `wharf vulndb import`.
     pub vulndb_sources: Vec<vulndb::Source>,
@@ -121,6 +123,7 @@ impl Default for Settings {
             scan_timeout: std::time::Duration::from_secs(600),
             upstream_timeout: std::time::Duration::from_secs(30),
             replication_backoff: std::time::Duration::from_secs(10),
+            storage_sample_interval: std::time::Duration::from_secs(3600),
             scan_pause_file: None,
             vulndb_sources: Vec::new(),
             vulndb_interval: std::time::Duration::from_secs(6 * 3600),
@@ -649,6 +652,22 @@ pub async fn expire_tokens(state: Arc<AppState>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "expiring tokens failed"),
+        }
+    }
+}
+
+/// Samples every registry's storage once per interval (the console's chart of storage over
+/// time). Every node runs it; the first to sample an interval writes it, the others find it.
+pub async fn sample_storage(state: Arc<AppState>) {
+    let every = state.settings.storage_sample_interval;
+    let interval_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+    let mut tick = tokio::time::interval(every.min(std::time::Duration::from_secs(60)));
+    loop {
+        tick.tick().await;
+        let now = wharf_meta::now_millis();
+        let at = now - now % interval_ms;
+        if let Err(e) = state.meta.sample_storage(at).await {
+            tracing::warn!(error = %e, "sampling storage failed");
         }
     }
 }

@@ -155,6 +155,9 @@ pub struct ServeArgs {
     /// Tests only: the wait before a failed replication's first retry (it doubles each time).
     #[arg(long, hide = true, value_parser = duration)]
     replication_backoff: Option<Duration>,
+    /// Tests only: how often registries' storage is sampled (the console's chart) [default: 1h].
+    #[arg(long, hide = true, value_parser = duration)]
+    storage_sample_interval: Option<Duration>,
     /// Vulnerability data imported on a schedule: files, directories (as `wharf vulndb import`
     /// takes) and http(s) URLs of OSV dumps; comma-separated or repeated [default: none].
     #[arg(
@@ -322,6 +325,7 @@ pub struct Config {
     pub scan_pause_file: Option<PathBuf>,
     pub upstream_timeout: Duration,
     pub replication_backoff: Duration,
+    pub storage_sample_interval: Duration,
     pub vulndb_sources: Vec<String>,
     pub vulndb_interval: Duration,
 }
@@ -473,6 +477,9 @@ impl Config {
                 .or(file.upstream_timeout)
                 .unwrap_or(Duration::from_secs(30)),
             replication_backoff: args.replication_backoff.unwrap_or(Duration::from_secs(10)),
+            storage_sample_interval: args
+                .storage_sample_interval
+                .unwrap_or(Duration::from_secs(3600)),
             vulndb_sources: args
                 .vulndb_sources
                 .or(file.vulndb_sources)

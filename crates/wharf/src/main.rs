@@ -411,6 +411,7 @@ async fn run(config: Config) -> Result<(), String> {
             scan_pause_file: config.scan_pause_file.clone(),
             upstream_timeout: config.upstream_timeout,
             replication_backoff: config.replication_backoff,
+            storage_sample_interval: config.storage_sample_interval,
             vulndb_sources,
             vulndb_interval: config.vulndb_interval,
         },
@@ -427,6 +428,7 @@ async fn run(config: Config) -> Result<(), String> {
     tokio::spawn(wharf_server::schedule_gc(state.clone()));
     tokio::spawn(wharf_server::run_scan_workers(state.clone()));
     tokio::spawn(wharf_server::run_replication(state.clone()));
+    tokio::spawn(wharf_server::sample_storage(state.clone()));
     tokio::spawn(wharf_server::schedule_vulndb_imports(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)

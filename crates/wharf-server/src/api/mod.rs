@@ -54,7 +54,7 @@ pub const MAX_LIMIT: i64 = 100;
         vulndb::import, vulndb::details, sbom::export, sbom::attach,
         upstreams::list, upstreams::create, upstreams::show, upstreams::update,
         upstreams::remove, upstreams::test, caches::list, caches::create, caches::show,
-        caches::update, caches::remove, replication::list, replication::create,
+        caches::update, caches::remove, registries::storage_history, replication::list, replication::create,
         replication::show, replication::update, replication::remove, replication::history,
     ),
     components(schemas(Problem)),
@@ -221,6 +221,10 @@ pub fn router(state: &AppState) -> Router<Arc<AppState>> {
         .route(
             "/api/v1/registries/{name}/upstreams/{host}/test",
             axum::routing::post(upstreams::test),
+        )
+        .route(
+            "/api/v1/registries/{name}/storage",
+            get(registries::storage_history),
         )
         .route(
             "/api/v1/registries/{name}/replications",

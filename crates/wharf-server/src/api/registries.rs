@@ -782,3 +782,76 @@ mod tests {
         assert!(cron("*/15 2-4 1,15 * mon-fri").validate().is_ok());
     }
 }
+
+/// One sample of a registry's storage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageSample {
+    /// RFC 3339: the start of the sampling interval.
+    pub at: String,
+    pub bytes: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageHistory {
+    /// Oldest first, sampled every `interval_seconds`; the last is the storage now.
+    pub samples: Vec<StorageSample>,
+    pub interval_seconds: u64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// How many days back, 1–400 (default 30).
+    #[param(minimum = 1, maximum = 400)]
+    pub days: Option<i64>,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/registries/{name}/storage", tag = "registries",
+    params(("name" = String, Path, description = "Registry name"), HistoryQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = StorageHistory),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+/// The registry's storage over time, as sampled, ending with the storage now.
+pub async fn storage_history(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<StorageHistory>, Problem> {
+    admin.require(Permission::RegistryRead)?;
+    let days = q.days.unwrap_or(30);
+    if !(1..=400).contains(&days) {
+        return Err(Problem::bad_request(format!(
+            "days must be between 1 and 400, not {days}"
+        )));
+    }
+    let registry = find(&state, &name).await?;
+    let now = wharf_meta::now_millis();
+    let since = now - days * 24 * 3600 * 1000;
+    let mut samples: Vec<StorageSample> = state
+        .meta
+        .storage_history(registry.id, since)
+        .await?
+        .into_iter()
+        .map(|(at, bytes)| StorageSample {
+            at: rfc3339(at),
+            bytes,
+        })
+        .collect();
+    samples.push(StorageSample {
+        at: rfc3339(now),
+        bytes: state.meta.registry_stats(registry.id).await?.storage_bytes,
+    });
+    Ok(Json(StorageHistory {
+        samples,
+        interval_seconds: state.settings.storage_sample_interval.as_secs(),
+    }))
+}

@@ -138,6 +138,18 @@ pub struct ArtifactView {
     /// For an index: its images, each with its scan.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<PlatformView>,
+    /// Manifests whose subject it is: signatures, SBOMs, attestations.
+    pub referrers: Vec<ReferrerView>,
+}
+
+/// A manifest that refers to an artifact (its subject).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReferrerView {
+    pub digest: String,
+    pub media_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub size: i64,
 }
 
 /// A vulnerability found in a package of an image.
@@ -426,12 +438,30 @@ async fn artifact(
             .collect();
         (combined, platforms)
     };
+    let referrers = state
+        .meta
+        .referrers(
+            t.registry.id,
+            t.repository.as_str(),
+            &t.manifest.digest,
+            None,
+        )
+        .await?
+        .into_iter()
+        .map(|r| ReferrerView {
+            digest: r.digest,
+            media_type: r.media_type,
+            artifact_type: r.artifact_type,
+            size: r.size,
+        })
+        .collect();
     Ok(Json(ArtifactView {
         repository: t.repository.as_str().to_string(),
         digest: t.manifest.digest.clone(),
         media_type: t.manifest.media_type.clone(),
         scan,
         platforms,
+        referrers,
     }))
 }
 

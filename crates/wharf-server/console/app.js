@@ -723,6 +723,30 @@ async function gcSection(r, refresh) {
 
 // --- Upstreams, caches and replication ---
 
+/** Replaces an upstream's secret at once (rotation). */
+function rotateSecretForm(base, u, refresh) {
+  const id = `rotate-${u.host.replace(/[^a-z0-9]/g, '-')}`;
+  const input = h('input', { type: 'password', id, autocomplete: 'new-password' });
+  const error = h('p', { class: 'error', role: 'alert', id: `${id}-error` });
+  const form = h('form', {
+    class: 'inline',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      error.textContent = '';
+      try {
+        await api('PATCH', `${base}/upstreams/${enc(u.host)}`, { secret: input.value });
+        input.value = '';
+        say(`Secret of ${u.host} replaced`);
+        await refresh();
+      } catch (x) {
+        if (!(x instanceof SessionEnded)) error.textContent = x.message;
+      }
+    },
+  }, h('div', { class: 'field' }, h('label', { for: id }, `New secret for ${u.host}`), input),
+  h('button', { type: 'submit', class: 'secondary' }, 'Replace'), error);
+  return h('details', {}, h('summary', {}, 'Replace secret'), form);
+}
+
 async function upstreamsSection(name, refresh) {
   const base = `/api/v1/registries/${enc(name)}`;
   const [ups, caches, rules] = await Promise.all([
@@ -739,6 +763,7 @@ async function upstreamsSection(name, refresh) {
         const t = await api('POST', `${base}/upstreams/${enc(u.host)}/test`, {});
         result.textContent = `${u.host}: ${t.cause} — ${t.detail}`;
       }) }, `Test ${u.host}`),
+      can('registry:write') ? rotateSecretForm(base, u, refresh) : null,
       can('registry:write') ? h('button', { type: 'button', class: 'danger', onclick: act(async () => {
         if (!window.confirm(`Delete the credentials for ${u.host}?`)) return;
         await api('DELETE', `${base}/upstreams/${enc(u.host)}`);

@@ -611,6 +611,19 @@ impl Client {
             table(value);
         }
     }
+
+    /// Prints a list (`items`) as JSON, or as a table of one `row` per item under `headers`.
+    pub(crate) fn print_items(
+        &self,
+        items: &Value,
+        headers: &[&str],
+        row: impl Fn(&Value) -> Vec<String>,
+    ) {
+        self.print(items, |items| {
+            let rows = items.as_array().into_iter().flatten().map(row).collect();
+            table(headers, rows);
+        });
+    }
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::admin::{confirm, encode, table, text, Client, Connection};
+use crate::admin::{confirm, encode, text, Client, Connection};
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -70,26 +70,18 @@ pub fn cache(conn: Connection, cmd: CacheCommand) -> Result<(), String> {
     match cmd {
         CacheCommand::List { registry } => {
             let r = client.call(Method::GET, &base(&registry), None)?;
-            let items = r["items"].clone();
-            client.print(&items, |items| {
-                let rows = items
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| {
-                        vec![
-                            format!("{}/", text(&c["prefix"])),
-                            text(&c["upstream"]),
-                            text(&c["upstream_prefix"]),
-                            revalidate(&c["revalidate_secs"]),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["PREFIX", "UPSTREAM", "UPSTREAM PREFIX", "REVALIDATE"],
-                    rows,
-                );
-            });
+            client.print_items(
+                &r["items"],
+                &["PREFIX", "UPSTREAM", "UPSTREAM PREFIX", "REVALIDATE"],
+                |c| {
+                    vec![
+                        format!("{}/", text(&c["prefix"])),
+                        text(&c["upstream"]),
+                        text(&c["upstream_prefix"]),
+                        revalidate(&c["revalidate_secs"]),
+                    ]
+                },
+            );
         }
         CacheCommand::Create {
             registry,

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::admin::{confirm, encode, table, text, Client, Connection};
+use crate::admin::{confirm, encode, text, Client, Connection};
 
 #[derive(Subcommand, Debug)]
 pub enum ReplicationCommand {
@@ -102,41 +102,33 @@ pub fn replication(conn: Connection, cmd: ReplicationCommand) -> Result<(), Stri
     match cmd {
         ReplicationCommand::List { registry } => {
             let r = client.call(Method::GET, &base(&registry), None)?;
-            let items = r["items"].clone();
-            client.print(&items, |items| {
-                let rows = items
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        let s = &r["status"];
-                        vec![
-                            text(&r["name"]),
-                            text(&r["repositories"]),
-                            text(&r["tags"]),
-                            format!("{} {}", text(&r["upstream"]), text(&r["target"])),
-                            if r["enabled"] == true { "yes" } else { "no" }.to_string(),
-                            format!(
-                                "{}/{}/{}",
-                                text(&s["pending"]),
-                                text(&s["succeeded"]),
-                                text(&s["failed"])
-                            ),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "NAME",
-                        "REPOSITORIES",
-                        "TAGS",
-                        "TO",
-                        "ENABLED",
-                        "PENDING/OK/FAILED",
-                    ],
-                    rows,
-                );
-            });
+            client.print_items(
+                &r["items"],
+                &[
+                    "NAME",
+                    "REPOSITORIES",
+                    "TAGS",
+                    "TO",
+                    "ENABLED",
+                    "PENDING/OK/FAILED",
+                ],
+                |r| {
+                    let s = &r["status"];
+                    vec![
+                        text(&r["name"]),
+                        text(&r["repositories"]),
+                        text(&r["tags"]),
+                        format!("{} {}", text(&r["upstream"]), text(&r["target"])),
+                        if r["enabled"] == true { "yes" } else { "no" }.to_string(),
+                        format!(
+                            "{}/{}/{}",
+                            text(&s["pending"]),
+                            text(&s["succeeded"]),
+                            text(&s["failed"])
+                        ),
+                    ]
+                },
+            );
         }
         ReplicationCommand::Create {
             registry,
@@ -226,31 +218,23 @@ pub fn replication(conn: Connection, cmd: ReplicationCommand) -> Result<(), Stri
                 &format!("{}/history?limit={limit}", one(&registry, &name)),
                 None,
             )?;
-            let items = r["items"].clone();
-            client.print(&items, |items| {
-                let rows = items
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|j| {
-                        let what = match j["tag"].as_str() {
-                            Some(t) => format!("{}:{t}", text(&j["repository"])),
-                            None => format!("{}@{}", text(&j["repository"]), text(&j["digest"])),
-                        };
-                        vec![
-                            text(&j["created_at"]),
-                            what,
-                            text(&j["status"]),
-                            text(&j["attempts"]),
-                            j["last_error"].as_str().unwrap_or("").to_string(),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["QUEUED", "IMAGE", "STATUS", "ATTEMPTS", "LAST ERROR"],
-                    rows,
-                );
-            });
+            client.print_items(
+                &r["items"],
+                &["QUEUED", "IMAGE", "STATUS", "ATTEMPTS", "LAST ERROR"],
+                |j| {
+                    let what = match j["tag"].as_str() {
+                        Some(t) => format!("{}:{t}", text(&j["repository"])),
+                        None => format!("{}@{}", text(&j["repository"]), text(&j["digest"])),
+                    };
+                    vec![
+                        text(&j["created_at"]),
+                        what,
+                        text(&j["status"]),
+                        text(&j["attempts"]),
+                        j["last_error"].as_str().unwrap_or("").to_string(),
+                    ]
+                },
+            );
         }
     }
     Ok(())

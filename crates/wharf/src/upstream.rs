@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::admin::{confirm, encode, table, text, Client, Connection};
+use crate::admin::{confirm, encode, text, Client, Connection};
 
 #[derive(Subcommand, Debug)]
 pub enum UpstreamCommand {
@@ -109,27 +109,19 @@ pub fn upstream(conn: Connection, cmd: UpstreamCommand) -> Result<(), String> {
     match cmd {
         UpstreamCommand::List { registry } => {
             let r = client.call(Method::GET, &base(&registry), None)?;
-            let items = r["items"].clone();
-            client.print(&items, |items| {
-                let rows = items
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|u| {
-                        vec![
-                            text(&u["host"]),
-                            text(&u["url"]),
-                            text(&u["username"]),
-                            text(&u["secret_updated_at"]),
-                            text(&u["description"]),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["HOST", "URL", "USERNAME", "SECRET SET", "DESCRIPTION"],
-                    rows,
-                );
-            });
+            client.print_items(
+                &r["items"],
+                &["HOST", "URL", "USERNAME", "SECRET SET", "DESCRIPTION"],
+                |u| {
+                    vec![
+                        text(&u["host"]),
+                        text(&u["url"]),
+                        text(&u["username"]),
+                        text(&u["secret_updated_at"]),
+                        text(&u["description"]),
+                    ]
+                },
+            );
         }
         UpstreamCommand::Create {
             registry,

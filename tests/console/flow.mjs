@@ -148,6 +148,14 @@ try {
   await page.getByRole('cell', { name: 'v1', exact: true }).waitFor();
   await accessible('repository');
   await shoot('repository');
+  // Made public, it is pulled without credentials; private again, it is not.
+  const tags = `http://alpha${hostSuffix}/v2/team/app/tags/list`;
+  check((await fetch(tags)).status === 401, 'a private repository answers anonymous pulls');
+  await page.getByRole('button', { name: 'Make public (anonymous pulls)' }).click();
+  await page.getByText('Public: anyone may pull it').waitFor();
+  check((await fetch(tags)).status === 200, 'a public repository refuses anonymous pulls');
+  await page.getByRole('button', { name: 'Make private' }).click();
+  await page.getByText('Private: pulls need a token.').waitFor();
 
   // Scanning on, a vulnerable image pushed: its findings, filters, details, the CVE search
   // across the registry, the chart, and its SBOM.
@@ -255,10 +263,16 @@ try {
   await accessible('audit log');
   await shoot('audit');
 
-  // The token is deleted, then the registry, its name typed to confirm.
+  // A repository is deleted; then the token, then the registry, its name typed to confirm.
   await page.getByRole('link', { name: 'Registries' }).first().click();
   await page.getByRole('link', { name: 'alpha' }).click();
   await heading('Registry alpha');
+  await page.getByRole('link', { name: 'team/app' }).click();
+  await heading('team/app');
+  await page.getByRole('button', { name: 'Delete repository' }).click();
+  await heading('Registry alpha');
+  await page.getByRole('link', { name: 'team/base' }).waitFor();
+  check((await page.getByRole('link', { name: 'team/app' }).count()) === 0, 'team/app is still listed');
   await page.getByRole('button', { name: 'Delete ci-bot' }).click();
   await page.getByText('No tokens yet.').waitFor();
   const remove = page.getByRole('button', { name: 'Delete registry' });

@@ -163,7 +163,11 @@ pub(super) async fn pull_through_cache(backend: Backend) {
     .await;
     assert_eq!(status, 409, "{problem}");
 
+    // The registry scans what it holds: cached images too, once their layers are here.
+    cli_ok(&s, &["registry", "update", "default", "--scanning"]);
+
     // Two first pulls at once: each gets the image, the upstream sends each piece once.
+    let logins_before = requests_logged(&up, "GET", "/auth/token");
     let from = format!("docker://{host}/hub/app:v1");
     let outs = [work.path().join("a"), work.path().join("b")];
     std::thread::scope(|scope| {
@@ -199,8 +203,43 @@ pub(super) async fn pull_through_cache(backend: Backend) {
         let want = usize::from(digest != sha256(&index));
         assert_eq!(fetched, want, "{digest} fetched {fetched} times");
     }
+    // One login served every fetch (the token flow's token is used again).
+    assert_eq!(
+        requests_logged(&up, "GET", "/auth/token") - logins_before,
+        1,
+        "logins"
+    );
     let audit = cli_ok(&s, &["audit", "--registry", "default", "--json"]);
     assert!(audit.contains("manifest.cache"), "{audit}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, artifact) = api(
+            &s,
+            reqwest::Method::GET,
+            "/api/v1/registries/default/artifacts/hub/app/-/v1",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{artifact}");
+        // The test's layers hold no packages: a scan that read them says so (one that could
+        // not read them would say that instead).
+        let reasons: Vec<&str> = artifact["platforms"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|p| p["scan"]["reason"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if reasons.len() == 2 && reasons.iter().all(|r| r.starts_with("no /etc/os-release")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cached images not scanned: {artifact}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // Pushes to a cached repository are refused; its content counts toward storage.
     let r = s

@@ -187,3 +187,33 @@ impl Meta {
         Ok(())
     }
 }
+
+impl Meta {
+    /// The manifests of a repository that reference blob `digest` and whose blobs are now all
+    /// in the repository: cached images this blob completed.
+    pub async fn manifests_completed_by(
+        &self,
+        registry_id: i64,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             JOIN manifest_references mr ON mr.manifest_id = m.id \
+             AND mr.kind = 'blob' AND mr.digest = $3 \
+             WHERE r.registry_id = $1 AND r.name = $2 AND NOT EXISTS ( \
+               SELECT 1 FROM manifest_references x WHERE x.manifest_id = m.id \
+               AND x.kind = 'blob' AND NOT EXISTS ( \
+                 SELECT 1 FROM repository_blobs rb \
+                 WHERE rb.repository_id = m.repository_id AND rb.digest = x.digest))",
+        )
+        .bind(registry_id)
+        .bind(repository)
+        .bind(digest)
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("digest")?))
+            .collect()
+    }
+}

@@ -346,6 +346,9 @@ async function registryView(name) {
     h('dt', {}, 'Scanning'), h('dd', {}, r.scanning ? 'on' : 'off'),
     h('dt', {}, 'Garbage collection'), h('dd', {}, gcText(r)),
     h('dt', {}, 'Maintenance'), h('dd', {}, r.read_only ? 'read-only' : 'no'),
+    h('dt', {}, 'Untagged manifests'), h('dd', {}, r.gc_untagged ? 'collected' : 'kept'),
+    h('dt', {}, 'Rate limit'), h('dd', {}, r.rate_limit === null ? 'server default' : r.rate_limit === 0 ? 'none' : `${r.rate_limit} requests/s per token`),
+    h('dt', {}, 'Keys'), h('dd', {}, r.own_key ? `its own master key (${r.own_key})` : "the instance's master key"),
     h('dt', {}, 'Created'), h('dd', {}, when(r.created_at)),
   );
   const scanSwitch =
@@ -1006,7 +1009,36 @@ function deleteRegistryForm(name) {
 // --- One repository ---
 
 async function repositoryView(name, repo) {
-  const page = await api('GET', `/api/v1/registries/${enc(name)}/artifacts/${encPath(repo)}?limit=100`);
+  const path = `/api/v1/registries/${enc(name)}/repositories/${encPath(repo)}`;
+  const [page, repos] = await Promise.all([
+    api('GET', `/api/v1/registries/${enc(name)}/artifacts/${encPath(repo)}?limit=100`),
+    api('GET', `/api/v1/registries/${enc(name)}/repositories?limit=100`),
+  ]);
+  const info = repos.items.find((p) => p.name === repo);
+  const controls = h('div', { class: 'actions' },
+    info && can('registry:write')
+      ? h('button', {
+          type: 'button',
+          class: 'secondary',
+          onclick: act(async () => {
+            await api('PATCH', path, { public: !info.public });
+            say(info.public ? `${repo} is private again` : `${repo} may be pulled by anyone`);
+            await repositoryView(name, repo);
+          }),
+        }, info.public ? 'Make private' : 'Make public (anonymous pulls)')
+      : null,
+    can('registry:delete')
+      ? h('button', {
+          type: 'button',
+          class: 'danger',
+          onclick: act(async () => {
+            if (!window.confirm(`Delete repository ${repo} with all its tags and manifests?`)) return;
+            await api('DELETE', path);
+            say(`Repository ${repo} deleted`);
+            location.hash = `#/r/${enc(name)}`;
+          }),
+        }, 'Delete repository')
+      : null);
   const rows = page.items.map((a) => [
     a.tags.length ? a.tags.join(', ') : h('span', { class: 'muted' }, 'untagged'),
     h('a', { href: `#/r/${enc(name)}/a/${encPath(repo)}/-/${enc(a.digest)}`, title: a.digest, class: 'mono' }, a.digest.slice(0, 19)),
@@ -1019,6 +1051,8 @@ async function repositoryView(name, repo) {
   show(
     h('p', { class: 'crumbs' }, h('a', { href: '#/registries' }, 'Registries'), ' / ', h('a', { href: `#/r/${enc(name)}` }, name), ' / ', repo),
     h('h1', {}, repo),
+    h('p', {}, info && info.public ? 'Public: anyone may pull it without credentials.' : 'Private: pulls need a token.'),
+    controls,
     table(['Tags', 'Digest', 'Type', 'Size', 'Pushed', 'Pulled', 'Vulnerabilities'], rows, 'No artifacts.'),
   );
 }

@@ -27,6 +27,10 @@ const MANIFEST_ACCEPT: [&str; 4] = [
     media::DOCKER_MANIFEST,
 ];
 
+/// How long a login to an upstream is used again: registries' tokens last a minute or more,
+/// and each login costs the upstream two requests.
+const LOGIN_REUSE: Duration = Duration::from_secs(50);
+
 /// A client that reads no chunk of a cached blob for this long is left behind; the blob is
 /// still stored for the next pull.
 const CLIENT_STALL: Duration = Duration::from_secs(60);
@@ -82,27 +86,59 @@ impl Upstream {
     /// Sends `method` to `path` (under `/v2/<remote>/`), logged in for pulls.
     async fn send(
         &self,
-        idle: Duration,
+        state: &AppState,
         method: reqwest::Method,
         path: &str,
     ) -> Result<reqwest::Response> {
         let credentials = self.opened.credentials();
-        let client = UpstreamClient::for_transfer(&credentials, idle).map_err(failed)?;
+        let client = UpstreamClient::for_transfer(&credentials, state.settings.upstream_timeout)
+            .map_err(failed)?;
         let scope = format!("repository:{}:pull", self.remote);
-        let auth = client.login(Some(&scope)).await.map_err(failed)?;
+        let key = format!("{}\n{}\n{scope}", self.url, self.opened.username);
+        let reusable = {
+            let logins = state
+                .upstream_logins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            logins
+                .get(&key)
+                .filter(|(_, at)| at.elapsed() < LOGIN_REUSE)
+                .map(|(auth, _)| auth.clone())
+        };
         let path = format!("/v2/{}/{path}", self.remote);
-        client
-            .request(method, &path, auth.as_deref())
-            .header(reqwest::header::ACCEPT, MANIFEST_ACCEPT.join(", "))
-            .send()
-            .await
-            .map_err(|e| {
-                ServiceError::Upstream(format!(
-                    "{} did not answer {path}: {}",
-                    self.url,
-                    upstream::error_chain(&e)
-                ))
-            })
+        let mut reused = reusable.is_some();
+        let mut auth = reusable.flatten();
+        loop {
+            if !reused {
+                auth = client.login(Some(&scope)).await.map_err(failed)?;
+                let mut logins = state
+                    .upstream_logins
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if logins.len() > 10_000 {
+                    logins.clear();
+                }
+                logins.insert(key.clone(), (auth.clone(), std::time::Instant::now()));
+            }
+            let r = client
+                .request(method.clone(), &path, auth.as_deref())
+                .header(reqwest::header::ACCEPT, MANIFEST_ACCEPT.join(", "))
+                .send()
+                .await
+                .map_err(|e| {
+                    ServiceError::Upstream(format!(
+                        "{} did not answer {path}: {}",
+                        self.url,
+                        upstream::error_chain(&e)
+                    ))
+                })?;
+            // A reused token the upstream no longer takes (expired early): log in again.
+            if reused && r.status() == reqwest::StatusCode::UNAUTHORIZED {
+                reused = false;
+                continue;
+            }
+            return Ok(r);
+        }
     }
 
     /// An answer no registry gives for content it has or lacks.
@@ -246,11 +282,10 @@ async fn fetch_manifest(
     known: Option<&str>,
 ) -> Result<Fetched> {
     let upstream = Upstream::of(state, scope, rule).await?;
-    let idle = state.settings.upstream_timeout;
     let path = format!("manifests/{reference}");
     let what = format!("manifest {reference}");
     if let Some(known) = known {
-        let r = upstream.send(idle, reqwest::Method::HEAD, &path).await?;
+        let r = upstream.send(state, reqwest::Method::HEAD, &path).await?;
         let said = r
             .headers()
             .get("docker-content-digest")
@@ -263,7 +298,7 @@ async fn fetch_manifest(
             _ => return Err(upstream.unexpected(&what, r).await),
         }
     }
-    let r = upstream.send(idle, reqwest::Method::GET, &path).await?;
+    let r = upstream.send(state, reqwest::Method::GET, &path).await?;
     match r.status().as_u16() {
         200 => {}
         404 => return Ok(Fetched::Missing),
@@ -350,6 +385,7 @@ pub(crate) enum BlobFetch {
 struct OwnedScope {
     registry_id: i64,
     key_id: Option<String>,
+    scanning: bool,
     repository: String,
     actor: String,
 }
@@ -359,7 +395,7 @@ impl OwnedScope {
         Scope {
             registry_id: self.registry_id,
             key_id: self.key_id.as_deref(),
-            scanning: false,
+            scanning: self.scanning,
             repository: &self.repository,
             actor: self.actor.clone(),
         }
@@ -379,6 +415,7 @@ pub(crate) async fn blob(
     let owned = OwnedScope {
         registry_id: scope.registry_id,
         key_id: scope.key_id.map(str::to_string),
+        scanning: scope.scanning,
         repository: scope.repository.to_string(),
         actor: scope.actor.clone(),
     };
@@ -411,9 +448,7 @@ async fn fetch_blob(
         }
         let upstream = Upstream::of(state, scope, rule).await?;
         let path = format!("blobs/{digest}");
-        let r = upstream
-            .send(state.settings.upstream_timeout, reqwest::Method::GET, &path)
-            .await?;
+        let r = upstream.send(state, reqwest::Method::GET, &path).await?;
         match r.status().as_u16() {
             200 => Ok(Some(Some(r))),
             404 => Ok(Some(None)),
@@ -475,6 +510,8 @@ async fn fetch_blob(
             crate::metrics::cache_fetch("blob", true);
             tracing::info!(repository = scope.repository, %digest, "blob cached from upstream");
             relay.finish().await;
+            drop(relay);
+            scan_completed(state, scope, digest).await;
         }
         Err(e) => {
             crate::metrics::cache_fetch("blob", false);
@@ -482,6 +519,26 @@ async fn fetch_blob(
                 "blob from upstream not stored");
             relay.fail(e.to_string()).await;
         }
+    }
+}
+
+/// Queues the scan of each cached image this blob completed: a cached manifest is stored before
+/// its layers, which arrive as they are pulled, so it is scanned once the last of them is here.
+async fn scan_completed(state: &AppState, scope: &Scope<'_>, digest: &Digest) {
+    if !scope.scanning {
+        return;
+    }
+    let complete = state
+        .meta
+        .manifests_completed_by(scope.registry_id, scope.repository, digest.as_str())
+        .await;
+    match complete {
+        Ok(images) => {
+            for image in images {
+                state.service().queue_scan(scope, &image).await;
+            }
+        }
+        Err(e) => tracing::warn!(%digest, error = %e, "cached images not queued for scanning"),
     }
 }
 
@@ -533,13 +590,7 @@ pub(crate) async fn blob_len(
 ) -> Result<Option<u64>> {
     let upstream = Upstream::of(state, scope, rule).await?;
     let path = format!("blobs/{digest}");
-    let r = upstream
-        .send(
-            state.settings.upstream_timeout,
-            reqwest::Method::HEAD,
-            &path,
-        )
-        .await?;
+    let r = upstream.send(state, reqwest::Method::HEAD, &path).await?;
     match r.status().as_u16() {
         200 => Ok(Some(r.content_length().unwrap_or(0))),
         404 => Ok(None),

@@ -238,6 +238,9 @@ impl Settings {
 type VerifiedSecrets =
     std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), std::time::Instant>>;
 
+type UpstreamLogins =
+    std::sync::Mutex<std::collections::HashMap<String, (Option<String>, std::time::Instant)>>;
+
 /// A registry's content store and sealing (its own, where it has a key of its own).
 pub(crate) type Scoped = (Arc<dyn BlobStore>, wharf_store::seal::Sealing);
 
@@ -281,6 +284,9 @@ pub struct AppState {
     pub(crate) upload_locks: locks::KeyedLocks,
     /// One fetch from an upstream at a time per content (pull-through caches).
     pub(crate) cache_locks: locks::KeyedLocks,
+    /// Logins to upstreams (the Authorization to send) by upstream, account and scope, with
+    /// when they were made: a cache reuses one for a while instead of logging in per request.
+    pub(crate) upstream_logins: UpstreamLogins,
     /// Registry name to id, briefly: every /v2/ request resolves its host to a registry.
     pub(crate) registry_ids:
         std::sync::Mutex<std::collections::HashMap<String, (RegistryRef, std::time::Instant)>>,
@@ -344,6 +350,7 @@ impl AppState {
             ),
             upload_locks: locks::KeyedLocks::default(),
             cache_locks: locks::KeyedLocks::default(),
+            upstream_logins: Default::default(),
             requests: Default::default(),
             scan_wakeup: Default::default(),
             vulndb_wakeup: Default::default(),

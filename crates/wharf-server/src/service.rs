@@ -643,7 +643,7 @@ impl Service<'_> {
     /// Queues a scan of a pushed image (its registry scans what is pushed). The push has
     /// happened: a failure here is logged, and switching scanning on again queues what was
     /// missed.
-    async fn queue_scan(&self, scope: &Scope<'_>, digest: &str) {
+    pub(crate) async fn queue_scan(&self, scope: &Scope<'_>, digest: &str) {
         if !wharf_meta::SCANNABLE_NAME.contains(&scope.repository.len()) {
             return;
         }

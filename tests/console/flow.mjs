@@ -64,6 +64,14 @@ try {
         .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
     });
     check(found.length === 0, `accessibility on ${name}: ${found.join('; ')}`);
+    // At a phone's width nothing is wider than the screen.
+    await page.setViewportSize({ width: 390, height: 844 });
+    const [wide, culprit] = await page.evaluate(() => {
+      const over = [...document.querySelectorAll('body *')].filter((el) => el.getBoundingClientRect().right > 391 || el.scrollWidth > el.clientWidth + 1).pop();
+      return [document.documentElement.scrollWidth, over ? `${over.tagName}.${over.className}: ${over.textContent.slice(0, 60)}` : ''];
+    });
+    await page.setViewportSize({ width: 1280, height: 900 });
+    check(wide <= 390, `${name} is ${wide} px wide at a phone's 390 px (${culprit})`);
     const text = await page.locator('body').innerText();
     const junk = text.match(/null|undefined|\[object |NaN/);
     check(!junk, `${name} shows ${junk && junk[0]}`);
@@ -247,8 +255,55 @@ try {
   await page.getByRole('button', { name: 'Replace', exact: true }).click();
   await page.getByText('Secret of 127.0.0.1:9 replaced').waitFor();
   check(!(await page.content()).includes('rotated-secret'), 'an upstream secret is on the page');
+  // A pull-through cache and a replication rule over it; refused input shows at its field;
+  // the upstream cannot go while they use it.
+  await page.getByLabel('Cache prefix').fill('hub');
+  await page.getByRole('button', { name: 'Add cache' }).click();
+  await page.getByRole('cell', { name: 'hub/', exact: true }).waitFor();
+  await page.getByLabel('Rule name').fill('releases');
+  await page.getByLabel('Repositories', { exact: true }).fill('team//x');
+  await page.getByRole('button', { name: 'Add rule' }).click();
+  await page.locator('#rule-repositories-error', { hasText: 'repositories' }).waitFor();
+  await page.getByLabel('Repositories', { exact: true }).fill('team/*');
+  await page.getByRole('button', { name: 'Add rule' }).click();
+  await page.getByRole('cell', { name: 'releases', exact: true }).waitFor();
+  await page.getByRole('button', { name: 'Delete 127.0.0.1:9' }).click();
+  await page.getByText(/is used by the cache hub\//).waitFor();
+  await page.getByRole('button', { name: 'Delete cache hub' }).click();
+  await page.getByText('No caches.').waitFor();
+  await page.getByRole('button', { name: 'Delete rule releases' }).click();
+  await page.getByText('No replication rules.').waitFor();
   await page.getByRole('button', { name: 'Delete 127.0.0.1:9' }).click();
   await page.getByText('No upstream credentials.').waitFor();
+
+  // Settings: a bad quota is refused at its field; a quota and a rate limit are saved.
+  await page.getByLabel('Storage quota (GiB, empty: none)').fill('-1');
+  await page.getByRole('button', { name: 'Save settings' }).click();
+  await page.locator('#set-quota-error', { hasText: 'positive number' }).waitFor();
+  await page.getByLabel('Storage quota (GiB, empty: none)').fill('10');
+  await page.getByLabel(/^Requests per second per token/).fill('100');
+  await page.getByRole('button', { name: 'Save settings' }).click();
+  await page.getByText('of 10.0 GiB').waitFor();
+  await page.getByText('100 requests/s per token').waitFor();
+
+  // The instance: its set-up, vulnerability data, a collection, administrator keys.
+  await page.getByRole('link', { name: 'System' }).click();
+  await heading('System');
+  await page.getByRole('cell', { name: 'alpine-secdb' }).first().waitFor();
+  await page.getByRole('button', { name: 'Collect now' }).click();
+  await page.locator('#instance-gc-report', { hasText: 'freed' }).waitFor();
+  await page.getByLabel('Key name').fill('ops-laptop');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const keyDialog = page.getByRole('dialog', { name: 'Key ops-laptop created' });
+  await keyDialog.waitFor();
+  await keyDialog.getByRole('button', { name: 'Done' }).click();
+  await page.getByRole('button', { name: 'Revoke ops-laptop' }).click();
+  await page.getByRole('cell', { name: /^revoked/ }).waitFor();
+  await accessible('system');
+  await shoot('system');
+  await page.getByRole('link', { name: 'Registries' }).first().click();
+  await page.getByRole('link', { name: 'alpha' }).click();
+  await heading('Registry alpha');
   await page.getByLabel('Dry run (free nothing, list what would go)').check();
   await page.getByRole('button', { name: 'Collect now' }).click();
   await page.locator('#gc-report', { hasText: 'would free' }).waitFor();

@@ -360,8 +360,8 @@ async function registryView(name) {
             class: 'secondary',
             onclick: act(async () => {
               await api('PATCH', base, { scanning: true });
-              say('Scanning is on; what was pushed before is being scanned');
               await refresh();
+              say('Scanning is on; what was pushed before is being scanned');
             }),
           },
           'Turn scanning on',
@@ -385,8 +385,8 @@ async function registryView(name) {
               'aria-label': `Remove scope ${scopeText(s)} from ${t.name}`,
               onclick: act(async () => {
                 await api('DELETE', `${base}/tokens/${enc(t.name)}/scopes/${s.id}`);
-                say(`Scope removed from ${t.name}`);
                 await refresh();
+                say(`Scope removed from ${t.name}`);
               }),
             }, 'remove')
           : null))),
@@ -404,8 +404,8 @@ async function registryView(name) {
               class: 'secondary',
               onclick: act(async () => {
                 await api('PATCH', `${base}/tokens/${enc(t.name)}`, { enabled: !t.enabled });
-                say(`Token ${t.name} ${t.enabled ? 'disabled' : 'enabled'}`);
                 await refresh();
+                say(`Token ${t.name} ${t.enabled ? 'disabled' : 'enabled'}`);
               }),
             },
             t.enabled ? `Disable ${t.name}` : `Enable ${t.name}`,
@@ -418,8 +418,8 @@ async function registryView(name) {
               onclick: act(async () => {
                 if (!window.confirm(`Delete token ${t.name}? Clients using it are refused at once.`)) return;
                 await api('DELETE', `${base}/tokens/${enc(t.name)}`);
-                say(`Token ${t.name} deleted`);
                 await refresh();
+                say(`Token ${t.name} deleted`);
               }),
             },
             `Delete ${t.name}`,
@@ -436,8 +436,8 @@ async function registryView(name) {
             class: 'secondary',
             onclick: act(async () => {
               await api('PATCH', base, { read_only: !r.read_only });
-              say(r.read_only ? 'Maintenance ended' : 'Read-only for maintenance');
               await refresh();
+              say(r.read_only ? 'Maintenance ended' : 'Read-only for maintenance');
             }),
           },
           r.read_only ? 'End maintenance' : 'Start maintenance (read-only)',
@@ -447,6 +447,7 @@ async function registryView(name) {
     h('p', { class: 'crumbs' }, h('a', { href: '#/registries' }, 'Registries'), ' / ', name),
     h('h1', {}, `Registry ${name}`),
     h('section', { class: 'panel', 'aria-label': 'Properties' }, props, h('div', { class: 'actions' }, scanSwitch, maintenance)),
+    can('registry:write') ? settingsForm(r, refresh) : null,
     storageChart(storage),
     cveSearch(name),
     h('h2', {}, 'Repositories'),
@@ -458,6 +459,130 @@ async function registryView(name) {
     await gcSection(r, refresh),
     await upstreamsSection(name, refresh),
     can('registry:delete') ? deleteRegistryForm(name) : null,
+  );
+}
+
+/** Quota, rate limit and untagged collection: the registry's settings that take a value. */
+function settingsForm(r, refresh) {
+  const gib = r.quota_bytes ? String(r.quota_bytes / 2 ** 30) : '';
+  const quota = field('set-quota', 'Storage quota (GiB, empty: none)', h('input', { type: 'text', inputmode: 'decimal', value: gib, autocomplete: 'off' }));
+  const rate = field('set-rate', 'Requests per second per token (empty: server default, 0: none)', h('input', { type: 'text', inputmode: 'numeric', value: r.rate_limit === null ? '' : String(r.rate_limit), autocomplete: 'off' }));
+  const untagged = h('input', { type: 'checkbox', id: 'set-untagged', checked: r.gc_untagged });
+  const form = h('form', {
+    class: 'inline',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      quota.error.textContent = '';
+      rate.error.textContent = '';
+      const q = quota.input.value.trim();
+      const n = rate.input.value.trim();
+      if (q && !(Number(q) > 0)) {
+        quota.error.textContent = 'A positive number of GiB, or empty for no quota.';
+        return quota.input.focus();
+      }
+      if (n && !/^\d+$/.test(n)) {
+        rate.error.textContent = 'A whole number, or empty for the server default.';
+        return rate.input.focus();
+      }
+      try {
+        await api('PATCH', `/api/v1/registries/${enc(r.name)}`, {
+          quota_bytes: q ? Math.round(Number(q) * 2 ** 30) : null,
+          rate_limit: n ? Number(n) : null,
+          gc_untagged: untagged.checked,
+        });
+        await refresh();
+        say('Settings saved');
+      } catch (x) {
+        if (x instanceof SessionEnded) return;
+        (/rate/i.test(x.message) ? rate : quota).error.textContent = x.message;
+      }
+    },
+  }, quota.el, rate.el, h('div', { class: 'checks' }, untagged, h('label', { for: 'set-untagged' }, 'Collect untagged manifests')),
+  h('button', { type: 'submit' }, 'Save settings'));
+  return h('section', { class: 'panel', 'aria-labelledby': 'settings-title' }, h('h2', { id: 'settings-title' }, 'Settings'), form);
+}
+
+// --- The instance ---
+
+async function systemView() {
+  const [sys, vulndb] = await Promise.all([api('GET', '/api/v1/system'), api('GET', '/api/v1/system/vulndb')]);
+  const keys = can('owner') ? await api('GET', '/api/v1/admin-keys?limit=100') : null;
+  const refresh = () => systemView();
+  const gcReportLine = h('p', { role: 'status', id: 'instance-gc-report' });
+  const keyRows = keys
+    ? keys.items.map((k) => [
+        k.name, h('code', {}, k.prefix), k.permissions.join(', '), when(k.created_at), k.revoked_at ? `revoked ${when(k.revoked_at)}` : 'active',
+        k.revoked_at ? '' : h('button', {
+          type: 'button',
+          class: 'danger',
+          onclick: act(async () => {
+            if (!window.confirm(`Revoke the key ${k.name}? Whoever uses it is refused at once.`)) return;
+            await api('DELETE', `/api/v1/admin-keys/${k.id}`);
+            await refresh();
+            say(`Key ${k.name} revoked`);
+          }),
+        }, `Revoke ${k.name}`),
+      ])
+    : [];
+  let newKey = null;
+  if (keys) {
+    const name = field('key-name', 'Key name', h('input', { type: 'text', autocomplete: 'off' }), 'Like a registry name, e.g. alice-laptop.');
+    const perms = ['registry:read', 'registry:write', 'registry:delete', 'owner'];
+    const boxes = h('fieldset', {}, h('legend', {}, 'Permissions'), h('div', { class: 'checks' }, perms.map((p) => [
+      h('input', { type: 'checkbox', id: `perm-${p.replace(':', '-')}`, value: p, checked: p === 'registry:read' }),
+      h('label', { for: `perm-${p.replace(':', '-')}` }, p)])));
+    newKey = h('form', {
+      class: 'inline',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        name.error.textContent = registryNameProblem(name.input.value);
+        if (name.error.textContent) return name.input.focus();
+        const chosen = perms.filter((p) => document.getElementById(`perm-${p.replace(':', '-')}`).checked);
+        try {
+          const k = await api('POST', '/api/v1/admin-keys', { name: name.input.value, permissions: chosen });
+          const dialog = h('dialog', { 'aria-labelledby': 'key-title' },
+            h('h2', { id: 'key-title' }, `Key ${k.name} created`),
+            h('p', {}, 'Copy it now: it is shown only this once.'),
+            copyable('Administrator key', k.secret),
+            h('button', { type: 'button', onclick: () => dialog.close() }, 'Done'));
+          dialog.addEventListener('close', () => {
+            dialog.remove();
+            refresh();
+          });
+          document.body.append(dialog);
+          dialog.showModal();
+        } catch (x) {
+          if (!(x instanceof SessionEnded)) name.error.textContent = x.message;
+        }
+      },
+    }, name.el, boxes, h('button', { type: 'submit' }, 'Create key'));
+  }
+  show(
+    h('h1', {}, 'System'),
+    h('section', { class: 'panel', 'aria-label': 'Instance' }, h('dl', { class: 'props' },
+      h('dt', {}, 'Version'), h('dd', {}, sys.version),
+      h('dt', {}, 'Storage'), h('dd', {}, `${sys.storage}, ${bytes(sys.stored_bytes)} stored`),
+      h('dt', {}, 'Encryption'), h('dd', {}, sys.encryption.enabled ? `on (master key ${sys.encryption.key_id}): ${sys.encryption.covers.join(', ')}` : 'off'),
+      h('dt', {}, 'Locations'), h('dd', {}, sys.locations.join(', ')),
+      h('dt', {}, 'Registry host names'), h('dd', { class: 'mono' }, `<name>.${sys.base_domain}`))),
+    h('h2', {}, 'Vulnerability data'),
+    h('p', {}, `${vulndb.advisories} advisories, ${vulndb.scores} scores; last changed ${when(vulndb.changed_at)}.`),
+    table(['Source', 'Kind', 'Records', 'Newest', 'Imported'], vulndb.sources.map((v) => [v.source, v.kind, v.records, when(v.newest), when(v.imported_at)]), 'Nothing imported yet: wharf vulndb import, or configure --vulndb-source.'),
+    can('registry:write') ? h('section', { class: 'panel', 'aria-labelledby': 'instance-gc' },
+      h('h2', { id: 'instance-gc' }, 'Garbage collection of the whole instance'),
+      h('p', {}, 'Frees what deleted registries and repositories left behind.'),
+      h('button', { type: 'button', onclick: act(async () => {
+        gcReportLine.textContent = 'Collecting…';
+        let run = await api('POST', '/api/v1/system/gc', { dry_run: false });
+        while (run.status === 'running') {
+          await new Promise((res) => setTimeout(res, 500));
+          run = await api('GET', `/api/v1/system/gc/runs/${run.id}`);
+        }
+        gcReportLine.textContent = `Run ${run.id} ${gcReport(run)}`;
+      }) }, 'Collect now'), gcReportLine) : null,
+    keys ? h('h2', {}, 'Administrator keys') : null,
+    keys ? table(['Name', 'Starts with', 'Permissions', 'Created', 'State', 'Actions'], keyRows, 'No keys.') : null,
+    newKey ? h('section', { class: 'panel', 'aria-label': 'New administrator key' }, newKey) : null,
   );
 }
 
@@ -694,8 +819,8 @@ async function gcSection(r, refresh) {
       const body = { gc_schedule: chosen.length ? { weekdays: chosen, time: time.input.value } : null };
       try {
         await api('PATCH', `/api/v1/registries/${enc(r.name)}`, body);
-        say(chosen.length ? 'Schedule saved' : 'Schedule removed');
         await refresh();
+        say(chosen.length ? 'Schedule saved' : 'Schedule removed');
       } catch (x) {
         if (!(x instanceof SessionEnded)) scheduleError.textContent = x.message;
       }
@@ -739,8 +864,8 @@ function rotateSecretForm(base, u, refresh) {
       try {
         await api('PATCH', `${base}/upstreams/${enc(u.host)}`, { secret: input.value });
         input.value = '';
-        say(`Secret of ${u.host} replaced`);
         await refresh();
+        say(`Secret of ${u.host} replaced`);
       } catch (x) {
         if (!(x instanceof SessionEnded)) error.textContent = x.message;
       }
@@ -770,14 +895,26 @@ async function upstreamsSection(name, refresh) {
       can('registry:write') ? h('button', { type: 'button', class: 'danger', onclick: act(async () => {
         if (!window.confirm(`Delete the credentials for ${u.host}?`)) return;
         await api('DELETE', `${base}/upstreams/${enc(u.host)}`);
-        say(`Upstream ${u.host} deleted`);
         await refresh();
+        say(`Upstream ${u.host} deleted`);
       }) }, `Delete ${u.host}`) : null),
   ]);
-  const cacheRows = caches.items.map((c) => [`${c.prefix}/`, c.upstream, c.upstream_prefix || '—', `${c.revalidate_secs} s`]);
+  const remove = (what, path, label) => (can('registry:write')
+    ? h('button', { type: 'button', class: 'danger', onclick: act(async () => {
+        if (!window.confirm(`Delete ${what}?`)) return;
+        await api('DELETE', path);
+        await refresh();
+        say(`${what} deleted`);
+      }) }, label)
+    : '');
+  const cacheRows = caches.items.map((c) => [
+    `${c.prefix}/`, c.upstream, c.upstream_prefix || '—', `${c.revalidate_secs} s`,
+    remove(`the cache ${c.prefix}/`, `${base}/caches/${enc(c.prefix)}`, `Delete cache ${c.prefix}`),
+  ]);
   const ruleRows = rules.items.map((r) => [
     r.name, `${r.repositories}${r.tags ? ` : ${r.tags}` : ''}`, `${r.upstream} ${r.target}`, r.enabled ? 'on' : 'off',
     `${r.status.pending} pending, ${r.status.succeeded} done, ${r.status.failed} failed`, r.status.last_error || '—',
+    remove(`the rule ${r.name}`, `${base}/replications/${enc(r.name)}`, `Delete rule ${r.name}`),
   ]);
   let form = null;
   if (can('registry:write')) {
@@ -792,8 +929,8 @@ async function upstreamsSection(name, refresh) {
         try {
           await api('POST', `${base}/upstreams`, { url: url.input.value.trim(), username: user.input.value, secret: secret.input.value });
           secret.input.value = '';
-          say('Upstream saved');
           await refresh();
+          say('Upstream saved');
         } catch (x) {
           if (x instanceof SessionEnded) return;
           const target = /secret/i.test(x.message) ? secret : /username/i.test(x.message) ? user : url;
@@ -808,9 +945,63 @@ async function upstreamsSection(name, refresh) {
     result,
     form,
     h('h3', {}, 'Pull-through caches'),
-    table(['Prefix', 'Upstream', 'Upstream prefix', 'Revalidate after'], cacheRows, 'No caches.'),
+    table(['Prefix', 'Upstream', 'Upstream prefix', 'Revalidate after', 'Actions'], cacheRows, 'No caches.'),
+    can('registry:write') && ups.items.length ? cacheForm(base, ups.items, refresh) : null,
     h('h3', {}, 'Replication'),
-    table(['Rule', 'Repositories : tags', 'To', 'Enabled', 'Copies', 'Last error'], ruleRows, 'No replication rules.'));
+    table(['Rule', 'Repositories : tags', 'To', 'Enabled', 'Copies', 'Last error', 'Actions'], ruleRows, 'No replication rules.'),
+    can('registry:write') && ups.items.length ? ruleForm(base, ups.items, refresh) : null);
+}
+
+/** One form's fields, errors under them, and a submit that sends their values to the API. */
+function apiForm(id, fields, submitLabel, send) {
+  const made = fields.map(([key, label, input, hint]) => ({ key, ...field(`${id}-${key}`, label, input, hint) }));
+  return h('form', {
+    class: 'inline',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      for (const f of made) f.error.textContent = '';
+      const values = Object.fromEntries(made.map((f) => [f.key, f.input.value.trim()]));
+      try {
+        await send(values);
+      } catch (x) {
+        if (x instanceof SessionEnded) return;
+        // The field the API's message names first (messages start with what they refuse).
+        const text = x.message.toLowerCase();
+        const at = (f) => Math.min(...[f.key, f.key.replace('_', ' ')].map((k) => text.indexOf(k)).filter((i) => i >= 0), Infinity);
+        const target = made.reduce((best, f) => (at(f) < at(best) ? f : best), made[0]);
+        target.error.textContent = x.message;
+      }
+    },
+  }, made.map((f) => f.el), h('button', { type: 'submit' }, submitLabel));
+}
+
+const upstreamSelect = (ups) => h('select', {}, ups.map((u) => h('option', { value: u.host }, u.host)));
+
+function cacheForm(base, ups, refresh) {
+  return apiForm('cache', [
+    ['prefix', 'Cache prefix', h('input', { type: 'text', placeholder: 'hub', autocomplete: 'off' })],
+    ['upstream', 'From', upstreamSelect(ups)],
+    ['upstream_prefix', 'Upstream prefix (optional)', h('input', { type: 'text', placeholder: 'library', autocomplete: 'off' })],
+    ['revalidate_secs', 'Revalidate tags after (s)', h('input', { type: 'text', inputmode: 'numeric', value: '300', autocomplete: 'off' })],
+  ], 'Add cache', async (v) => {
+    await api('POST', `${base}/caches`, { ...v, revalidate_secs: Number(v.revalidate_secs) });
+    await refresh();
+    say(`${v.prefix}/ now caches ${v.upstream}`);
+  });
+}
+
+function ruleForm(base, ups, refresh) {
+  return apiForm('rule', [
+    ['name', 'Rule name', h('input', { type: 'text', autocomplete: 'off' })],
+    ['repositories', 'Repositories', h('input', { type: 'text', placeholder: 'team/*', autocomplete: 'off' })],
+    ['tags', 'Tags (optional)', h('input', { type: 'text', placeholder: 'v*', autocomplete: 'off' })],
+    ['upstream', 'To', upstreamSelect(ups)],
+    ['target', 'Target repository', h('input', { type: 'text', value: '{name}', autocomplete: 'off' }), '{name} is the pushed repository.'],
+  ], 'Add rule', async (v) => {
+    await api('POST', `${base}/replications`, v);
+    await refresh();
+    say(`Rule ${v.name} added`);
+  });
 }
 
 // --- Audit log ---
@@ -888,8 +1079,8 @@ function addScopeForm(base, t, refresh) {
       const chosen = ['pull', 'push', 'delete'].filter((a) => document.getElementById(`${id}-${a}`).checked);
       try {
         await api('POST', `${base}/tokens/${enc(t.name)}/scopes`, { type: 'repository', path: path.value.trim(), actions: chosen });
-        say(`Scope added to ${t.name}`);
         await refresh();
+        say(`Scope added to ${t.name}`);
       } catch (x) {
         if (!(x instanceof SessionEnded)) error.textContent = x.message;
       }
@@ -1062,6 +1253,7 @@ async function repositoryView(name, repo) {
 const routes = [
   [/^#\/registries$/, registriesView],
   [/^#\/audit(?:\?.*)?$/, auditView],
+  [/^#\/system$/, systemView],
   [/^#\/r\/([^/]+)$/, registryView],
   [/^#\/r\/([^/]+)\/repo\/(.+)$/, repositoryView],
   [/^#\/r\/([^/]+)\/a\/(.+)\/-\/([^/]+)$/, artifactView],

@@ -313,6 +313,38 @@ pub(super) async fn pull_through_cache(backend: Backend) {
         "within the revalidation time the cached tag is served"
     );
 
+    // At its storage quota the registry's cache stores nothing more: a first pull is refused
+    // naming the quota, while what is cached is still served; with room again, it is fetched.
+    let r = up
+        .push_manifest(
+            "library/app",
+            "v9",
+            "application/vnd.oci.image.index.v1+json",
+            &index,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    cli_ok(&s, &["registry", "update", "default", "--quota", "1B"]);
+    let r = s
+        .send(reqwest::Method::GET, "/v2/hub/app/manifests/v9")
+        .await;
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("DENIED") && body.contains("quota"), "{body}");
+    let r = s
+        .send(reqwest::Method::GET, "/v2/hub/app/manifests/v1")
+        .await;
+    assert_eq!(r.status(), 200, "cached content is served at the quota");
+    cli_ok(&s, &["registry", "update", "default", "--quota", "none"]);
+    let r = s
+        .send(reqwest::Method::GET, "/v2/hub/app/manifests/v9")
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = s
+        .send(reqwest::Method::DELETE, "/v2/hub/app/manifests/v9")
+        .await;
+    assert_eq!(r.status(), 202);
+
     // Cached content is collectable: untagged and collected, it is fetched again.
     let r = s
         .send(

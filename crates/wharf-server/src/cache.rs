@@ -274,6 +274,28 @@ async fn served_as_stored(
     Ok(age.is_some_and(|ms| ms < rule.revalidate_secs.saturating_mul(1000)))
 }
 
+/// Refuses to store more once the registry uses its whole storage quota: cached content counts
+/// toward it as pushed content does.
+async fn check_room(state: &AppState, scope: &Scope<'_>) -> Result<()> {
+    let quota = state
+        .meta
+        .registry_by_id(scope.registry_id)
+        .await?
+        .and_then(|r| r.quota_bytes);
+    let Some(quota) = quota else {
+        return Ok(());
+    };
+    let used = state
+        .meta
+        .registry_stats(scope.registry_id)
+        .await?
+        .storage_bytes;
+    if used >= quota {
+        return Err(ServiceError::QuotaReached { quota, used });
+    }
+    Ok(())
+}
+
 async fn fetch_manifest(
     state: &AppState,
     scope: &Scope<'_>,
@@ -281,6 +303,9 @@ async fn fetch_manifest(
     reference: &Reference,
     known: Option<&str>,
 ) -> Result<Fetched> {
+    if known.is_none() {
+        check_room(state, scope).await?;
+    }
     let upstream = Upstream::of(state, scope, rule).await?;
     let path = format!("manifests/{reference}");
     let what = format!("manifest {reference}");
@@ -446,6 +471,7 @@ async fn fetch_blob(
         if service.blob_size(scope, digest).await?.is_some() {
             return Ok(None);
         }
+        check_room(state, scope).await?;
         let upstream = Upstream::of(state, scope, rule).await?;
         let path = format!("blobs/{digest}");
         let r = upstream.send(state, reqwest::Method::GET, &path).await?;

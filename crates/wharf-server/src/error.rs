@@ -182,6 +182,15 @@ impl From<ServiceError> for ApiError {
                 json!({ "size": size }),
             )
             .status(StatusCode::RANGE_NOT_SATISFIABLE),
+            ServiceError::QuotaReached { quota, used } => ApiError::with_message(
+                ErrorCode::Denied,
+                format!(
+                    "the registry has a storage quota of {} and uses {}: its pull-through caches store nothing more until content is deleted and collected, or an administrator raises the quota",
+                    crate::human_bytes(quota),
+                    crate::human_bytes(used)
+                ),
+                json!({ "quota_bytes": quota, "used_bytes": used }),
+            ),
             ServiceError::Upstream(why) => {
                 ApiError::with_message(ErrorCode::Unavailable, why, None)
                     .status(StatusCode::BAD_GATEWAY)

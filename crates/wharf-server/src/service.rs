@@ -33,6 +33,9 @@ pub(crate) enum ServiceError {
     /// A pull-through cache's upstream failed or sent what cannot be used; nothing was stored.
     #[error("{0}")]
     Upstream(String),
+    /// The registry uses its whole storage quota: a cache stores nothing more.
+    #[error("the registry's storage quota is reached")]
+    QuotaReached { quota: i64, used: i64 },
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ServiceError>;

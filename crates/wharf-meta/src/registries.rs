@@ -90,6 +90,19 @@ fn registry(r: &AnyRow) -> Result<Registry> {
     })
 }
 
+/// The bytes the registry whose id is `registry` (an SQL expression) stores: its distinct
+/// linked blobs (one shared by its repositories counts once) plus its manifests.
+fn storage_of(registry: &str) -> String {
+    format!(
+        "CAST((SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN \
+           (SELECT rb.digest FROM repository_blobs rb \
+            JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = {registry})) \
+         + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m \
+            JOIN repositories r ON r.id = m.repository_id WHERE r.registry_id = {registry}) \
+         AS BIGINT)"
+    )
+}
+
 impl Meta {
     /// Returns the registry named `name`, creating it in `location` (scanning off) if needed.
     pub async fn ensure_registry(&self, name: &str, location: &str) -> Result<Registry> {
@@ -170,18 +183,14 @@ impl Meta {
     }
 
     pub async fn registry_stats(&self, registry_id: i64) -> Result<RegistryStats> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT \
                (SELECT COUNT(*) FROM repositories WHERE registry_id = $1) AS repositories, \
                (SELECT COUNT(*) FROM manifests m JOIN repositories r ON r.id = m.repository_id \
                   WHERE r.registry_id = $1) AS artifacts, \
-               CAST((SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN \
-                  (SELECT rb.digest FROM repository_blobs rb \
-                   JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = $1)) \
-               + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m \
-                  JOIN repositories r ON r.id = m.repository_id WHERE r.registry_id = $1) \
-               AS BIGINT) AS storage",
-        )
+               {} AS storage",
+            storage_of("$1")
+        ))
         .bind(registry_id)
         .fetch_one(&self.read)
         .await?;
@@ -203,17 +212,12 @@ impl Meta {
         if taken.is_some() {
             return Ok(0);
         }
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO storage_samples (registry_id, at, bytes) \
-             SELECT g.id, $1, CAST( \
-               (SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN \
-                  (SELECT rb.digest FROM repository_blobs rb \
-                   JOIN repositories r ON r.id = rb.repository_id WHERE r.registry_id = g.id)) \
-               + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m \
-                  JOIN repositories r ON r.id = m.repository_id WHERE r.registry_id = g.id) \
-             AS BIGINT) FROM registries g WHERE 1 = 1 \
+             SELECT g.id, $1, {} FROM registries g WHERE 1 = 1 \
              ON CONFLICT (registry_id, at) DO NOTHING",
-        )
+            storage_of("g.id")
+        ))
         .bind(at)
         .execute(&self.write)
         .await?;

@@ -101,6 +101,11 @@ function bytes(n) {
 
 const when = (t) => (t ? t.replace('T', ' ').replace(/\.\d+Z$|Z$/, ' UTC') : '—');
 
+/** A titled panel: a section named by its heading (`id` ties the two together). */
+function panel(id, title, ...children) {
+  return h('section', { class: 'panel', 'aria-labelledby': id }, h('h2', { id }, title), children);
+}
+
 /** A table that becomes labelled cards at phone width. */
 function table(heads, rows, empty, caption) {
   if (!rows.length) return h('p', { class: 'muted' }, empty);
@@ -316,7 +321,7 @@ function createRegistryForm() {
     h('div', { class: 'checks' }, scanning, h('label', { for: 'registry-scanning' }, 'Scan pushed images')),
     h('button', { type: 'submit' }, 'Create registry'),
   );
-  return h('section', { class: 'panel', 'aria-labelledby': 'new-registry' }, h('h2', { id: 'new-registry' }, 'New registry'), form);
+  return panel('new-registry', 'New registry', form);
 }
 
 // --- One registry ---
@@ -499,7 +504,7 @@ function settingsForm(r, refresh) {
     },
   }, quota.el, rate.el, h('div', { class: 'checks' }, untagged, h('label', { for: 'set-untagged' }, 'Collect untagged manifests')),
   h('button', { type: 'submit' }, 'Save settings'));
-  return h('section', { class: 'panel', 'aria-labelledby': 'settings-title' }, h('h2', { id: 'settings-title' }, 'Settings'), form);
+  return panel('settings-title', 'Settings', form);
 }
 
 // --- The instance ---
@@ -568,9 +573,7 @@ async function systemView() {
     h('h2', {}, 'Vulnerability data'),
     h('p', {}, `${vulndb.advisories} advisories, ${vulndb.scores} scores; last changed ${when(vulndb.changed_at)}.`),
     table(['Source', 'Kind', 'Records', 'Newest', 'Imported'], vulndb.sources.map((v) => [v.source, v.kind, v.records, when(v.newest), when(v.imported_at)]), 'Nothing imported yet: wharf vulndb import, or configure --vulndb-source.'),
-    can('registry:write') ? h('section', { class: 'panel', 'aria-labelledby': 'instance-gc' },
-      h('h2', { id: 'instance-gc' }, 'Garbage collection of the whole instance'),
-      h('p', {}, 'Frees what deleted registries and repositories left behind.'),
+    can('registry:write') ? panel('instance-gc', 'Garbage collection of the whole instance', h('p', {}, 'Frees what deleted registries and repositories left behind.'),
       h('button', { type: 'button', onclick: act(async () => {
         gcReportLine.textContent = 'Collecting…';
         let run = await api('POST', '/api/v1/system/gc', { dry_run: false });
@@ -846,7 +849,7 @@ async function gcSection(r, refresh) {
       }
     },
   }, h('div', { class: 'checks' }, dry, h('label', { for: 'gc-dry' }, 'Dry run (free nothing, list what would go)')), h('button', { type: 'submit' }, 'Collect now'));
-  return h('section', { class: 'panel', 'aria-labelledby': 'gc-title' }, h('h2', { id: 'gc-title' }, 'Garbage collection'), schedule, runNow, report, history);
+  return panel('gc-title', 'Garbage collection', schedule, runNow, report, history);
 }
 
 // --- Upstreams, caches and replication ---
@@ -939,9 +942,7 @@ async function upstreamsSection(name, refresh) {
       },
     }, url.el, user.el, secret.el, h('button', { type: 'submit' }, 'Add upstream'));
   }
-  return h('section', { class: 'panel', 'aria-labelledby': 'upstreams-title' },
-    h('h2', { id: 'upstreams-title' }, 'Upstream registries'),
-    table(['URL', 'Username', 'Description', 'Secret set', 'Actions'], upRows, 'No upstream credentials.'),
+  return panel('upstreams-title', 'Upstream registries', table(['URL', 'Username', 'Description', 'Secret set', 'Actions'], upRows, 'No upstream credentials.'),
     result,
     form,
     h('h3', {}, 'Pull-through caches'),
@@ -1145,7 +1146,7 @@ function createTokenForm(registry, refresh) {
       h('button', { type: 'button', class: 'secondary', onclick: addRow }, 'Add a scope'),
       h('button', { type: 'submit' }, 'Create token')),
   );
-  return h('section', { class: 'panel', 'aria-labelledby': 'new-token' }, h('h2', { id: 'new-token' }, 'New token'), form);
+  return panel('new-token', 'New token', form);
 }
 
 /** The one time a token's secret is shown: gone from the page once the dialog closes. */
@@ -1194,7 +1195,7 @@ function deleteRegistryForm(name) {
     confirmName.el,
     button,
   );
-  return h('section', { class: 'panel', 'aria-labelledby': 'delete-registry' }, h('h2', { id: 'delete-registry' }, 'Delete this registry'), form);
+  return panel('delete-registry', 'Delete this registry', form);
 }
 
 // --- One repository ---

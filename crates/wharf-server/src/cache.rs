@@ -145,7 +145,7 @@ impl Upstream {
     async fn unexpected(&self, what: &str, response: reqwest::Response) -> ServiceError {
         let status = response.status().as_u16();
         let body = response.text().await.unwrap_or_default();
-        let excerpt: String = body.trim().chars().take(200).collect();
+        let excerpt = upstream::excerpt(&body, 200);
         ServiceError::Upstream(format!(
             "{} answered HTTP {status} for {what} of {}: {excerpt}",
             self.url, self.remote

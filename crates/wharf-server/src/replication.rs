@@ -237,7 +237,7 @@ impl Copy<'_> {
             return Ok(r);
         }
         let body = r.text().await.unwrap_or_default();
-        let excerpt: String = body.trim().chars().take(200).collect();
+        let excerpt = upstream::excerpt(&body, 200);
         Err(format!(
             "{} answered HTTP {status} to {what} of {}: {excerpt}",
             self.url, self.target

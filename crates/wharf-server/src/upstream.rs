@@ -98,16 +98,25 @@ impl Opened {
         key_id: Option<&str>,
         host: &str,
     ) -> Result<Option<Opened>, ServiceError> {
-        let Some(record) = state.meta.upstream(registry_id, host).await? else {
-            return Ok(None);
-        };
+        match state.meta.upstream(registry_id, host).await? {
+            Some(record) => Ok(Some(Opened::open(state, key_id, record).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored entry, its secret opened.
+    pub async fn open(
+        state: &AppState,
+        key_id: Option<&str>,
+        record: wharf_meta::UpstreamRecord,
+    ) -> Result<Opened, ServiceError> {
         let secret = open_secret(state, key_id, &record.host, &record.secret).await?;
-        Ok(Some(Opened {
+        Ok(Opened {
             url: record.url,
             username: record.username,
             secret,
             ca_certificate: record.ca_certificate,
-        }))
+        })
     }
 
     pub fn credentials(&self) -> Credentials<'_> {
@@ -183,7 +192,7 @@ impl TestReport {
     }
 
     fn unexpected(status: u16, body: &str, what: &str) -> TestReport {
-        let excerpt: String = body.trim().chars().take(300).collect();
+        let excerpt = excerpt(body, 300);
         TestReport {
             status: Some(status),
             excerpt: Some(excerpt),
@@ -275,6 +284,11 @@ fn refused(headers: &reqwest::header::HeaderMap, body: &str, username: &str) -> 
             format!("the upstream refused {username:?} with this secret"),
         )
     }
+}
+
+/// The start of a response body (at most `chars` characters), for an error that shows it.
+pub(crate) fn excerpt(body: &str, chars: usize) -> String {
+    body.trim().chars().take(chars).collect()
 }
 
 /// An error with its causes, `: `-separated: reqwest's own message stops at "error sending

@@ -450,10 +450,10 @@ pub async fn test(
         wharf_oci::RepositoryName::parse(r)
             .map_err(|e| Problem::unprocessable(format!("repository {r:?}: {e}")))?;
     }
-    let opened = upstream::Opened::load(&state, registry.id, registry.key_id.as_deref(), &u.host)
+    let host = u.host.clone();
+    let opened = upstream::Opened::open(&state, registry.key_id.as_deref(), u)
         .await
-        .map_err(|e| Problem::internal("opening an upstream secret", e))?
-        .ok_or_else(|| Problem::not_found(format!("upstream {host:?} was deleted meanwhile")))?;
+        .map_err(|e| Problem::internal("opening an upstream secret", e))?;
     let report =
         upstream::test_connection(&opened.credentials(), body.repository.as_deref(), body.push)
             .await;
@@ -463,7 +463,7 @@ pub async fn test(
         "upstream.test",
         Some(&registry.name),
         None,
-        Some(json!({ "upstream": u.host, "cause": report.cause })),
+        Some(json!({ "upstream": host, "cause": report.cause })),
     )
     .await;
     Ok(Json(report))

@@ -5,17 +5,27 @@ use sqlx::Row;
 use crate::{now_millis, Meta, Result};
 
 impl Meta {
-    /// Records a new data key (before it seals anything).
-    pub async fn insert_data_key(&self, id: &str, wrapped: &[u8], master_key: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO data_keys (id, wrapped, master_key, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(wrapped.to_vec())
-        .bind(master_key)
-        .bind(now_millis())
-        .execute(&self.write)
-        .await?;
+    /// Records new data keys wrapped by `master_key` (ids and wrapped keys), in one
+    /// transaction: one durable write for many keys, before any of them seals anything.
+    pub async fn insert_data_keys(
+        &self,
+        keys: &[(String, Vec<u8>)],
+        master_key: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = now_millis();
+        for (id, wrapped) in keys {
+            sqlx::query(
+                "INSERT INTO data_keys (id, wrapped, master_key, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(wrapped.clone())
+            .bind(master_key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

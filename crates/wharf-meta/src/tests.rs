@@ -168,6 +168,29 @@ async fn metadata_copies_into_an_empty_store_with_its_ids() {
 }
 
 #[tokio::test]
+async fn data_keys_are_recorded_in_batches_all_or_nothing() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let keys: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("k{i}"), vec![i; 8])).collect();
+        m.insert_data_keys(&keys, "m1").await.unwrap();
+        for (id, wrapped) in &keys {
+            assert_eq!(m.data_key(id).await.unwrap().as_ref(), Some(wrapped));
+        }
+        // A batch with one id already taken records none of its keys.
+        let clash = vec![("k3".to_string(), vec![3]), ("k0".to_string(), vec![9])];
+        assert!(m.insert_data_keys(&clash, "m1").await.is_err());
+        assert_eq!(m.data_key("k3").await.unwrap(), None);
+        assert_eq!(m.data_key("k0").await.unwrap(), Some(vec![0; 8]));
+        assert_eq!(
+            m.data_key_counts().await.unwrap(),
+            vec![("m1".to_string(), 3)]
+        );
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
 async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
     let stores = stores().await;
     for s in &stores {

@@ -24,6 +24,10 @@ const CACHED_KEYS: usize = 50_000;
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// Data keys rewrapped per database round.
 const REWRAP_BATCH: i64 = 200;
+/// Data keys recorded together, before they are used. Unused ones (at a restart, or for a
+/// master key no longer current) stay recorded like the keys of deleted objects: wrapped, and
+/// rewrapped by a rotation like any other.
+const KEY_BATCH: usize = 64;
 
 /// Where the master keys come from.
 #[derive(Debug, Clone)]
@@ -33,6 +37,9 @@ pub enum KeySource {
     /// `WHARF_MASTER_KEY`: the operator changes it on every node.
     Environment,
 }
+
+/// A data key and its id.
+type Made = (KeyId, Arc<DataKey>);
 
 struct Ring {
     /// The current key (wraps new data keys) first, then older ones (open only).
@@ -70,6 +77,8 @@ pub struct ContentKeys {
     source: KeySource,
     ring: RwLock<Ring>,
     opened: Mutex<HashMap<KeyId, Arc<DataKey>>>,
+    /// Recorded data keys not used yet, by the master key that wraps them.
+    fresh: Mutex<HashMap<String, Vec<Made>>>,
     /// Registries' own master keys, opened, by id.
     registry_keys: Mutex<HashMap<String, Arc<MasterKey>>>,
     /// Data keys rewrapped per second at most (0: no limit), so that a rotation does not load
@@ -94,6 +103,7 @@ impl ContentKeys {
                 checked: Instant::now(),
             }),
             opened: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(HashMap::new()),
             registry_keys: Mutex::new(HashMap::new()),
             rewrap_rate,
             rewrapping: tokio::sync::Mutex::new(()),
@@ -170,18 +180,53 @@ impl ContentKeys {
             .map_err(|e| format!("{name} does not open with master key {by:?}: {e}"))
     }
 
-    /// A new data key wrapped by `master`, recorded before it seals anything.
+    /// A new data key wrapped by `master`, recorded before it seals anything. Keys are
+    /// recorded [`KEY_BATCH`] at a time, in one transaction, and handed out one per object:
+    /// a durable database write per stored object would cost small pushes more than sealing.
     async fn create_under(&self, master: &MasterKey) -> wharf_store::Result<(KeyId, Arc<DataKey>)> {
-        let seal = |e: wharf_store::seal::SealError| StoreError::Key(e.to_string());
-        let id = KeyId::random().map_err(seal)?;
-        let (key, wrapped) = master.new_data_key(&id.hex()).map_err(seal)?;
-        self.meta
-            .insert_data_key(&id.hex(), &wrapped, master.id())
-            .await
-            .map_err(meta_error)?;
-        let key = Arc::new(key);
+        let pooled = self
+            .fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(master.id())
+            .and_then(Vec::pop);
+        let (id, key) = match pooled {
+            Some(made) => made,
+            None => {
+                // Two objects finding none at once each record a batch: more keys, no harm.
+                let mut made = self.record_keys(master).await?;
+                let first = made
+                    .pop()
+                    .ok_or_else(|| StoreError::Key("no data key was made".to_string()))?;
+                self.fresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(master.id().to_string())
+                    .or_default()
+                    .extend(made);
+                first
+            }
+        };
         self.remember(id, key.clone());
         Ok((id, key))
+    }
+
+    /// Makes [`KEY_BATCH`] data keys wrapped by `master` and records them.
+    async fn record_keys(&self, master: &MasterKey) -> wharf_store::Result<Vec<Made>> {
+        let seal = |e: wharf_store::seal::SealError| StoreError::Key(e.to_string());
+        let mut rows = Vec::with_capacity(KEY_BATCH);
+        let mut made = Vec::with_capacity(KEY_BATCH);
+        for _ in 0..KEY_BATCH {
+            let id = KeyId::random().map_err(seal)?;
+            let (key, wrapped) = master.new_data_key(&id.hex()).map_err(seal)?;
+            rows.push((id.hex(), wrapped));
+            made.push((id, Arc::new(key)));
+        }
+        self.meta
+            .insert_data_keys(&rows, master.id())
+            .await
+            .map_err(meta_error)?;
+        Ok(made)
     }
 
     /// A registry's own master key, opened with the instance's.
@@ -239,6 +284,10 @@ impl ContentKeys {
     /// Forgets a deleted registry's key and every data key opened with it, at once.
     pub fn forget_registry_key(&self, key_id: &str) {
         self.registry_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key_id);
+        self.fresh
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key_id);

@@ -657,10 +657,12 @@ fn db_value(s: &Server, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The data key id a sealed object's header names.
+/// The data key id a sealed object's header names (sealed whole, or an upload's part
+/// closed at commit).
 fn header_key(bytes: &[u8]) -> Option<String> {
-    bytes
-        .strip_prefix(b"WHARFSE1")
+    [b"WHARFSE1", b"WHARFSE2"]
+        .iter()
+        .find_map(|magic| bytes.strip_prefix(magic.as_slice()))
         .and_then(|rest| rest.get(..16))
         .map(hex::encode)
 }

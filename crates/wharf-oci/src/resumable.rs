@@ -3,7 +3,7 @@
 //! crate (0.10) keeps its state private; its block function is public, and the rest of
 //! SHA-256 (buffering and the final padding) is what this file adds.
 
-use sha2::digest::generic_array::GenericArray;
+use sha2::digest::generic_array::{typenum::U64, GenericArray};
 
 use crate::digest::{Algorithm, Digest};
 
@@ -59,13 +59,17 @@ impl ResumableSha256 {
         (self.len % 64) as usize
     }
 
+    /// Runs the compression function over whole 64-byte blocks, all in one call: the SHA
+    /// instructions then keep the state in registers across blocks (one call per block cost
+    /// about a tenth more).
     fn compress(&mut self, blocks: &[u8]) {
-        for block in blocks.chunks_exact(64) {
-            sha2::compress256(
-                &mut self.state,
-                std::slice::from_ref(GenericArray::from_slice(block)),
-            );
-        }
+        let whole = blocks.len() / 64;
+        // SAFETY: `GenericArray<u8, U64>` is `#[repr(transparent)]` over 64 bytes (size 64,
+        // alignment 1), so the first `whole * 64` bytes are `whole` such arrays, borrowed
+        // for no longer than `blocks`.
+        let blocks: &[GenericArray<u8, U64>] =
+            unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), whole) };
+        sha2::compress256(&mut self.state, blocks);
     }
 
     pub fn update(&mut self, mut data: &[u8]) {

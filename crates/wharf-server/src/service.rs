@@ -355,7 +355,13 @@ impl Service<'_> {
         });
         let (store, sealing) = self.state.scoped(scope.key_id)?;
         let appended = store
-            .append_upload(&upload.id, offset, Box::pin(body), expected)
+            .append_after(
+                &upload.id,
+                upload.parts.last().map(String::as_str),
+                offset,
+                Box::pin(body),
+                expected,
+            )
             .await?;
         grown.size = appended.size;
         grown.hash = hashing.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -1,4 +1,4 @@
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,10 +10,9 @@ use tokio::fs::{self, File};
 use tokio::task::JoinHandle;
 use wharf_oci::Digest;
 
-use crate::seal::{KeyId, Sealing, HEADER};
+use crate::seal::{self, KeyId, Sealing, HEADER};
 use crate::{
-    check_parts, check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result,
-    StoreError,
+    check_upload_id, part_name, part_offset, Appended, BlobStore, ByteStream, Result, StoreError,
 };
 
 /// Appended bytes reach the disk in batches of this size, one blocking-pool hop each, written
@@ -68,30 +67,139 @@ impl FsStore {
     }
 
     /// The upload's parts with their lengths, checked to make `size` bytes in order.
+    /// An upload's recorded parts, each with its extent: the plaintext bytes from its start
+    /// (named in it) to the next part's, the last one's to `size`. A part's file may hold
+    /// more (an append that failed after writing leaves its bytes), never less.
     async fn parts(&self, id: &str, parts: &[String], size: u64) -> Result<Vec<(PathBuf, u64)>> {
+        let truncated = || StoreError::UploadTruncated { expected: size };
         let dir = self.upload_dir(id)?;
-        let mut found = Vec::with_capacity(parts.len());
-        for name in parts {
-            if part_offset(name).is_none() {
-                return Err(StoreError::UploadTruncated { expected: size });
-            }
-            let path = dir.join(name);
-            match fs::metadata(&path).await {
-                Ok(m) => {
-                    let len = self
-                        .seal
-                        .plain_len(m.len())
-                        .ok_or(StoreError::UploadTruncated { expected: size })?;
-                    found.push((path, len))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StoreError::UploadTruncated { expected: size })
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let starts: Vec<u64> = parts
+            .iter()
+            .map(|name| part_offset(name))
+            .collect::<Option<_>>()
+            .ok_or_else(truncated)?;
+        if starts.first().copied().unwrap_or(size) != 0 {
+            return Err(truncated());
         }
-        check_parts(parts.iter().zip(found.iter().map(|(_, len)| *len)), size)?;
+        let mut found = Vec::with_capacity(parts.len());
+        for (i, name) in parts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(size);
+            let extent = end
+                .checked_sub(starts[i])
+                .filter(|e| *e > 0)
+                .ok_or_else(truncated)?;
+            let path = dir.join(name);
+            let len = match fs::metadata(&path).await {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(truncated()),
+                Err(e) => return Err(e.into()),
+            };
+            if len < self.stored_len(extent) {
+                return Err(truncated());
+            }
+            found.push((path, extent));
+        }
         Ok(found)
+    }
+
+    /// Stored bytes of `len` plaintext bytes, as this store writes them now.
+    fn stored_len(&self, len: u64) -> u64 {
+        if self.seal.is_on() {
+            seal::stored_len(len)
+        } else {
+            len
+        }
+    }
+
+    /// Grows the upload's last part `name` in place by `body`, if it can: its file holds
+    /// exactly its recorded `offset - start` bytes (nothing was ever written past them) and it
+    /// is stored so that it can grow. Otherwise the body comes back untouched.
+    async fn grow_part(
+        &self,
+        id: &str,
+        name: &str,
+        offset: u64,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> Result<std::result::Result<Appended, ByteStream>> {
+        let Some(extent) = part_offset(name)
+            .and_then(|start| offset.checked_sub(start))
+            .filter(|e| *e > 0)
+        else {
+            return Ok(Err(body));
+        };
+        let path = self.upload_dir(id)?.join(name);
+        let Ok(opened) = open_stored(path.clone()).await else {
+            return Ok(Err(body));
+        };
+        let sealed = KeyId::from_header(&opened.head).is_some();
+        let exact = if sealed {
+            seal::stored_len(extent)
+        } else {
+            extent
+        };
+        if opened.stored != exact || !self.seal.grows(&opened.head, extent) {
+            return Ok(Err(body));
+        }
+        let label = format!("upload part {}", path.display());
+        let (body, expected) = self
+            .seal
+            .extend_part(&label, &opened.head, extent, body, expected_len)
+            .await?;
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let mut appender = Appender::new(file, exact);
+        let written = write_body(&mut appender, body, expected).await;
+        // On an error the bytes written stay past the recorded ones: never read, and they
+        // keep this part from growing again (a sealed segment is never sealed twice).
+        let _ = appender.wait().await;
+        let written = written?;
+        let grown = if sealed {
+            seal::plain_len(seal::HEADER as u64 + written).unwrap_or(0)
+        } else {
+            written
+        };
+        Ok(Ok(Appended {
+            size: offset + grown,
+            part: None,
+        }))
+    }
+
+    /// Makes an upload's only part a blob's stored object in place: cut to its `extent`, and,
+    /// sealed open, its last segment sealed again as the last one.
+    async fn close_part(&self, path: &Path, extent: u64) -> Result<()> {
+        let opened = open_stored(path.to_path_buf()).await?;
+        let sealed = KeyId::from_header(&opened.head).is_some();
+        let exact = if sealed {
+            seal::stored_len(extent)
+        } else {
+            extent
+        };
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        if opened.stored > exact {
+            file.set_len(exact)?;
+        }
+        if !sealed || extent == 0 || seal::Form::of_header(&opened.head) != Some(seal::Form::Open) {
+            return Ok(());
+        }
+        let at =
+            seal::HEADER as u64 + (seal::segment_count(extent) - 1) * seal::SEALED_SEGMENT as u64;
+        let reader = opened.file.clone();
+        let mut last = blocking(move || read_at(&reader, at, (exact - at) as usize))
+            .await?
+            .to_vec();
+        let label = format!("upload part {}", path.display());
+        if let Some(header) = self
+            .seal
+            .reclose(&label, &opened.head, extent, &mut last)
+            .await?
+        {
+            blocking(move || {
+                file.write_all_at(&last, at)?;
+                file.write_all_at(&header, 0)
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -131,15 +239,26 @@ async fn read_opened(
     len: u64,
 ) -> Result<ByteStream> {
     let Opened { file, stored, head } = opened;
-    seal.open_range(name, &head, stored, offset, len, |offset, len, chunk| {
-        stream_file(
-            file,
-            offset,
-            len,
-            chunk.unwrap_or(READ_CHUNK as usize) as u64,
-        )
-    })
-    .await
+    let fetch = |offset, len, chunk: Option<usize>| {
+        stream_file(file, offset, len, chunk.map_or(READ_CHUNK, |c| c as u64))
+    };
+    seal.open_range(name, &head, stored, offset, len, fetch)
+        .await
+}
+
+/// Streams an upload part's first `extent` plaintext bytes (its file may hold more).
+async fn read_part(seal: &Sealing, path: PathBuf, name: &str, extent: u64) -> Result<ByteStream> {
+    let Opened { file, head, .. } = open_stored(path).await?;
+    let stored = if KeyId::from_header(&head).is_some() {
+        seal::stored_len(extent)
+    } else {
+        extent
+    };
+    let fetch = |offset, len, chunk: Option<usize>| {
+        stream_file(file, offset, len, chunk.map_or(READ_CHUNK, |c| c as u64))
+    };
+    seal.open_part_range(name, &head, stored, 0, extent, fetch)
+        .await
 }
 
 async fn read_object(
@@ -162,13 +281,40 @@ async fn write_new_file(path: &Path, mut bytes: ByteStream) -> Result<()> {
     Ok(())
 }
 
+/// Writes `body` through `appender`, all of it and, with `expected`, exactly that many bytes;
+/// the stored bytes written.
+async fn write_body(
+    appender: &mut Appender,
+    mut body: ByteStream,
+    expected: Option<u64>,
+) -> Result<u64> {
+    let mut written: u64 = 0;
+    let mismatch = |actual| StoreError::SizeMismatch {
+        expected: expected.unwrap_or_default(),
+        actual,
+    };
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(StoreError::body)?;
+        written += chunk.len() as u64;
+        if expected.is_some_and(|e| written > e) {
+            return Err(mismatch(written));
+        }
+        appender.push(chunk).await?;
+    }
+    if expected.is_some_and(|e| written != e) {
+        return Err(mismatch(written));
+    }
+    appender.finish().await?;
+    Ok(written)
+}
+
 /// Streams an upload's plaintext: its parts in order.
 fn read_parts(seal: Sealing, parts: Vec<(PathBuf, u64)>) -> ByteStream {
     let streams = stream::iter(parts).then(move |(path, len)| {
         let seal = seal.clone();
         async move {
             let name = format!("upload part {}", path.display());
-            match read_object(&seal, path, &name, 0, len).await {
+            match read_part(&seal, path, &name, len).await {
                 Ok(s) => s,
                 Err(e) => Box::pin(stream::once(
                     async move { Err(io::Error::other(e.to_string())) },
@@ -324,40 +470,33 @@ impl BlobStore for FsStore {
             Err(e) => return Err(e.into()),
         };
         let mut appender = Appender::new(file, 0);
-        let mut written: u64 = 0;
-        let outcome: Result<()> = async {
-            let (mut body, expected_len) = self.seal.seal_body(body, expected_len).await?;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(StoreError::body)?;
-                written += chunk.len() as u64;
-                if let Some(expected) = expected_len {
-                    if written > expected {
-                        return Err(StoreError::SizeMismatch {
-                            expected,
-                            actual: written,
-                        });
-                    }
-                }
-                appender.push(chunk).await?;
-            }
-            if let Some(expected) = expected_len {
-                if written != expected {
-                    return Err(StoreError::SizeMismatch {
-                        expected,
-                        actual: written,
-                    });
-                }
-            }
-            appender.finish().await?;
-            Ok(())
-        }
-        .await;
-        if outcome.is_err() || written == 0 {
+        let written = match self.seal.seal_part(body, expected_len).await {
+            Ok((body, expected)) => write_body(&mut appender, body, expected).await,
+            Err(e) => Err(e),
+        };
+        if !matches!(written, Ok(n) if n > 0) {
             let _ = appender.wait().await;
             let _ = fs::remove_file(&path).await;
         }
-        outcome?;
-        Ok(self.seal.appended(offset, written, part))
+        Ok(self.seal.appended(offset, written?, part))
+    }
+
+    async fn append_after(
+        &self,
+        id: &str,
+        last: Option<&str>,
+        offset: u64,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> Result<Appended> {
+        let body = match last {
+            Some(name) => match self.grow_part(id, name, offset, body, expected_len).await? {
+                Ok(grown) => return Ok(grown),
+                Err(body) => body,
+            },
+            None => body,
+        };
+        self.append_upload(id, offset, body, expected_len).await
     }
 
     async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
@@ -378,11 +517,12 @@ impl BlobStore for FsStore {
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).await?;
         if !fs::try_exists(&dest).await? {
-            // Same digest, same bytes: a stored copy stays. A single part (the usual case) is
-            // moved into place; several are copied into a new file (io::copy uses
-            // copy_file_range), never into one of the parts, so that two requests finishing the
-            // same upload at once each build a whole, correct file. Sealed parts each have a
-            // key of their own: several are opened and sealed again, as one object.
+            // Same digest, same bytes: a stored copy stays. A single part (the usual case: a
+            // chunked upload grows its part) is closed and moved into place; several are
+            // copied into a new file (io::copy uses copy_file_range), never into one of the
+            // parts, so that two requests finishing the same upload at once each build a
+            // whole, correct file. Sealed parts each have a key of their own: several are
+            // opened and sealed again, as one object.
             let built = dir.join(format!("{}.blob", uuid::Uuid::new_v4().simple()));
             let parts: Vec<(PathBuf, u64)> = if self.seal.is_on() && parts.len() > 1 {
                 let plain = read_parts(self.seal.clone(), parts);
@@ -392,15 +532,17 @@ impl BlobStore for FsStore {
             } else {
                 parts
             };
-            let parts: Vec<PathBuf> = parts.into_iter().map(|(p, _)| p).collect();
+            if let [(only, extent)] = parts.as_slice() {
+                self.close_part(only, *extent).await?;
+            }
             let into = dest.clone();
             blocking(move || {
                 let source = match parts.as_slice() {
-                    [only] => only.clone(),
+                    [(only, _)] => only.clone(),
                     parts => {
                         let mut out = std::fs::File::create(&built)?;
-                        for path in parts {
-                            io::copy(&mut std::fs::File::open(path)?, &mut out)?;
+                        for (path, extent) in parts {
+                            io::copy(&mut std::fs::File::open(path)?.take(*extent), &mut out)?;
                         }
                         built
                     }
@@ -576,6 +718,152 @@ mod tests {
         let done = store.append_upload(id, at, b, None).await.unwrap();
         parts.extend(done.part);
         done.size
+    }
+
+    /// A body of `data`, in chunks of `chunk` bytes, that fails after them when `fail`.
+    fn chunks(data: &[u8], chunk: usize, fail: bool) -> ByteStream {
+        let mut items: Vec<std::io::Result<Bytes>> = data
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        if fail {
+            items.push(Err(std::io::Error::other("client went away")));
+        }
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    /// Appends after the recorded parts, as the server does: a new part is recorded, a grown
+    /// one is not.
+    async fn append_after(
+        store: &FsStore,
+        id: &str,
+        parts: &mut Vec<String>,
+        at: u64,
+        b: ByteStream,
+    ) -> Result<u64> {
+        let done = store
+            .append_after(id, parts.last().map(String::as_str), at, b, None)
+            .await?;
+        parts.extend(done.part);
+        Ok(done.size)
+    }
+
+    #[tokio::test]
+    async fn chunked_uploads_grow_one_part_and_commit_it_without_a_copy() {
+        use crate::seal::{Form, MemoryKeys, SEGMENT};
+        let seg = SEGMENT as u64;
+        let data: Vec<u8> = (0..(6 * SEGMENT + 777))
+            .map(|i| b"MARKER-"[i % 7])
+            .collect();
+        for sealed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = FsStore::open(dir.path()).await.unwrap();
+            if sealed {
+                store = store.sealed(MemoryKeys::sealing());
+            }
+            let files = |id: &str| {
+                std::fs::read_dir(store.upload_dir(id).unwrap())
+                    .unwrap()
+                    .count()
+            };
+            // Chunks of whole segments grow the first part: one file, committed in place.
+            store.create_upload("g").await.unwrap();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for piece in data.chunks(2 * SEGMENT) {
+                at = append_after(&store, "g", &mut parts, at, chunks(piece, 10_000, false))
+                    .await
+                    .unwrap();
+                assert_eq!((parts.len(), files("g")), (1, 1), "sealed {sealed}");
+            }
+            assert_eq!(at, data.len() as u64);
+            let all = collect(store.read_upload("g", &parts, at).await.unwrap());
+            assert_eq!(all.await.unwrap(), data);
+            let d = Digest::sha256_of(&data);
+            store.commit_upload("g", &parts, at, &d).await.unwrap();
+            let stored = std::fs::read(store.blob_path(&d)).unwrap();
+            for (off, len) in [(0, at), (seg - 1, 2), (at - 1, 1), (4 * seg - 3, seg)] {
+                let got = read_all(&store, &d, off, len).await;
+                assert_eq!(
+                    got,
+                    &data[off as usize..(off + len) as usize],
+                    "{off}+{len}"
+                );
+            }
+            if !sealed {
+                assert_eq!(stored, data);
+                continue;
+            }
+            assert!(!stored.windows(7).any(|w| w == b"MARKER-"));
+            assert_eq!(Form::of_header(&stored), Some(Form::Reclosed));
+            // Its last segment opens only as the last one: read as a part that may still
+            // grow, or with the first sealing's nonce, or cut short, the blob is refused.
+            let path = store.blob_path(&d);
+            let open = [b"WHARFSO1".as_slice(), b"WHARFSE1".as_slice()];
+            for magic in open {
+                let mut changed = stored.clone();
+                changed[..8].copy_from_slice(magic);
+                std::fs::write(&path, &changed).unwrap();
+                let whole = match store.read(&d, at - 10, 10).await {
+                    Ok(s) => collect(s).await.map_err(|_| ()),
+                    Err(_) => Err(()),
+                };
+                assert!(whole.is_err(), "read as {magic:?}");
+            }
+            std::fs::write(&path, &stored[..stored.len() - 800]).unwrap();
+            assert!(store.read(&d, 0, at).await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_that_failed_to_grow_keeps_its_bytes_and_grows_no_more() {
+        use crate::seal::{MemoryKeys, SEGMENT};
+        let data: Vec<u8> = (0..(40 * SEGMENT + 5)).map(|i| (i % 251) as u8).collect();
+        for sealed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = FsStore::open(dir.path()).await.unwrap();
+            if sealed {
+                store = store.sealed(MemoryKeys::sealing());
+            }
+            store.create_upload("f").await.unwrap();
+            let mut parts = Vec::new();
+            let first = 4 * SEGMENT;
+            let at = append_after(
+                &store,
+                "f",
+                &mut parts,
+                0,
+                chunks(&data[..first], 4096, false),
+            )
+            .await
+            .unwrap();
+            // More than a write batch is written, then the client goes away.
+            let failed = chunks(&data[first..first + 20 * SEGMENT], 20 * SEGMENT, true);
+            assert!(append_after(&store, "f", &mut parts, at, failed)
+                .await
+                .is_err());
+            let part = store.upload_dir("f").unwrap().join(&parts[0]);
+            let on_disk = std::fs::metadata(&part).unwrap().len();
+            assert!(
+                on_disk > store.stored_len(at),
+                "sealed {sealed}: written past the part"
+            );
+            let kept = collect(store.read_upload("f", &parts, at).await.unwrap());
+            assert_eq!(kept.await.unwrap(), &data[..first]);
+            // The same offset again: a new part, since the first has bytes past its end.
+            let rest = chunks(&data[first..], 100_000, false);
+            let end = append_after(&store, "f", &mut parts, at, rest)
+                .await
+                .unwrap();
+            assert_eq!(
+                (end, parts.len()),
+                (data.len() as u64, 2),
+                "sealed {sealed}"
+            );
+            let d = Digest::sha256_of(&data);
+            store.commit_upload("f", &parts, end, &d).await.unwrap();
+            assert_eq!(read_all(&store, &d, 0, end).await, data);
+        }
     }
 
     #[tokio::test]

@@ -97,6 +97,22 @@ pub trait BlobStore: Send + Sync + 'static {
         expected_len: Option<u64>,
     ) -> Result<Appended>;
 
+    /// [`BlobStore::append_upload`] for an upload whose recorded parts end with `last`: a
+    /// store may grow that part in place instead of adding one (the returned `part` is then
+    /// `None`), so that a chunked upload's commit has no parts to join. On an error the part
+    /// keeps its recorded bytes; what was written past them is never read.
+    async fn append_after(
+        &self,
+        id: &str,
+        last: Option<&str>,
+        offset: u64,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> Result<Appended> {
+        let _ = last;
+        self.append_upload(id, offset, body, expected_len).await
+    }
+
     /// Streams the upload's bytes: `parts` in order, `size` bytes in all.
     async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream>;
 

@@ -249,20 +249,71 @@ fn segment_aad(object: &str, index: u64, last: bool) -> Vec<u8> {
     aad
 }
 
-fn segment_nonce(index: u64) -> Nonce {
+/// The nonce of segment `index`; `marked` for the last segment of a part closed at commit,
+/// which was sealed once before (as not last) under the unmarked nonce and so needs another.
+fn segment_nonce(index: u64, marked: bool) -> Nonce {
     let mut nonce = [0u8; NONCE_LEN];
     nonce[NONCE_LEN - 8..].copy_from_slice(&index.to_be_bytes());
+    nonce[0] = u8::from(marked) << 7;
     Nonce::assume_unique_for_key(nonce)
+}
+
+/// How an object marks its last segment, told by its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Sealed whole at once: the last segment's associated data says it is last.
+    Closed,
+    /// An upload part that may still grow: no segment is last (a truncation is caught by the
+    /// recorded length, and the part is closed before it becomes a blob).
+    Open,
+    /// An open part closed at commit: its last segment was sealed again as last, under a
+    /// marked nonce.
+    Reclosed,
+}
+
+impl Form {
+    fn magic(self) -> [u8; 8] {
+        match self {
+            Form::Closed => MAGIC,
+            Form::Open => *b"WHARFSO1",
+            Form::Reclosed => *b"WHARFSE2",
+        }
+    }
+
+    /// The form a stored object's first bytes name, if they are a sealed object's header.
+    pub fn of_header(head: &[u8]) -> Option<Form> {
+        let magic = head.get(..MAGIC.len())?;
+        [Form::Closed, Form::Open, Form::Reclosed]
+            .into_iter()
+            .find(|f| f.magic() == magic)
+    }
+
+    /// Whether the segment at `index` of `count` is sealed as last, and under a marked nonce.
+    fn last(self, index: u64, count: u64) -> (bool, bool) {
+        let last = index + 1 == count && self != Form::Open;
+        (last, last && self == Form::Reclosed)
+    }
 }
 
 impl DataKey {
     /// Seals segment `index` of `object` in place; returns the tag that follows it.
     pub fn seal_segment(&self, object: &str, index: u64, last: bool, segment: &mut [u8]) -> Tag {
+        self.seal_segment_as(object, index, (last, false), segment)
+    }
+
+    /// Seals a segment as `(last, marked)` (see [`Form`]).
+    fn seal_segment_as(
+        &self,
+        object: &str,
+        index: u64,
+        (last, marked): (bool, bool),
+        segment: &mut [u8],
+    ) -> Tag {
         // Sealing cannot fail for a segment far below AES-GCM's length limit; an empty tag
         // would only make the segment fail to open, never open wrongly.
         self.key
             .seal_in_place_separate_tag(
-                segment_nonce(index),
+                segment_nonce(index, marked),
                 Aad::from(segment_aad(object, index, last)),
                 segment,
             )
@@ -283,9 +334,20 @@ impl DataKey {
         last: bool,
         sealed: &'a mut [u8],
     ) -> Result<&'a mut [u8], SealError> {
+        self.open_segment_as(object, index, (last, false), sealed)
+    }
+
+    /// Opens a segment sealed as `(last, marked)` (see [`Form`]).
+    fn open_segment_as<'a>(
+        &self,
+        object: &str,
+        index: u64,
+        (last, marked): (bool, bool),
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], SealError> {
         self.key
             .open_in_place(
-                segment_nonce(index),
+                segment_nonce(index, marked),
                 Aad::from(segment_aad(object, index, last)),
                 sealed,
             )
@@ -389,13 +451,18 @@ impl KeyId {
 
     /// The key id a stored object's first bytes name, if they are a sealed object's header.
     pub fn from_header(head: &[u8]) -> Option<KeyId> {
-        let id = head.strip_prefix(&MAGIC)?.get(..KEY_ID_LEN)?;
+        Form::of_header(head)?;
+        let id = head.get(MAGIC.len()..HEADER)?;
         id.try_into().ok().map(KeyId)
     }
 
     fn header(&self) -> Bytes {
+        self.header_as(Form::Closed)
+    }
+
+    fn header_as(&self, form: Form) -> Bytes {
         let mut h = Vec::with_capacity(HEADER);
-        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&form.magic());
         h.extend_from_slice(&self.0);
         Bytes::from(h)
     }
@@ -436,7 +503,84 @@ impl Sealing {
             return Ok((body, expected_len));
         };
         let (id, key) = keys.create().await?;
-        Ok((Box::pin(seal_stream(body, id, key, expected_len)), None))
+        let sealed = seal_stream(body, id, key, expected_len, SealInto::New(Form::Closed));
+        Ok((Box::pin(sealed), None))
+    }
+
+    /// [`Sealing::seal_body`] for a new upload part that may grow ([`Form::Open`]).
+    pub async fn seal_part(
+        &self,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> crate::Result<(ByteStream, Option<u64>)> {
+        let Some(keys) = &self.keys else {
+            return Ok((body, expected_len));
+        };
+        let (id, key) = keys.create().await?;
+        let sealed = seal_stream(body, id, key, expected_len, SealInto::New(Form::Open));
+        Ok((Box::pin(sealed), None))
+    }
+
+    /// Whether an upload part whose first bytes are `head`, holding `extent` plaintext bytes,
+    /// can grow in place: stored as this store stores now, and, sealed, open with whole
+    /// segments only (a partial one cannot be sealed again under its nonce).
+    pub fn grows(&self, head: &[u8], extent: u64) -> bool {
+        match (&self.keys, Form::of_header(head)) {
+            (None, None) => true,
+            (Some(_), Some(Form::Open)) => extent.is_multiple_of(SEGMENT as u64),
+            _ => false,
+        }
+    }
+
+    /// What to write after a part that [`Sealing::grows`] to make `body` its continuation,
+    /// under the part's own key. Each segment index is sealed once under a key: the caller
+    /// grows a part only while nothing was ever written past `extent`.
+    pub async fn extend_part(
+        &self,
+        name: &str,
+        head: &[u8],
+        extent: u64,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> crate::Result<(ByteStream, Option<u64>)> {
+        let Some(id) = KeyId::from_header(head).filter(|_| self.is_on()) else {
+            return Ok((body, expected_len));
+        };
+        let key = self.key(name, &id).await?;
+        let from = SealInto::Extend(extent / SEGMENT as u64);
+        Ok((
+            Box::pin(seal_stream(body, id, key, expected_len, from)),
+            None,
+        ))
+    }
+
+    /// Closes an open part of `total` plaintext bytes whose first bytes are `head`: `last`
+    /// holds its last sealed segment, sealed again in place as the last one
+    /// ([`Form::Reclosed`]); returns the header to write over the part's. `None` for a part
+    /// that is not open (stored in the clear, or closed already).
+    pub async fn reclose(
+        &self,
+        name: &str,
+        head: &[u8],
+        total: u64,
+        last: &mut [u8],
+    ) -> crate::Result<Option<Bytes>> {
+        let (Some(id), Some(Form::Open)) = (KeyId::from_header(head), Form::of_header(head)) else {
+            return Ok(None);
+        };
+        let count = segment_count(total);
+        if count == 0 || last.len() < TAG {
+            return Err(integrity_failure(name));
+        }
+        let key = self.key(name, &id).await?;
+        let object = id.hex();
+        let index = count - 1;
+        key.open_segment_as(&object, index, (false, false), last)
+            .map_err(|_| integrity_failure(name))?;
+        let plain = last.len() - TAG;
+        let tag = key.seal_segment_as(&object, index, (true, true), &mut last[..plain]);
+        last[plain..].copy_from_slice(&tag);
+        Ok(Some(id.header_as(Form::Reclosed)))
     }
 
     /// Checks that `plain` (a stored blob's bytes, in the clear) hashes to `digest` while
@@ -521,9 +665,12 @@ impl Sealing {
     /// Opens a small object `seal_bytes` made (plaintext stored before encryption passes as
     /// it is); `name` says in errors and the log which object failed.
     pub async fn open_bytes(&self, name: &str, stored: &[u8]) -> crate::Result<Vec<u8>> {
-        let Some(id) = KeyId::from_header(stored) else {
+        let (Some(id), Some(form)) = (KeyId::from_header(stored), Form::of_header(stored)) else {
             return Ok(stored.to_vec());
         };
+        if form == Form::Open {
+            return Err(integrity_failure(name));
+        }
         let key = self.key(name, &id).await?;
         let total = plain_len(stored.len() as u64).ok_or_else(|| integrity_failure(name))?;
         let object = id.hex();
@@ -533,7 +680,7 @@ impl Sealing {
             let index = index as u64;
             let mut chunk = chunk.to_vec();
             let plain = key
-                .open_segment(&object, index, index + 1 == count, &mut chunk)
+                .open_segment_as(&object, index, form.last(index, count), &mut chunk)
                 .map_err(|_| integrity_failure(name))?;
             out.extend_from_slice(plain);
         }
@@ -567,7 +714,29 @@ impl Sealing {
         F: FnOnce(u64, u64, Option<usize>) -> Fut,
         Fut: std::future::Future<Output = crate::Result<ByteStream>>,
     {
-        let Some(id) = KeyId::from_header(head) else {
+        if Form::of_header(head) == Some(Form::Open) {
+            // Only an upload's part is open; a blob never is.
+            return Err(integrity_failure(name));
+        }
+        self.open_part_range(name, head, stored_len, offset, len, fetch)
+            .await
+    }
+
+    /// [`Sealing::open_range`] for an upload's part, which may be open (see [`Form`]).
+    pub async fn open_part_range<F, Fut>(
+        &self,
+        name: &str,
+        head: &[u8],
+        stored_len: u64,
+        offset: u64,
+        len: u64,
+        fetch: F,
+    ) -> crate::Result<ByteStream>
+    where
+        F: FnOnce(u64, u64, Option<usize>) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<ByteStream>>,
+    {
+        let (Some(id), Some(form)) = (KeyId::from_header(head), Form::of_header(head)) else {
             return fetch(offset, len, None).await;
         };
         let key = self.key(name, &id).await?;
@@ -591,6 +760,7 @@ impl Sealing {
             OpenState {
                 name: name.to_string(),
                 object: id.hex(),
+                form,
                 key,
                 total,
                 index: r.first_segment,
@@ -635,18 +805,31 @@ pub(crate) struct BodySize {
     pub actual: u64,
 }
 
+/// Where a sealed stream goes: a new object of a form (its header first), or the end of an
+/// open part, from a segment on.
+enum SealInto {
+    New(Form),
+    Extend(u64),
+}
+
 fn seal_stream(
     body: ByteStream,
     id: KeyId,
     key: Arc<DataKey>,
     expected: Option<u64>,
+    into: SealInto,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
     let object = id.hex();
+    let (from, closed, header) = match into {
+        SealInto::New(form) => (0, form == Form::Closed, Some(id.header_as(form))),
+        SealInto::Extend(from) => (from, false, None),
+    };
     let sealed = plain_batches(body, expected)
         .map(move |batch| {
             let (key, object) = (key.clone(), object.clone());
             async move {
                 let (first, plain, last) = batch?;
+                let (first, last) = (from + first, last && closed);
                 tokio::task::spawn_blocking(move || seal_batch(&key, &object, first, last, plain))
                     .await
                     .map_err(io::Error::other)
@@ -654,7 +837,7 @@ fn seal_stream(
         })
         .buffered(2);
     // The header goes first, with the first sealed bytes (an empty body stores nothing).
-    let mut header = Some(id.header());
+    let mut header = header;
     sealed.flat_map(move |segments| {
         let items: Vec<io::Result<Bytes>> = match segments {
             Ok(sealed) => header.take().into_iter().chain([sealed]).map(Ok).collect(),
@@ -778,6 +961,7 @@ fn seal_batch(key: &DataKey, object: &str, first: u64, last: bool, plain: Vec<By
 struct OpenState {
     name: String,
     object: String,
+    form: Form,
     key: Arc<DataKey>,
     /// Plaintext length of the whole object.
     total: u64,
@@ -797,13 +981,14 @@ struct OpenState {
 fn open_stream(sealed: ByteStream, s: OpenState) -> impl Stream<Item = io::Result<Bytes>> + Send {
     let count = segment_count(s.total);
     let (key, object, total, name) = (s.key.clone(), s.object.clone(), s.total, s.name.clone());
+    let form = s.form;
     let opened = batches(sealed, s.index, s.sealed_len)
         .map(move |batch| {
             let (key, object) = (key.clone(), object.clone());
             async move {
                 let (first, buf) = batch?;
                 tokio::task::spawn_blocking(move || {
-                    open_batch(&key, &object, first, count, total, buf)
+                    open_batch(&key, &object, form, (first, count, total), buf)
                 })
                 .await
                 .unwrap_or(None)
@@ -894,9 +1079,8 @@ fn batches(
 fn open_batch(
     key: &DataKey,
     object: &str,
-    first: u64,
-    count: u64,
-    total: u64,
+    form: Form,
+    (first, count, total): (u64, u64, u64),
     mut buf: BytesMut,
 ) -> Option<Vec<Bytes>> {
     let mut spans = Vec::with_capacity(BATCH_SEGMENTS);
@@ -910,7 +1094,7 @@ fn open_batch(
         };
         let end = at.checked_add(len).filter(|e| *e <= buf.len())?;
         let plain = key
-            .open_segment(object, index, last, &mut buf[at..end])
+            .open_segment_as(object, index, form.last(index, count), &mut buf[at..end])
             .ok()?
             .len();
         spans.push((at, plain));

@@ -499,12 +499,7 @@ impl Sealing {
         body: ByteStream,
         expected_len: Option<u64>,
     ) -> crate::Result<(ByteStream, Option<u64>)> {
-        let Some(keys) = &self.keys else {
-            return Ok((body, expected_len));
-        };
-        let (id, key) = keys.create().await?;
-        let sealed = seal_stream(body, id, key, expected_len, SealInto::New(Form::Closed));
-        Ok((Box::pin(sealed), None))
+        self.seal_new(body, expected_len, Form::Closed).await
     }
 
     /// [`Sealing::seal_body`] for a new upload part that may grow ([`Form::Open`]).
@@ -513,11 +508,20 @@ impl Sealing {
         body: ByteStream,
         expected_len: Option<u64>,
     ) -> crate::Result<(ByteStream, Option<u64>)> {
+        self.seal_new(body, expected_len, Form::Open).await
+    }
+
+    async fn seal_new(
+        &self,
+        body: ByteStream,
+        expected_len: Option<u64>,
+        form: Form,
+    ) -> crate::Result<(ByteStream, Option<u64>)> {
         let Some(keys) = &self.keys else {
             return Ok((body, expected_len));
         };
         let (id, key) = keys.create().await?;
-        let sealed = seal_stream(body, id, key, expected_len, SealInto::New(Form::Open));
+        let sealed = seal_stream(body, id, key, expected_len, SealInto::New(form));
         Ok((Box::pin(sealed), None))
     }
 

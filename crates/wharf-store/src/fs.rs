@@ -21,6 +21,8 @@ const WRITE_BATCH: usize = 1 << 20;
 /// Every this many appended bytes the kernel is asked to start writing them back, so that the
 /// disk works while the body is still arriving and the commit's fsync has little left to do.
 const WRITEBACK_STEP: u64 = 8 << 20;
+/// Batches an upload writes at once.
+const WRITES_IN_FLIGHT: usize = 3;
 /// Blob reads hand the socket chunks of this size, each read straight into the buffer that is
 /// sent, with the next chunk read ahead.
 const READ_CHUNK: u64 = 512 << 10;
@@ -361,14 +363,16 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 }
 
 /// Writes an upload's body at its end: chunks are gathered into batches (no copy: `Bytes` are
-/// shared), and each batch is written on the blocking pool while the next one is received.
+/// shared), and each batch is written on the blocking pool while the next ones are received.
+/// Up to [`WRITES_IN_FLIGHT`] batches are written at once (each at its own offset), so that a
+/// slow write does not stop the receiving, hashing and sealing of the bytes after it.
 struct Appender {
     file: Arc<std::fs::File>,
     /// Where the next batch goes.
     pos: u64,
     batch: Vec<Bytes>,
     batch_len: usize,
-    pending: Option<JoinHandle<io::Result<()>>>,
+    pending: std::collections::VecDeque<JoinHandle<io::Result<()>>>,
     /// Writeback has been started for everything before this offset.
     kicked: u64,
 }
@@ -380,7 +384,7 @@ impl Appender {
             pos,
             batch: Vec::new(),
             batch_len: 0,
-            pending: None,
+            pending: Default::default(),
             kicked: pos,
         }
     }
@@ -395,7 +399,11 @@ impl Appender {
     }
 
     async fn submit(&mut self) -> io::Result<()> {
-        self.wait().await?;
+        while self.pending.len() >= WRITES_IN_FLIGHT {
+            if let Some(oldest) = self.pending.pop_front() {
+                joined(oldest).await?;
+            }
+        }
         let batch = std::mem::take(&mut self.batch);
         let start = self.pos;
         self.pos += std::mem::take(&mut self.batch_len) as u64;
@@ -405,7 +413,7 @@ impl Appender {
             range
         });
         let file = self.file.clone();
-        self.pending = Some(tokio::task::spawn_blocking(move || {
+        self.pending.push_back(tokio::task::spawn_blocking(move || {
             let mut at = start;
             for b in &batch {
                 file.write_all_at(b, at)?;
@@ -419,12 +427,16 @@ impl Appender {
         Ok(())
     }
 
-    /// Waits for the batch in flight, if any.
+    /// Waits for the batches in flight, if any; the first error, after all of them ended.
     async fn wait(&mut self) -> io::Result<()> {
-        match self.pending.take() {
-            Some(task) => joined(task).await,
-            None => Ok(()),
+        let mut outcome = Ok(());
+        while let Some(task) = self.pending.pop_front() {
+            let done = joined(task).await;
+            if outcome.is_ok() {
+                outcome = done;
+            }
         }
+        outcome
     }
 
     async fn finish(&mut self) -> io::Result<()> {

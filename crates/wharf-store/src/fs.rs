@@ -443,7 +443,19 @@ impl Appender {
         if self.batch_len > 0 {
             self.submit().await?;
         }
-        self.wait().await
+        self.wait().await?;
+        // Writeback starts for the tail too: a chunked upload's small parts would otherwise
+        // all wait for the commit's fsync.
+        if self.pos > self.kicked {
+            let (file, from, len) = (self.file.clone(), self.kicked, self.pos - self.kicked);
+            self.kicked = self.pos;
+            blocking(move || {
+                start_writeback(&file, from, len);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 

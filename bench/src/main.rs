@@ -344,10 +344,12 @@ where
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn small_images(t: &Arc<Target>, n: usize) -> (f64, f64) {
+/// Pushes and pulls images `first..first + n` (new ones each run); images/s of each.
+async fn small_images(t: &Arc<Target>, first: usize, n: usize) -> (f64, f64) {
     let tp = t.clone();
     let push = concurrently(n, 8, move |i| {
         let t = tp.clone();
+        let i = first + i;
         async move {
             let (c, l, m) = image(i);
             let repo = format!("small/app{}", i % 50);
@@ -360,6 +362,7 @@ async fn small_images(t: &Arc<Target>, n: usize) -> (f64, f64) {
     let tp = t.clone();
     let pull = concurrently(n, 8, move |i| {
         let t = tp.clone();
+        let i = first + i;
         async move {
             let (c, l, _) = image(i);
             let repo = format!("small/app{}", i % 50);
@@ -677,12 +680,21 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
 }
 
 async fn small_image_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, table: &mut Table) {
-    let mut f = [(0.0, 0.0); 2];
-    for (i, t) in targets.iter().enumerate() {
-        eprintln!("{}: {} small images...", t.label, sizes.images);
-        f[i] = small_images(t, sizes.images).await;
-    }
     let n = sizes.images;
+    // Medians of the runs, which alternate between the registries (as the blob rows do).
+    let mut runs = [[vec![], vec![]], [vec![], vec![]]];
+    for run in 0..sizes.runs {
+        for (i, t) in targets.iter().enumerate() {
+            eprintln!("{}: {n} small images, run {}...", t.label, run + 1);
+            let (push, pull) = small_images(t, run * n, n).await;
+            runs[i][0].push(push);
+            runs[i][1].push(pull);
+        }
+    }
+    let mut f = [(0.0, 0.0); 2];
+    for (i, r) in runs.iter_mut().enumerate() {
+        f[i] = (middle(&mut r[0]), middle(&mut r[1]));
+    }
     table.add(
         format!("small-image push, {n} images, concurrency 8"),
         "images/s",
@@ -930,6 +942,15 @@ async fn main() {
             gc: [2_000, 10_000],
             gc_pushes: 300,
         }
+    };
+    // More runs where the two columns differ by less than this shared machine's spells do.
+    let sizes = match arg(&args, "--runs").map(|r| r.parse::<usize>()) {
+        Some(Ok(runs)) if runs > 0 => Sizes { runs, ..sizes },
+        Some(_) => {
+            eprintln!("--runs takes a number of runs, 1 or more");
+            std::process::exit(2);
+        }
+        None => sizes,
     };
     let wharf_auth = arg(&args, "--wharf-auth");
     let reference_auth = arg(&args, "--reference-auth");

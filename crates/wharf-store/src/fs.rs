@@ -460,10 +460,37 @@ impl Appender {
 }
 
 /// Reads exactly `len` bytes at `offset` into a buffer of their own; a file shorter than that
-/// is an error, so a damaged blob never reaches a client as a silently short body.
+/// is an error, so a damaged blob never reaches a client as a silently short body. The buffer
+/// is read into without being zeroed first: zeroing every buffer cost a pull a tenth of its
+/// CPU.
 fn read_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)?;
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = i64::try_from(offset + buf.len() as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+        let want = len - buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `want` bytes into the spare capacity, which holds at
+        // least `want`; the length then grows by exactly what it reports written.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, at) };
+        match usize::try_from(n) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ends before the bytes asked for",
+                ))
+            }
+            // SAFETY: the first `n` bytes of the spare capacity were just written.
+            Ok(n) => unsafe { buf.set_len(buf.len() + n) },
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
     Ok(Bytes::from(buf))
 }
 
@@ -888,6 +915,31 @@ mod tests {
             store.commit_upload("f", &parts, end, &d).await.unwrap();
             assert_eq!(read_all(&store, &d, 0, end).await, data);
         }
+    }
+
+    #[test]
+    fn reads_at_an_offset_and_refuse_to_come_back_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..=255u8)
+            .cycle()
+            .take(3 * READ_CHUNK as usize + 7)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let n = data.len();
+        for (at, len) in [
+            (0, n),
+            (3, 4),
+            (n - 1, 1),
+            (READ_CHUNK as usize - 1, 2),
+            (0, 0),
+        ] {
+            let got = read_at(&file, at as u64, len).unwrap();
+            assert_eq!(&got[..], &data[at..at + len], "{at}+{len}");
+        }
+        let short = read_at(&file, (n - 3) as u64, 4).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

@@ -834,6 +834,10 @@ fn seal_stream(
             async move {
                 let (first, plain, last) = batch?;
                 let (first, last) = (from + first, last && closed);
+                // As when opening: a single segment is sealed here, without a thread hop.
+                if plain.iter().map(Bytes::len).sum::<usize>() <= SEGMENT {
+                    return Ok(seal_batch(&key, &object, first, last, plain));
+                }
                 tokio::task::spawn_blocking(move || seal_batch(&key, &object, first, last, plain))
                     .await
                     .map_err(io::Error::other)
@@ -991,12 +995,17 @@ fn open_stream(sealed: ByteStream, s: OpenState) -> impl Stream<Item = io::Resul
             let (key, object) = (key.clone(), object.clone());
             async move {
                 let (first, buf) = batch?;
-                tokio::task::spawn_blocking(move || {
-                    open_batch(&key, &object, form, (first, count, total), buf)
-                })
-                .await
-                .unwrap_or(None)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, String::new()))
+                let at = (first, count, total);
+                // A segment opens in microseconds: handing it to another thread would cost
+                // a small blob's pull more than opening it here.
+                let opened = if buf.len() <= SEALED_SEGMENT {
+                    open_batch(&key, &object, form, at, buf)
+                } else {
+                    tokio::task::spawn_blocking(move || open_batch(&key, &object, form, at, buf))
+                        .await
+                        .unwrap_or(None)
+                };
+                opened.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, String::new()))
             }
         })
         .buffered(2);

@@ -68,7 +68,6 @@ impl FsStore {
         Ok(self.root.join("uploads").join(id))
     }
 
-    /// The upload's parts with their lengths, checked to make `size` bytes in order.
     /// An upload's recorded parts, each with its extent: the plaintext bytes from its start
     /// (named in it) to the next part's, the last one's to `size`. A part's file may hold
     /// more (an append that failed after writing leaves its bytes), never less.
@@ -135,11 +134,7 @@ impl FsStore {
             return Ok(Err(body));
         };
         let sealed = KeyId::from_header(&opened.head).is_some();
-        let exact = if sealed {
-            seal::stored_len(extent)
-        } else {
-            extent
-        };
+        let exact = stored_extent(&opened.head, extent);
         if opened.stored != exact || !self.seal.grows(&opened.head, extent) {
             return Ok(Err(body));
         }
@@ -171,11 +166,7 @@ impl FsStore {
     async fn close_part(&self, path: &Path, extent: u64) -> Result<()> {
         let opened = open_stored(path.to_path_buf()).await?;
         let sealed = KeyId::from_header(&opened.head).is_some();
-        let exact = if sealed {
-            seal::stored_len(extent)
-        } else {
-            extent
-        };
+        let exact = stored_extent(&opened.head, extent);
         let file = std::fs::OpenOptions::new().write(true).open(path)?;
         if opened.stored > exact {
             file.set_len(exact)?;
@@ -248,14 +239,20 @@ async fn read_opened(
         .await
 }
 
-/// Streams an upload part's first `extent` plaintext bytes (its file may hold more).
-async fn read_part(seal: &Sealing, path: PathBuf, name: &str, extent: u64) -> Result<ByteStream> {
-    let Opened { file, head, .. } = open_stored(path).await?;
-    let stored = if KeyId::from_header(&head).is_some() {
+/// Stored bytes of `extent` plaintext bytes of an object whose first bytes are `head`: sealed,
+/// or in the clear.
+fn stored_extent(head: &[u8], extent: u64) -> u64 {
+    if KeyId::from_header(head).is_some() {
         seal::stored_len(extent)
     } else {
         extent
-    };
+    }
+}
+
+/// Streams an upload part's first `extent` plaintext bytes (its file may hold more).
+async fn read_part(seal: &Sealing, path: PathBuf, name: &str, extent: u64) -> Result<ByteStream> {
+    let Opened { file, head, .. } = open_stored(path).await?;
+    let stored = stored_extent(&head, extent);
     let fetch = |offset, len, chunk: Option<usize>| {
         stream_file(file, offset, len, chunk.map_or(READ_CHUNK, |c| c as u64))
     };

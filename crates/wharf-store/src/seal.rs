@@ -451,9 +451,14 @@ impl KeyId {
 
     /// The key id a stored object's first bytes name, if they are a sealed object's header.
     pub fn from_header(head: &[u8]) -> Option<KeyId> {
-        Form::of_header(head)?;
+        KeyId::with_form(head).map(|(id, _)| id)
+    }
+
+    /// The key id and the form a stored object's first bytes name.
+    pub fn with_form(head: &[u8]) -> Option<(KeyId, Form)> {
+        let form = Form::of_header(head)?;
         let id = head.get(MAGIC.len()..HEADER)?;
-        id.try_into().ok().map(KeyId)
+        Some((KeyId(id.try_into().ok()?), form))
     }
 
     fn header(&self) -> Bytes {
@@ -569,7 +574,7 @@ impl Sealing {
         total: u64,
         last: &mut [u8],
     ) -> crate::Result<Option<Bytes>> {
-        let (Some(id), Some(Form::Open)) = (KeyId::from_header(head), Form::of_header(head)) else {
+        let Some((id, Form::Open)) = KeyId::with_form(head) else {
             return Ok(None);
         };
         let count = segment_count(total);
@@ -669,7 +674,7 @@ impl Sealing {
     /// Opens a small object `seal_bytes` made (plaintext stored before encryption passes as
     /// it is); `name` says in errors and the log which object failed.
     pub async fn open_bytes(&self, name: &str, stored: &[u8]) -> crate::Result<Vec<u8>> {
-        let (Some(id), Some(form)) = (KeyId::from_header(stored), Form::of_header(stored)) else {
+        let Some((id, form)) = KeyId::with_form(stored) else {
             return Ok(stored.to_vec());
         };
         if form == Form::Open {
@@ -740,7 +745,7 @@ impl Sealing {
         F: FnOnce(u64, u64, Option<usize>) -> Fut,
         Fut: std::future::Future<Output = crate::Result<ByteStream>>,
     {
-        let (Some(id), Some(form)) = (KeyId::from_header(head), Form::of_header(head)) else {
+        let Some((id, form)) = KeyId::with_form(head) else {
             return fetch(offset, len, None).await;
         };
         let key = self.key(name, &id).await?;

@@ -102,6 +102,16 @@ fn rss_kib(pid: u32, field: &str) -> f64 {
 
 /// CPU time (user + system) a process has used so far, in seconds; 0 if it is gone.
 fn cpu_secs(pid: u32) -> f64 {
+    stat_secs(&pid.to_string(), 11)
+}
+
+/// CPU time (user + system) of this process's children that have ended (curl), in seconds.
+fn children_cpu_secs() -> f64 {
+    stat_secs("self", 13)
+}
+
+/// Two CPU times of /proc/`pid`/stat added up, from the `skip`th field after the command name.
+fn stat_secs(pid: &str, skip: usize) -> f64 {
     /// Linux reports times in clock ticks of 1/100 s (USER_HZ) on every architecture it runs
     /// this bench on.
     const TICKS_PER_SEC: f64 = 100.0;
@@ -109,9 +119,10 @@ fn cpu_secs(pid: u32) -> f64 {
         .ok()
         .and_then(|s| {
             // Fields after the command name, which is in parentheses and may hold spaces:
-            // utime and stime are the 14th and 15th fields of the line, 12th and 13th here.
+            // utime and stime are the 14th and 15th fields of the line, 12th and 13th here;
+            // cutime and cstime (children waited for) the next two.
             let rest = s.rsplit_once(')')?.1;
-            let mut f = rest.split_whitespace().skip(11);
+            let mut f = rest.split_whitespace().skip(skip);
             let user: f64 = f.next()?.parse().ok()?;
             let system: f64 = f.next()?.parse().ok()?;
             Some((user + system) / TICKS_PER_SEC)
@@ -553,6 +564,8 @@ fn durable_write_limit(path: &Path, size: u64, work: &Path) -> f64 {
 /// Collects rows: a figure for each registry, in the order of `targets` (wharf, reference).
 #[derive(Default)]
 struct Table {
+    /// The columns' names, for the notes.
+    columns: [String; 2],
     rows: Vec<Row>,
     notes: Vec<String>,
 }
@@ -588,8 +601,8 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
         let mut runs = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
         let mut f = [[0.0f64; 5]; 2];
         // CPU seconds each server and this client spent on the monolithic pushes, and each
-        // server on the pulls (the pull's client is curl).
-        let mut cpu = [[0.0f64; 3]; 2];
+        // server and curl (the pull's client) on the pulls.
+        let mut cpu = [[0.0f64; 4]; 2];
         let me = std::process::id();
         for run in 0..sizes.runs {
             for (i, t) in targets.iter().enumerate() {
@@ -607,9 +620,10 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
                 let chunk = Some(16 << 20);
                 runs[i][1].push(push_blob(t, &repo, &data, &digest, chunk).await);
                 reset_peak(t).await;
-                let server = cpu_secs(t.pid);
+                let (server, curl) = (cpu_secs(t.pid), children_cpu_secs());
                 runs[i][2].push(pull_blob(t, &repo, &digest, size).await);
                 cpu[i][2] += cpu_secs(t.pid) - server;
+                cpu[i][3] += children_cpu_secs() - curl;
                 f[i][4] = f[i][4].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
             }
         }
@@ -674,6 +688,30 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
             cpu[0][0] / per_gib,
             cpu[0][1] / per_gib,
             cpu_limit / hash * 100.0
+        ));
+        // What the cores bound: each column's server with its client, on the same cores.
+        let bound = |i: usize, server: usize, client: usize| {
+            cores * 1024.0 / ((cpu[i][server] + cpu[i][client]) / per_gib)
+        };
+        let [a, b] = table.columns.clone();
+        let (push, pull) = (
+            [bound(0, 0, 1), bound(1, 0, 1)],
+            [bound(0, 2, 3), bound(1, 2, 3)],
+        );
+        table.notes.push(format!(
+            "{mb} MiB, what {cores:.0} cores can carry, server and client together: a pull cost \
+             {a} {:.2} s and {b} {:.2} s of server CPU per GiB, and curl {:.2} s, so at most \
+             {:.0} and {:.0} MiB/s (ratio {:.2}); a monolithic push, with this client, at most \
+             {:.0} and {:.0} MiB/s (ratio {:.2}).",
+            cpu[0][2] / per_gib,
+            cpu[1][2] / per_gib,
+            (cpu[0][3] + cpu[1][3]) / 2.0 / per_gib,
+            pull[0],
+            pull[1],
+            pull[0] / pull[1],
+            push[0],
+            push[1],
+            push[0] / push[1],
         ));
         let _ = std::fs::remove_file(&path);
     }
@@ -983,7 +1021,10 @@ async fn main() {
     let out_path = PathBuf::from(required(&args, "--out"));
     let commit = arg(&args, "--commit").unwrap_or_default();
 
-    let mut table = Table::default();
+    let mut table = Table {
+        columns: [columns[0].clone(), columns[1].clone()],
+        ..Table::default()
+    };
     // Before any request: the servers as they start.
     let rss = |k: usize| rss_kib(targets[k].pid, "VmRSS:") / 1024.0;
     table.add(

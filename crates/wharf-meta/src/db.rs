@@ -117,14 +117,29 @@ impl Meta {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
+        self.transaction_as(Durability::Now, work).await
+    }
+
+    /// [`Meta::transaction`], durable as `durability` says.
+    pub(crate) async fn transaction_as<T, F>(&self, durability: Durability, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
         let Some(group) = &self.group else {
             let mut tx = self.begin_write().await?;
+            if durability == Durability::Later {
+                // Only this transaction's commit skips waiting for its WAL flush.
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let value = work(&mut tx).await?;
             tx.commit().await?;
             return Ok(value);
         };
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &mut AnyConnection| {
+        let run: JobWork = Box::new(move |conn: &mut AnyConnection| {
             Box::pin(async move {
                 let (clean, outcome) = in_savepoint(conn, work).await;
                 let deliver: Deliver =
@@ -134,7 +149,10 @@ impl Meta {
                 (clean, deliver)
             })
         });
-        group.send(job).await.map_err(|_| stopped())?;
+        group
+            .send(Job { durability, run })
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -155,11 +173,28 @@ impl Meta {
     }
 }
 
+/// When a transaction's changes must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Before the transaction is answered.
+    Now,
+    /// With the next durable commit, or soon after by the database's own schedule (SQLite's
+    /// next checkpoint, PostgreSQL's WAL writer): a crash may lose the change, never tear it.
+    /// For records that a client can find out about and redo, such as an upload's progress.
+    Later,
+}
+
 /// One transaction's work for the group committer. It runs its work in a savepoint and
 /// returns whether the savepoint was closed cleanly, and how to answer its caller once the
 /// group's commit has succeeded or failed.
-type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+type JobWork =
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
 type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+struct Job {
+    durability: Durability,
+    run: JobWork,
+}
 
 /// How SQLite write transactions begin (see [`Meta::begin_write`]).
 const SQLITE_BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -202,13 +237,26 @@ fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
             let mut delivers = Vec::with_capacity(jobs.len());
             let committed = async {
                 let mut conn = write.acquire().await.map_err(|e| e.to_string())?;
+                // A group whose every transaction may wait commits without syncing the WAL; the
+                // next synced commit makes it durable with everything before it. Set for each
+                // group, so that no group inherits another's setting.
+                let later = jobs.iter().all(|j| j.durability == Durability::Later);
+                let sync = if later {
+                    "PRAGMA synchronous = NORMAL"
+                } else {
+                    "PRAGMA synchronous = FULL"
+                };
+                sqlx::query(sync)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut tx = conn
                     .begin_with(SQLITE_BEGIN_WRITE)
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut clean = true;
                 for job in jobs.drain(..) {
-                    let (ok, deliver) = job(&mut tx).await;
+                    let (ok, deliver) = (job.run)(&mut tx).await;
                     clean &= ok;
                     delivers.push(deliver);
                 }

@@ -224,6 +224,51 @@ async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
     finish(stores).await;
 }
 
+/// An upload's progress is committed without waiting for the disk (a lost chunk record is
+/// redone by the client), but is seen at once, and a durable commit after it is still synced:
+/// on SQLite the setting is the group's own, never the one the group before left.
+#[tokio::test]
+async fn upload_progress_is_seen_at_once_and_leaves_later_commits_durable() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("alpha", "eu").await.unwrap();
+        assert!(m.create_upload(r.id, "app", "u1", 8).await.unwrap());
+        let sync = || async {
+            sqlx::query_scalar::<_, i32>("PRAGMA synchronous")
+                .fetch_one(&m.write)
+                .await
+                .unwrap()
+        };
+        let sqlite = m.backend() == crate::Backend::Sqlite;
+        let (normal, full) = (1, 2);
+        let mut at = 0;
+        for step in 1..=3 {
+            assert!(m
+                .advance_upload("u1", at, at + 10, vec![step], None)
+                .await
+                .unwrap());
+            at += 10;
+            let seen = m.get_upload(r.id, "app", "u1").await.unwrap().unwrap();
+            assert_eq!((seen.size, seen.hash_state), (at, Some(vec![step])));
+            if sqlite {
+                assert_eq!(sync().await, normal, "a group of progress records only");
+            }
+            // Any other write is durable again.
+            assert!(m
+                .create_upload(r.id, "app", &format!("d{step}"), 8)
+                .await
+                .unwrap());
+            if sqlite {
+                assert_eq!(sync().await, full, "after a durable commit");
+            }
+        }
+        // A stale view still loses the race, as with durable commits.
+        assert!(!m.advance_upload("u1", 0, 5, vec![9], None).await.unwrap());
+    }
+    finish(stores).await;
+}
+
 #[tokio::test]
 async fn token_and_admin_key_ids_are_never_reused() {
     let stores = stores().await;

@@ -1,5 +1,6 @@
 use sqlx::Row;
 
+use crate::db::Durability;
 use crate::registries::ensure_repository;
 use crate::{now_millis, Meta, MetaError, Result};
 
@@ -140,7 +141,11 @@ impl Meta {
     ) -> Result<bool> {
         let id = id.to_string();
         let part = part.map(|p| format!("{p}\n")).unwrap_or_default();
-        self.transaction(move |conn| {
+        // Recorded durably by the upload's end, not at each chunk: the chunk's bytes are not
+        // synced at this point either, and the commit of the blob syncs both. A crash may
+        // lose the newest chunks' record; the client then resumes from the recorded size (the
+        // upload's status says it), and bytes stored past it are never read.
+        self.transaction_as(Durability::Later, move |conn| {
             Box::pin(async move {
                 let done = sqlx::query(
                     "UPDATE uploads SET size = $1, updated_at = $2, hash_state = $3, \

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,44 @@ pub struct FsStore {
     /// Where blobs are: `blobs/`, or `scopes/<scope>/blobs/` for a registry's own key.
     blobs: PathBuf,
     seal: Sealing,
+    /// The part each upload may grow, with its stored length, as this process left it.
+    growing: Growing,
+}
+
+/// Upload id → (last part, its stored length), for the parts this process wrote itself. A part
+/// grows only while it is listed with its file's length. After a restart nothing is listed, so
+/// an upload resumed then starts a new part under a new key: whatever a crash left on the disk
+/// of an append that was never recorded (even past the file's end), no segment index is sealed
+/// twice under one key.
+#[derive(Clone, Default)]
+struct Growing(Arc<std::sync::Mutex<HashMap<String, (String, u64)>>>);
+
+/// More uploads than this in progress at once and the list starts again: growth is only a
+/// saving, and a part not listed is simply followed by a new one.
+const GROWING_MAX: usize = 4096;
+
+impl Growing {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, id: &str, part: &str, stored: u64) {
+        let mut map = self.map();
+        if map.len() >= GROWING_MAX && !map.contains_key(id) {
+            map.clear();
+        }
+        map.insert(id.to_string(), (part.to_string(), stored));
+    }
+
+    fn is(&self, id: &str, part: &str, stored: u64) -> bool {
+        self.map()
+            .get(id)
+            .is_some_and(|(p, s)| p == part && *s == stored)
+    }
+
+    fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
 }
 
 impl FsStore {
@@ -47,6 +86,7 @@ impl FsStore {
             blobs: root.join("blobs"),
             root,
             seal: Sealing::default(),
+            growing: Growing::default(),
         })
     }
 
@@ -112,9 +152,9 @@ impl FsStore {
         }
     }
 
-    /// Grows the upload's last part `name` in place by `body`, if it can: its file holds
-    /// exactly its recorded `offset - start` bytes (nothing was ever written past them) and it
-    /// is stored so that it can grow. Otherwise the body comes back untouched.
+    /// Grows the upload's last part `name` in place by `body`, if it can: this process wrote
+    /// it, its file holds exactly its recorded `offset - start` bytes (nothing was ever written
+    /// past them) and it is stored so that it can grow. Otherwise the body comes back untouched.
     async fn grow_part(
         &self,
         id: &str,
@@ -130,12 +170,15 @@ impl FsStore {
             return Ok(Err(body));
         };
         let path = self.upload_dir(id)?.join(name);
-        let Ok(opened) = open_stored(path.clone()).await else {
+        let Ok(opened) = open_stored(path.clone(), true).await else {
             return Ok(Err(body));
         };
         let sealed = KeyId::from_header(&opened.head).is_some();
         let exact = stored_extent(&opened.head, extent);
-        if opened.stored != exact || !self.seal.grows(&opened.head, extent) {
+        if opened.stored != exact
+            || !self.growing.is(id, name, exact)
+            || !self.seal.grows(&opened.head, extent)
+        {
             return Ok(Err(body));
         }
         let label = format!("upload part {}", path.display());
@@ -143,13 +186,19 @@ impl FsStore {
             .seal
             .extend_part(&label, &opened.head, extent, body, expected_len)
             .await?;
-        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-        let mut appender = Appender::new(file, exact);
+        let mut appender = Appender::new(opened.file, exact);
         let written = write_body(&mut appender, body, expected).await;
-        // On an error the bytes written stay past the recorded ones: never read, and they
-        // keep this part from growing again (a sealed segment is never sealed twice).
+        // On an error the bytes written stay past the recorded ones: never read, and the part
+        // grows no more (a sealed segment is never sealed twice).
         let _ = appender.wait().await;
-        let written = written?;
+        let written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                self.growing.forget(id);
+                return Err(e);
+            }
+        };
+        self.growing.set(id, name, exact + written);
         let grown = if sealed {
             seal::plain_len(seal::HEADER as u64 + written).unwrap_or(0)
         } else {
@@ -164,10 +213,10 @@ impl FsStore {
     /// Makes an upload's only part a blob's stored object in place: cut to its `extent`, and,
     /// sealed open, its last segment sealed again as the last one.
     async fn close_part(&self, path: &Path, extent: u64) -> Result<()> {
-        let opened = open_stored(path.to_path_buf()).await?;
+        let opened = open_stored(path.to_path_buf(), true).await?;
         let sealed = KeyId::from_header(&opened.head).is_some();
         let exact = stored_extent(&opened.head, extent);
-        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        let file = opened.file;
         if opened.stored > exact {
             file.set_len(exact)?;
         }
@@ -176,7 +225,7 @@ impl FsStore {
         }
         let at =
             seal::HEADER as u64 + (seal::segment_count(extent) - 1) * seal::SEALED_SEGMENT as u64;
-        let reader = opened.file.clone();
+        let reader = file.clone();
         let mut last = blocking(move || read_at(&reader, at, (exact - at) as usize))
             .await?
             .to_vec();
@@ -203,9 +252,13 @@ struct Opened {
     head: Bytes,
 }
 
-async fn open_stored(path: PathBuf) -> Result<Opened> {
+/// Opens a stored file to read it, and with `write` to change it too.
+async fn open_stored(path: PathBuf, write: bool) -> Result<Opened> {
     let opened = blocking(move || {
-        let file = std::fs::File::open(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&path)?;
         let stored = file.metadata()?.len();
         let head = read_at(&file, 0, stored.min(HEADER as u64) as usize)?;
         Ok(Opened {
@@ -251,7 +304,7 @@ fn stored_extent(head: &[u8], extent: u64) -> u64 {
 
 /// Streams an upload part's first `extent` plaintext bytes (its file may hold more).
 async fn read_part(seal: &Sealing, path: PathBuf, name: &str, extent: u64) -> Result<ByteStream> {
-    let Opened { file, head, .. } = open_stored(path).await?;
+    let Opened { file, head, .. } = open_stored(path, false).await?;
     let stored = stored_extent(&head, extent);
     let fetch = |offset, len, chunk: Option<usize>| {
         stream_file(file, offset, len, chunk.map_or(READ_CHUNK, |c| c as u64))
@@ -267,12 +320,12 @@ async fn read_object(
     offset: u64,
     len: u64,
 ) -> Result<ByteStream> {
-    read_opened(seal, open_stored(path).await?, name, offset, len).await
+    read_opened(seal, open_stored(path, false).await?, name, offset, len).await
 }
 
 /// Writes a stream into a new file, through the batching appender; not yet synced.
 async fn write_new_file(path: &Path, mut bytes: ByteStream) -> Result<()> {
-    let mut appender = Appender::new(std::fs::File::create(path)?, 0);
+    let mut appender = Appender::new(Arc::new(std::fs::File::create(path)?), 0);
     while let Some(chunk) = bytes.next().await {
         appender.push(chunk.map_err(StoreError::body)?).await?;
     }
@@ -375,9 +428,9 @@ struct Appender {
 }
 
 impl Appender {
-    fn new(file: std::fs::File, pos: u64) -> Self {
+    fn new(file: Arc<std::fs::File>, pos: u64) -> Self {
         Appender {
-            file: Arc::new(file),
+            file,
             pos,
             batch: Vec::new(),
             batch_len: 0,
@@ -517,14 +570,18 @@ impl BlobStore for FsStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::UploadUnknown),
             Err(e) => return Err(e.into()),
         };
-        let mut appender = Appender::new(file, 0);
+        let mut appender = Appender::new(Arc::new(file), 0);
         let written = match self.seal.seal_part(body, expected_len).await {
             Ok((body, expected)) => write_body(&mut appender, body, expected).await,
             Err(e) => Err(e),
         };
-        if !matches!(written, Ok(n) if n > 0) {
-            let _ = appender.wait().await;
-            let _ = fs::remove_file(&path).await;
+        match written {
+            Ok(n) if n > 0 => self.growing.set(id, &part, n),
+            _ => {
+                self.growing.forget(id);
+                let _ = appender.wait().await;
+                let _ = fs::remove_file(&path).await;
+            }
         }
         Ok(self.seal.appended(offset, written?, part))
     }
@@ -560,6 +617,7 @@ impl BlobStore for FsStore {
         digest: &Digest,
     ) -> Result<()> {
         let dir = self.upload_dir(id)?;
+        self.growing.forget(id);
         let parts = self.parts(id, parts, size).await?;
         let dest = self.blob_path(digest);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
@@ -606,6 +664,7 @@ impl BlobStore for FsStore {
     }
 
     async fn delete_upload(&self, id: &str) -> Result<()> {
+        self.growing.forget(id);
         match fs::remove_dir_all(self.upload_dir(id)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -657,7 +716,7 @@ impl BlobStore for FsStore {
             return Ok(false);
         }
         let path = self.blob_path(digest);
-        let opened = open_stored(path.clone()).await?;
+        let opened = open_stored(path.clone(), false).await?;
         if size == 0 || KeyId::from_header(&opened.head).is_some() {
             return Ok(false);
         }
@@ -690,6 +749,7 @@ impl BlobStore for FsStore {
             blobs: self.root.join("scopes").join(scope).join("blobs"),
             root: self.root.clone(),
             seal,
+            growing: self.growing.clone(),
         }))
     }
 
@@ -911,6 +971,49 @@ mod tests {
             let d = Digest::sha256_of(&data);
             store.commit_upload("f", &parts, end, &d).await.unwrap();
             assert_eq!(read_all(&store, &d, 0, end).await, data);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_written_before_a_restart_is_followed_by_a_new_one() {
+        use crate::seal::{MemoryKeys, SEGMENT};
+        let data: Vec<u8> = (0..(6 * SEGMENT + 9)).map(|i| (i % 253) as u8).collect();
+        let piece = 2 * SEGMENT;
+        for sealed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let keys = MemoryKeys::sealing();
+            let open = || async {
+                let store = FsStore::open(dir.path()).await.unwrap();
+                if sealed {
+                    store.sealed(keys.clone())
+                } else {
+                    store
+                }
+            };
+            let before = open().await;
+            before.create_upload("r").await.unwrap();
+            let mut parts = Vec::new();
+            let mut at = append_after(
+                &before,
+                "r",
+                &mut parts,
+                0,
+                chunks(&data[..piece], 9000, false),
+            )
+            .await
+            .unwrap();
+            // A new process (a restart) starts a new part, and grows that one.
+            let after = open().await;
+            for range in [piece..2 * piece, 2 * piece..data.len()] {
+                let body = chunks(&data[range], 9000, false);
+                at = append_after(&after, "r", &mut parts, at, body)
+                    .await
+                    .unwrap();
+                assert_eq!(parts.len(), 2, "sealed {sealed}");
+            }
+            let d = Digest::sha256_of(&data);
+            after.commit_upload("r", &parts, at, &d).await.unwrap();
+            assert_eq!(read_all(&after, &d, 0, at).await, data);
         }
     }
 

@@ -697,7 +697,11 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
         // Server and client share this machine's cores: together they can move no more than
         // cores / (CPU seconds per MiB of both).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let cpu_limit = cores * 1024.0 / ((cpu[0][0] + cpu[0][1]) / per_gib);
+        // MiB/s for column `i`, from the CPU of its server and client counted at those indexes.
+        let bound = |i: usize, server: usize, client: usize| {
+            cores * 1024.0 / ((cpu[i][server] + cpu[i][client]) / per_gib)
+        };
+        let cpu_limit = bound(0, 0, 1);
         table.notes.push(format!(
             "{mb} MiB: hashing limit (openssl dgst -sha256) {hash:.0} MiB/s, durable-write limit \
              (dd conv=fdatasync on the registries' disk) {disk:.0} MiB/s; wharf's monolithic push \
@@ -710,13 +714,9 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
             cpu[0][1] / per_gib,
             cpu_limit / hash * 100.0
         ));
-        // What the cores bound: each column's server with its client, on the same cores.
-        let bound = |i: usize, server: usize, client: usize| {
-            cores * 1024.0 / ((cpu[i][server] + cpu[i][client]) / per_gib)
-        };
         let [a, b] = table.columns.clone();
         let (push, pull) = (
-            [bound(0, 0, 1), bound(1, 0, 1)],
+            [cpu_limit, bound(1, 0, 1)],
             [bound(0, 2, 3), bound(1, 2, 3)],
         );
         table.notes.push(format!(

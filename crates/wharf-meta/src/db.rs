@@ -139,12 +139,22 @@ impl Meta {
             return Ok(value);
         };
         let (reply, answer) = oneshot::channel();
-        let run: JobWork = Box::new(move |conn: &mut AnyConnection| {
+        let run: JobWork = Box::new(move |conn: &mut AnyConnection, alone: bool| {
             Box::pin(async move {
-                let (clean, outcome) = in_savepoint(conn, work).await;
+                // Alone in its group, the work needs no savepoint of its own: when it fails,
+                // the group's transaction (its own) is rolled back.
+                let (clean, outcome) = if alone {
+                    let outcome = work(conn).await;
+                    (outcome.is_ok(), outcome)
+                } else {
+                    in_savepoint(conn, work).await
+                };
+                // Work that failed answers with its own error, whatever became of the group.
                 let deliver: Deliver =
                     Box::new(move |committed: std::result::Result<(), String>| {
-                        let _ = reply.send(committed.map_err(MetaError::Commit).and(outcome));
+                        let _ = reply.send(
+                            outcome.and_then(|v| committed.map_err(MetaError::Commit).map(|_| v)),
+                        );
                     });
                 (clean, deliver)
             })
@@ -184,11 +194,11 @@ pub(crate) enum Durability {
     Later,
 }
 
-/// One transaction's work for the group committer. It runs its work in a savepoint and
-/// returns whether the savepoint was closed cleanly, and how to answer its caller once the
-/// group's commit has succeeded or failed.
+/// One transaction's work for the group committer. It runs its work in a savepoint (or, alone
+/// in its group, straight in the group's transaction) and returns whether the group may still
+/// commit, and how to answer its caller once the group's commit has succeeded or failed.
 type JobWork =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection, bool) -> BoxFuture<'c, (bool, Deliver)> + Send>;
 type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
 struct Job {
@@ -233,35 +243,48 @@ fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
     let (sender, mut queue) = mpsc::channel::<Job>(GROUP_LIMIT * 4);
     tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(GROUP_LIMIT);
+        // The write connection's `synchronous` setting as this task last set it: whether it
+        // skips syncing the WAL. Unknown (`None`) after any failure: a connection opened anew
+        // starts on FULL, and the next group sets what it needs.
+        let mut relaxed: Option<bool> = None;
         while queue.recv_many(&mut jobs, GROUP_LIMIT).await > 0 {
             let mut delivers = Vec::with_capacity(jobs.len());
             let committed = async {
                 let mut conn = write.acquire().await.map_err(|e| e.to_string())?;
                 // A group whose every transaction may wait commits without syncing the WAL; the
-                // next synced commit makes it durable with everything before it. Set for each
-                // group, so that no group inherits another's setting.
+                // next synced commit makes it durable with everything before it. Every group
+                // runs on the setting it needs, set only when it differs from the last one.
                 let later = jobs.iter().all(|j| j.durability == Durability::Later);
-                let sync = if later {
-                    "PRAGMA synchronous = NORMAL"
-                } else {
-                    "PRAGMA synchronous = FULL"
-                };
-                sqlx::query(sync)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if relaxed != Some(later) {
+                    relaxed = None;
+                    let sync = if later {
+                        "PRAGMA synchronous = NORMAL"
+                    } else {
+                        "PRAGMA synchronous = FULL"
+                    };
+                    sqlx::query(sync)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    relaxed = Some(later);
+                }
                 let mut tx = conn
                     .begin_with(SQLITE_BEGIN_WRITE)
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut clean = true;
+                let alone = jobs.len() == 1;
                 for job in jobs.drain(..) {
-                    let (ok, deliver) = (job.run)(&mut tx).await;
+                    let (ok, deliver) = (job.run)(&mut tx, alone).await;
                     clean &= ok;
                     delivers.push(deliver);
                 }
                 if clean {
                     tx.commit().await.map_err(|e| e.to_string())
+                } else if alone {
+                    // The lone job's work failed: its transaction ends, and it answers with
+                    // its own error.
+                    tx.rollback().await.map_err(|e| e.to_string())
                 } else {
                     let _ = tx.rollback().await;
                     Err("a savepoint could not be closed; the group was rolled back".to_string())
@@ -269,6 +292,9 @@ fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
             }
             .await
             .inspect_err(|e| tracing::error!(error = %e, "group commit failed"));
+            if committed.is_err() {
+                relaxed = None;
+            }
             // Jobs never run (no connection, or BEGIN failed) drop their replies: their callers
             // get `stopped()`, the cause is in the log line above.
             jobs.clear();

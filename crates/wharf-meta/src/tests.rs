@@ -930,6 +930,51 @@ async fn concurrent_writes_land_or_fail_each_on_their_own() {
     finish(stores).await;
 }
 
+/// A write alone in its group (on SQLite it then runs without a savepoint of its own) that is
+/// refused leaves nothing behind, answers with its own error, and the writes after it land.
+#[tokio::test]
+async fn a_refused_write_on_its_own_leaves_nothing_and_says_why() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let r = m.ensure_registry("default", "eu").await.unwrap();
+        let refused = m
+            .put_manifest(
+                r.id,
+                "lone",
+                manifest(&digest(200), vec![&digest(1)], None),
+                Some("v1"),
+            )
+            .await;
+        match refused {
+            Err(MetaError::MissingReferences(d)) => assert_eq!(d, vec![digest(1)]),
+            other => panic!("expected missing references, got {other:?}"),
+        }
+        let page = m.list_repositories(r.id, None, 100, false).await.unwrap();
+        assert!(
+            page.items.is_empty(),
+            "the refused write created {:?}",
+            page.items
+        );
+        assert!(m.create_upload(r.id, "lone", "up", 10).await.unwrap());
+        assert!(m
+            .pin_and_commit(r.id, "lone", &digest(1), 7, Some(("up", 0)))
+            .await
+            .unwrap());
+        m.put_manifest(
+            r.id,
+            "lone",
+            manifest(&digest(200), vec![&digest(1)], None),
+            Some("v1"),
+        )
+        .await
+        .unwrap();
+        let got = m.manifest_by_tag(r.id, "lone", "v1").await.unwrap();
+        assert_eq!(got.map(|g| g.digest), Some(digest(200)));
+    }
+    finish(stores).await;
+}
+
 /// Runs every phase of a collection of `registry` to its end, leaving alone what is younger
 /// than `cutoff`; returns what was freed (objects are claimed, then forgotten as the server
 /// does once their content is deleted).

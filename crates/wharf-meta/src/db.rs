@@ -244,8 +244,9 @@ fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
     tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(GROUP_LIMIT);
         // The write connection's `synchronous` setting as this task last set it: whether it
-        // skips syncing the WAL. Unknown (`None`) after any failure: a connection opened anew
-        // starts on FULL, and the next group sets what it needs.
+        // skips syncing the WAL. Unknown (`None`) after any failed group, a failed PRAGMA
+        // included: a connection opened anew starts on FULL, and the next group sets what it
+        // needs.
         let mut relaxed: Option<bool> = None;
         while queue.recv_many(&mut jobs, GROUP_LIMIT).await > 0 {
             let mut delivers = Vec::with_capacity(jobs.len());
@@ -256,7 +257,6 @@ fn group_committer(write: AnyPool) -> mpsc::Sender<Job> {
                 // runs on the setting it needs, set only when it differs from the last one.
                 let later = jobs.iter().all(|j| j.durability == Durability::Later);
                 if relaxed != Some(later) {
-                    relaxed = None;
                     let sync = if later {
                         "PRAGMA synchronous = NORMAL"
                     } else {

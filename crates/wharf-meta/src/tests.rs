@@ -938,14 +938,8 @@ async fn a_refused_write_on_its_own_leaves_nothing_and_says_why() {
     for s in &stores {
         let m = &s.meta;
         let r = m.ensure_registry("default", "eu").await.unwrap();
-        let refused = m
-            .put_manifest(
-                r.id,
-                "lone",
-                manifest(&digest(200), vec![&digest(1)], None),
-                Some("v1"),
-            )
-            .await;
+        let image = || manifest(&digest(200), vec![&digest(1)], None);
+        let refused = m.put_manifest(r.id, "lone", image(), Some("v1")).await;
         match refused {
             Err(MetaError::MissingReferences(d)) => assert_eq!(d, vec![digest(1)]),
             other => panic!("expected missing references, got {other:?}"),
@@ -961,14 +955,9 @@ async fn a_refused_write_on_its_own_leaves_nothing_and_says_why() {
             .pin_and_commit(r.id, "lone", &digest(1), 7, Some(("up", 0)))
             .await
             .unwrap());
-        m.put_manifest(
-            r.id,
-            "lone",
-            manifest(&digest(200), vec![&digest(1)], None),
-            Some("v1"),
-        )
-        .await
-        .unwrap();
+        m.put_manifest(r.id, "lone", image(), Some("v1"))
+            .await
+            .unwrap();
         let got = m.manifest_by_tag(r.id, "lone", "v1").await.unwrap();
         assert_eq!(got.map(|g| g.digest), Some(digest(200)));
     }

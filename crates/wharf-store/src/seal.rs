@@ -848,7 +848,10 @@ fn seal_stream(
                     .map_err(io::Error::other)
             }
         })
-        .buffered(2);
+        // Batches sealed ahead (2 MiB): the request's task goes on receiving and hashing while
+        // a sealing thread waits for a core. On two cores shared with the client, four instead
+        // of two (with more writes in flight) pushed 2-8% faster; six gained nothing more.
+        .buffered(4);
     // The header goes first, with the first sealed bytes (an empty body stores nothing).
     let mut header = header;
     sealed.flat_map(move |segments| {

@@ -58,33 +58,43 @@ async fn assert_marker_nowhere(s: &Server) {
     );
 }
 
+/// Sends `piece` as the upload's bytes from offset `at` (a PATCH).
+async fn patch_at(s: &Server, loc: &str, at: usize, piece: &[u8]) -> reqwest::Response {
+    s.client
+        .patch(s.url(loc))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("{at}-{}", at + piece.len() - 1))
+        .body(piece.to_vec())
+        .send()
+        .await
+        .expect("patch")
+}
+
+/// Finishes the upload at `loc` as `digest` (a PUT with no body).
+async fn put_digest(s: &Server, loc: &str, digest: &str) -> reqwest::Response {
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    s.client
+        .put(s.url(&format!("{loc}{sep}digest={digest}")))
+        .send()
+        .await
+        .expect("put")
+}
+
 /// Pushes `data` in chunks of `chunk` bytes (PATCH, then PUT): several stored parts.
 async fn push_chunked(s: &Server, repo: &str, data: &[u8], chunk: usize) -> String {
     let digest = common::sha256(data);
     let mut loc = s.start_upload(repo).await;
     let mut at = 0;
     for piece in data.chunks(chunk) {
-        let r = s
-            .client
-            .patch(s.url(&loc))
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{at}-{}", at + piece.len() - 1))
-            .body(piece.to_vec())
-            .send()
-            .await
-            .expect("patch");
+        let r = patch_at(s, &loc, at, piece).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         loc = common::header(&r, "location");
         at += piece.len();
     }
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = s
-        .client
-        .put(s.url(&format!("{loc}{sep}digest={digest}")))
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        put_digest(s, &loc, &digest).await.status(),
+        StatusCode::CREATED
+    );
     digest
 }
 
@@ -796,7 +806,60 @@ mod content {
     );
 }
 
+/// The data key the saved hash state of the server's one open upload is sealed under (its id
+/// follows the 8-byte magic).
+fn state_key(s: &Server) -> String {
+    let sql = if s.database_url().is_some() {
+        "select encode(substring(hash_state from 9 for 16), 'hex') from uploads"
+    } else {
+        "select lower(hex(substr(hash_state, 9, 16))) from uploads"
+    };
+    db_value(s, sql)
+}
+
+fn data_key_rows(s: &Server, id: &str) -> String {
+    db_value(
+        s,
+        &format!("select count(*) from data_keys where id = '{id}'"),
+    )
+}
+
+/// Every chunk's hash state is sealed under a data key of its own; the next chunk's state
+/// replaces it and retires its key, so an upload does not leave a key per chunk behind. A
+/// refused chunk retires nothing, and the upload completes with the state it kept.
+async fn a_chunked_upload_retires_the_keys_of_its_replaced_states(b: Backend) {
+    let s = Server::start(b).await;
+    let data = common::pseudo_random(3 * SEGMENT + 100, 29);
+    let mut loc = s.start_upload("keys/app").await;
+    let mut keys: Vec<String> = Vec::new();
+    for (i, piece) in data.chunks(SEGMENT + 50).enumerate() {
+        let r = patch_at(&s, &loc, i * (SEGMENT + 50), piece).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        loc = common::header(&r, "location");
+        let key = state_key(&s);
+        assert_eq!(key.len(), 32, "chunk {i}: the state is sealed ({key:?})");
+        assert_eq!(data_key_rows(&s, &key), "1", "chunk {i}: its state's key");
+        if let Some(before) = keys.last() {
+            assert_ne!(&key, before);
+            assert_eq!(data_key_rows(&s, before), "0", "chunk {i} retired {before}");
+        }
+        keys.push(key);
+    }
+    // A chunk at the wrong offset is refused and keeps the state and its key.
+    let r = patch_at(&s, &loc, 0, &[0u8; 10]).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let last = keys.last().cloned().unwrap_or_default();
+    assert_eq!(state_key(&s), last);
+    assert_eq!(data_key_rows(&s, &last), "1");
+    let digest = common::sha256(&data);
+    let r = put_digest(&s, &loc, &digest).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let path = format!("/v2/keys/app/blobs/{digest}");
+    assert!(get_bytes(&s, &path, None).await.1 == data);
+}
+
 on_both_backends!(
+    a_chunked_upload_retires_the_keys_of_its_replaced_states,
     master_key_rotates_under_pulls_and_a_restart,
     rotation_is_refused_without_encryption_or_a_key_file,
     secrets_are_sealed_under_a_master_key_made_on_first_start,

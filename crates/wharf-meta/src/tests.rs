@@ -114,7 +114,7 @@ async fn metadata_copies_into_an_empty_store_with_its_ids() {
         .unwrap();
     assert!(sqlite.create_upload(r.id, "app", "open", 10).await.unwrap());
     assert!(sqlite
-        .advance_upload("open", 0, 3, vec![1, 2, 3], Some("p-0"))
+        .advance_upload("open", 0, 3, vec![1, 2, 3], Some("p-0"), None)
         .await
         .unwrap());
     let key = sqlite
@@ -191,6 +191,40 @@ async fn data_keys_are_recorded_in_batches_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn an_upload_that_advances_retires_its_replaced_hash_states_key() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let keys: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("s{i}"), vec![i; 8])).collect();
+        m.insert_data_keys(&keys, "m1").await.unwrap();
+        let r = m.ensure_registry("alpha", "eu").await.unwrap();
+        assert!(m.create_upload(r.id, "app", "u1", 2).await.unwrap());
+        assert!(m
+            .advance_upload("u1", 0, 5, vec![1], Some("p-0"), None)
+            .await
+            .unwrap());
+        assert!(m
+            .advance_upload("u1", 5, 9, vec![2], None, Some("s0"))
+            .await
+            .unwrap());
+        assert_eq!(m.data_key("s0").await.unwrap(), None, "{}", s.url);
+        // A stale request changes nothing, its key to retire included.
+        assert!(!m
+            .advance_upload("u1", 5, 12, vec![3], None, Some("s1"))
+            .await
+            .unwrap());
+        assert_eq!(m.data_key("s1").await.unwrap(), Some(vec![1; 8]));
+        let upload = m.get_upload(r.id, "app", "u1").await.unwrap();
+        assert_eq!(upload.map(|u| u.size), Some(9));
+        assert_eq!(
+            m.data_key_counts().await.unwrap(),
+            vec![("m1".to_string(), 2)]
+        );
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
 async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
     let stores = stores().await;
     for s in &stores {
@@ -210,7 +244,10 @@ async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
         let cutoff = crate::now_millis();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         // A session that moved on after the cutoff is kept.
-        assert!(m.advance_upload("u2", 0, 5, vec![1], None).await.unwrap());
+        assert!(m
+            .advance_upload("u2", 0, 5, vec![1], None, None)
+            .await
+            .unwrap());
         let mut expired = m.expire_uploads(cutoff).await.unwrap();
         expired.sort();
         assert_eq!(expired, vec!["u1".to_string(), "u4".to_string()]);
@@ -245,7 +282,7 @@ async fn upload_progress_is_seen_at_once_and_leaves_later_commits_durable() {
         let mut at = 0;
         for step in 1..=3 {
             assert!(m
-                .advance_upload("u1", at, at + 10, vec![step], None)
+                .advance_upload("u1", at, at + 10, vec![step], None, None)
                 .await
                 .unwrap());
             at += 10;
@@ -264,7 +301,10 @@ async fn upload_progress_is_seen_at_once_and_leaves_later_commits_durable() {
             }
         }
         // A stale view still loses the race, as with durable commits.
-        assert!(!m.advance_upload("u1", 0, 5, vec![9], None).await.unwrap());
+        assert!(!m
+            .advance_upload("u1", 0, 5, vec![9], None, None)
+            .await
+            .unwrap());
     }
     finish(stores).await;
 }
@@ -321,11 +361,11 @@ async fn blobs_are_visible_per_repository_and_registry() {
         let fresh = m.get_upload(a.id, "app", "up1").await.unwrap().unwrap();
         assert_eq!((fresh.hash_state, fresh.parts.len()), (None, 0));
         assert!(m
-            .advance_upload("up1", 0, 10, vec![7, 7], Some("p-0"))
+            .advance_upload("up1", 0, 10, vec![7, 7], Some("p-0"), None)
             .await
             .unwrap());
         assert!(
-            !m.advance_upload("up1", 0, 20, vec![9], Some("p-lost"))
+            !m.advance_upload("up1", 0, 20, vec![9], Some("p-lost"), None)
                 .await
                 .unwrap(),
             "stale offset must not win"

@@ -130,7 +130,9 @@ impl Meta {
 
     /// Records that the upload grew from `from` to `to` bytes, with the running hash of all of
     /// them and the part that holds the new ones. Returns false when another request moved it
-    /// first (the caller's view was stale): then nothing changes.
+    /// first (the caller's view was stale): then nothing changes. `retire` names the data key
+    /// the replaced hash state was sealed under: each sealed object has a key of its own, so
+    /// it goes with that state, in the same transaction (else every chunk left a key behind).
     pub async fn advance_upload(
         &self,
         id: &str,
@@ -138,9 +140,11 @@ impl Meta {
         to: i64,
         hash_state: Vec<u8>,
         part: Option<&str>,
+        retire: Option<&str>,
     ) -> Result<bool> {
         let id = id.to_string();
         let part = part.map(|p| format!("{p}\n")).unwrap_or_default();
+        let retire = retire.map(str::to_string);
         // Recorded durably by the upload's end, not at each chunk: the chunk's bytes are not
         // synced at this point either, and the commit of the blob syncs both. A crash may
         // lose the newest chunks' record; the client then resumes from the recorded size (the
@@ -157,9 +161,16 @@ impl Meta {
                 .bind(part)
                 .bind(id)
                 .bind(from)
-                .execute(conn)
+                .execute(&mut *conn)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                let advanced = done.rows_affected() == 1;
+                if let (true, Some(key)) = (advanced, retire) {
+                    sqlx::query("DELETE FROM data_keys WHERE id = $1")
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(advanced)
             })
         })
         .await

@@ -369,6 +369,12 @@ impl Service<'_> {
         if record {
             // The state holds the last bytes not yet hashed (up to 63): plaintext, so sealed.
             let state = sealing.seal_bytes(&grown.hash.to_bytes()).await?;
+            // The state it replaces was sealed under a data key of its own, which goes with it.
+            let retired = upload
+                .hash_state
+                .as_deref()
+                .and_then(wharf_store::seal::KeyId::from_header)
+                .map(|key| key.hex());
             let moved = !self
                 .state
                 .meta
@@ -378,6 +384,7 @@ impl Service<'_> {
                     grown.size as i64,
                     state,
                     appended.part.as_deref(),
+                    retired.as_deref(),
                 )
                 .await?;
             if moved {

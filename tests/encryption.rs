@@ -826,7 +826,8 @@ fn data_key_rows(s: &Server, id: &str) -> String {
 
 /// Every chunk's hash state is sealed under a data key of its own; the next chunk's state
 /// replaces it and retires its key, so an upload does not leave a key per chunk behind. A
-/// refused chunk retires nothing, and the upload completes with the state it kept.
+/// refused chunk retires nothing, and the upload completes with the state it kept, whose key
+/// then goes too.
 async fn a_chunked_upload_retires_the_keys_of_its_replaced_states(b: Backend) {
     let s = Server::start(b).await;
     let data = common::pseudo_random(3 * SEGMENT + 100, 29);
@@ -854,6 +855,11 @@ async fn a_chunked_upload_retires_the_keys_of_its_replaced_states(b: Backend) {
     let digest = common::sha256(&data);
     let r = put_digest(&s, &loc, &digest).await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        data_key_rows(&s, &last),
+        "0",
+        "the finished upload retired {last}"
+    );
     let path = format!("/v2/keys/app/blobs/{digest}");
     assert!(get_bytes(&s, &path, None).await.1 == data);
 }

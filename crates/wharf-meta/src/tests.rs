@@ -57,7 +57,7 @@ impl Meta {
         repository: &str,
         digest: &str,
         size: i64,
-        upload: Option<(&str, i64)>,
+        upload: Option<(&str, i64, Option<&str>)>,
     ) -> crate::Result<bool> {
         assert_eq!(self.pin_object("", digest, size).await?, crate::Pin::Pinned);
         self.commit_blob(registry_id, "", repository, digest, size, upload)
@@ -100,7 +100,7 @@ async fn metadata_copies_into_an_empty_store_with_its_ids() {
         .unwrap();
     assert!(sqlite.create_upload(r.id, "app", "up1", 10).await.unwrap());
     assert!(sqlite
-        .pin_and_commit(r.id, "app", &digest(1), 10, Some(("up1", 0)))
+        .pin_and_commit(r.id, "app", &digest(1), 10, Some(("up1", 0, None)))
         .await
         .unwrap());
     sqlite
@@ -216,9 +216,21 @@ async fn an_upload_that_advances_retires_its_replaced_hash_states_key() {
         assert_eq!(m.data_key("s1").await.unwrap(), Some(vec![1; 8]));
         let upload = m.get_upload(r.id, "app", "u1").await.unwrap();
         assert_eq!(upload.map(|u| u.size), Some(9));
+        // Closing the session retires its last state's key; a stale close retires nothing.
+        let closing = |size, key| Some(("u1", size, Some(key)));
+        assert!(!m
+            .pin_and_commit(r.id, "app", &digest(1), 9, closing(5, "s1"))
+            .await
+            .unwrap());
+        assert_eq!(m.data_key("s1").await.unwrap(), Some(vec![1; 8]));
+        assert!(m
+            .pin_and_commit(r.id, "app", &digest(1), 9, closing(9, "s1"))
+            .await
+            .unwrap());
+        assert_eq!(m.data_key("s1").await.unwrap(), None);
         assert_eq!(
             m.data_key_counts().await.unwrap(),
-            vec![("m1".to_string(), 2)]
+            vec![("m1".to_string(), 1)]
         );
     }
     finish(stores).await;
@@ -386,7 +398,7 @@ async fn blobs_are_visible_per_repository_and_registry() {
 
         // A commit from a stale recorded size changes nothing.
         assert!(!m
-            .pin_and_commit(a.id, "app", &digest(1), 10, Some(("up1", 0)))
+            .pin_and_commit(a.id, "app", &digest(1), 10, Some(("up1", 0, None)))
             .await
             .unwrap());
         assert_eq!(
@@ -394,7 +406,7 @@ async fn blobs_are_visible_per_repository_and_registry() {
             None
         );
         assert!(m
-            .pin_and_commit(a.id, "app", &digest(1), 10, Some(("up1", 10)))
+            .pin_and_commit(a.id, "app", &digest(1), 10, Some(("up1", 10, None)))
             .await
             .unwrap());
         assert!(m.get_upload(a.id, "app", "up1").await.unwrap().is_none());
@@ -921,7 +933,7 @@ async fn concurrent_writes_land_or_fail_each_on_their_own() {
                     let id = format!("up{i}");
                     assert!(m.create_upload(r.id, &repo, &id, 10).await.unwrap());
                     assert!(m
-                        .pin_and_commit(r.id, &repo, &layer, 7, Some((&id, 0)))
+                        .pin_and_commit(r.id, &repo, &layer, 7, Some((&id, 0, None)))
                         .await
                         .unwrap());
                 }
@@ -992,7 +1004,7 @@ async fn a_refused_write_on_its_own_leaves_nothing_and_says_why() {
         );
         assert!(m.create_upload(r.id, "lone", "up", 10).await.unwrap());
         assert!(m
-            .pin_and_commit(r.id, "lone", &digest(1), 7, Some(("up", 0)))
+            .pin_and_commit(r.id, "lone", &digest(1), 7, Some(("up", 0, None)))
             .await
             .unwrap());
         m.put_manifest(r.id, "lone", image(), Some("v1"))

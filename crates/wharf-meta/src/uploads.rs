@@ -164,11 +164,8 @@ impl Meta {
                 .execute(&mut *conn)
                 .await?;
                 let advanced = done.rows_affected() == 1;
-                if let (true, Some(key)) = (advanced, retire) {
-                    sqlx::query("DELETE FROM data_keys WHERE id = $1")
-                        .bind(key)
-                        .execute(&mut *conn)
-                        .await?;
+                if advanced {
+                    retire_key(conn, retire).await?;
                 }
                 Ok(advanced)
             })
@@ -191,7 +188,9 @@ impl Meta {
     /// since (the grace period ran out meanwhile) fails this with [`MetaError::Collected`].
     /// `upload` is the session's id and the size recorded for it when the request began: the
     /// final request's bytes are not recorded separately (one durable write fewer per blob). If
-    /// the session has moved on or is gone, nothing changes and `false` comes back.
+    /// the session has moved on or is gone, nothing changes and `false` comes back. The
+    /// session's third item names the data key of its saved hash state, retired with it (see
+    /// [`Meta::advance_upload`]).
     pub async fn commit_blob(
         &self,
         registry_id: i64,
@@ -199,18 +198,19 @@ impl Meta {
         repository: &str,
         digest: &str,
         size: i64,
-        upload: Option<(&str, i64)>,
+        upload: Option<(&str, i64, Option<&str>)>,
     ) -> Result<bool> {
         let (scope, repository, digest) = (
             scope.to_string(),
             repository.to_string(),
             digest.to_string(),
         );
-        let upload = upload.map(|(id, recorded)| (id.to_string(), recorded));
+        let upload = upload
+            .map(|(id, recorded, retire)| (id.to_string(), recorded, retire.map(str::to_string)));
         self.transaction(move |conn| {
             Box::pin(async move {
                 let now = now_millis();
-                if let Some((id, recorded)) = upload {
+                if let Some((id, recorded, retire)) = upload {
                     let closed = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
                         .bind(id)
                         .bind(recorded)
@@ -219,6 +219,7 @@ impl Meta {
                     if closed.rows_affected() != 1 {
                         return Ok(false);
                     }
+                    retire_key(conn, retire).await?;
                 }
                 if !repin(conn, &scope, &digest, now).await? {
                     return Err(MetaError::Collected(digest));
@@ -313,6 +314,17 @@ impl Meta {
 /// Pins a blob's object again inside a transaction that links it: the update holds its row
 /// (on PostgreSQL) until the link is committed, so a collection waiting to claim it sees the
 /// link. False when a collection has claimed it (or it was never stored in this scope).
+/// Deletes the data key a closed or replaced hash state was sealed under, if it names one.
+async fn retire_key(conn: &mut sqlx::AnyConnection, key: Option<String>) -> Result<()> {
+    if let Some(key) = key {
+        sqlx::query("DELETE FROM data_keys WHERE id = $1")
+            .bind(key)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn repin(
     conn: &mut sqlx::AnyConnection,
     scope: &str,

@@ -370,11 +370,7 @@ impl Service<'_> {
             // The state holds the last bytes not yet hashed (up to 63): plaintext, so sealed.
             let state = sealing.seal_bytes(&grown.hash.to_bytes()).await?;
             // The state it replaces was sealed under a data key of its own, which goes with it.
-            let retired = upload
-                .hash_state
-                .as_deref()
-                .and_then(wharf_store::seal::KeyId::from_header)
-                .map(|key| key.hex());
+            let retired = state_key(upload);
             let moved = !self
                 .state
                 .meta
@@ -438,7 +434,7 @@ impl Service<'_> {
                 scope.repository,
                 digest.as_str(),
                 grown.size as i64,
-                Some((id, upload.size)),
+                Some((id, upload.size, state_key(upload).as_deref())),
             )
             .await?;
         if !closed {
@@ -791,4 +787,13 @@ impl Service<'_> {
         }
         Ok(true)
     }
+}
+
+/// The data key an upload's saved hash state is sealed under (none when it is in the clear).
+fn state_key(upload: &Upload) -> Option<String> {
+    upload
+        .hash_state
+        .as_deref()
+        .and_then(wharf_store::seal::KeyId::from_header)
+        .map(|key| key.hex())
 }

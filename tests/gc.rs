@@ -124,6 +124,22 @@ async fn blob_status(s: &Server, repo: &str, digest: &str) -> StatusCode {
         .status()
 }
 
+/// How many data keys encryption at rest holds, under every master key.
+async fn data_keys(s: &Server) -> i64 {
+    let status: Value = s
+        .anon
+        .get(s.url("/api/v1/system/keys"))
+        .bearer_auth(OWNER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let counts = status["data_keys"].as_array().cloned().unwrap_or_default();
+    counts.iter().filter_map(|c| c["data_keys"].as_i64()).sum()
+}
+
 /// Runs a collection through the CLI to its end and returns its report.
 fn gc(s: &Server, target: &[&str]) -> Value {
     let args = [&["gc", "run"], target, &["--json"]].concat();
@@ -180,6 +196,7 @@ async fn frees_what_nothing_references_and_keeps_the_rest(b: Backend) {
     assert!(stored(&s).await.contains(&hex(&stray.0)));
     assert_eq!(blob_status(&s, "app", &stray.0).await, StatusCode::OK);
 
+    let keys = data_keys(&s).await;
     let run = gc(&s, &["default"]);
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(
@@ -191,6 +208,8 @@ async fn frees_what_nothing_references_and_keeps_the_rest(b: Backend) {
         (Some(1), Some(1), Some(stray.1 as i64)),
         "{run}"
     );
+    // The freed blob's stored object was sealed under a data key of its own: it went too.
+    assert_eq!(data_keys(&s).await, keys - 1);
     assert_eq!(pull(&s, "app", &old.0).await, Err(StatusCode::NOT_FOUND));
     pull(&s, "app", "v1").await.expect("the tagged image pulls");
     pull(&s, "app", &sig.0)

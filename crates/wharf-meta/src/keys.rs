@@ -29,6 +29,15 @@ impl Meta {
         Ok(())
     }
 
+    /// Deletes a data key whose object is gone (none by that id is fine).
+    pub async fn delete_data_key(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM data_keys WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     /// A data key as stored (wrapped), if there is one by that id.
     pub async fn data_key(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let row = sqlx::query("SELECT wrapped FROM data_keys WHERE id = $1")

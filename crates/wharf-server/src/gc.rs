@@ -332,7 +332,8 @@ async fn delete_objects(
     }
 }
 
-/// Deletes a blob object's bytes from the content store; one already gone is fine.
+/// Deletes a blob object's bytes from the content store, and the data key it was sealed under;
+/// one already gone is fine.
 pub(crate) async fn remove_content(
     state: &AppState,
     scope: &str,
@@ -348,10 +349,20 @@ pub(crate) async fn remove_content(
             .scoped(scope, wharf_store::seal::Sealing::new(None))
             .map_err(|e| e.to_string())?
     };
-    match store.delete_blob(&digest).await {
-        Ok(()) | Err(StoreError::NotFound) => Ok(()),
-        Err(e) => Err(e.to_string()),
+    let key = match store.delete_blob(&digest).await {
+        Ok(key) => key,
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    // The object's data key sealed nothing else: it goes with it.
+    if let Some(key) = key {
+        state
+            .meta
+            .delete_data_key(&key.hex())
+            .await
+            .map_err(|e| format!("deleting the data key of {digest}: {e}"))?;
     }
+    Ok(())
 }
 
 /// Completes deletions claimed by runs that stopped half-way.

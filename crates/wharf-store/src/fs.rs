@@ -759,10 +759,15 @@ impl BlobStore for FsStore {
         read_object(&self.seal, self.blob_path(digest), &name, offset, len).await
     }
 
-    async fn delete_blob(&self, digest: &Digest) -> Result<()> {
-        match fs::remove_file(self.blob_path(digest)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    async fn delete_blob(&self, digest: &Digest) -> Result<Option<KeyId>> {
+        let path = self.blob_path(digest);
+        let key = match open_stored(path.clone(), false).await {
+            Ok(opened) => KeyId::from_header(&opened.head),
+            Err(_) => None,
+        };
+        match fs::remove_file(path).await {
+            Ok(()) => Ok(key),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(key),
             Err(e) => Err(e.into()),
         }
     }

@@ -137,8 +137,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Streams `len` bytes of the blob starting at `offset`.
     async fn read(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream>;
 
-    /// Removes a blob's content (garbage collection).
-    async fn delete_blob(&self, digest: &Digest) -> Result<()>;
+    /// Removes a blob's content (garbage collection). Returns the data key its stored object
+    /// was sealed under, read before it went: that key sealed nothing else, so it can go too.
+    async fn delete_blob(&self, digest: &Digest) -> Result<Option<seal::KeyId>>;
 
     /// Seals a blob of `size` bytes stored in the clear (from before encryption was on) in
     /// place: its bytes are checked against the digest, sealed into a new object, and that

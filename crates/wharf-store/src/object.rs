@@ -551,9 +551,15 @@ impl BlobStore for ObjectBlobStore {
             .await
     }
 
-    async fn delete_blob(&self, digest: &Digest) -> Result<()> {
-        match self.store.delete(&self.blob_path(digest)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+    async fn delete_blob(&self, digest: &Digest) -> Result<Option<KeyId>> {
+        let path = self.blob_path(digest);
+        // An empty object has no header (and no key); a missing one is gone already.
+        let key = match self.head_of(&path).await {
+            Ok(head) => KeyId::from_header(&head.bytes),
+            Err(_) => None,
+        };
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(key),
             Err(e) => Err(self.error(e)),
         }
     }

@@ -124,18 +124,22 @@ async fn blob_status(s: &Server, repo: &str, digest: &str) -> StatusCode {
         .status()
 }
 
-/// How many data keys encryption at rest holds, under every master key.
-async fn data_keys(s: &Server) -> i64 {
-    let status: Value = s
-        .anon
-        .get(s.url("/api/v1/system/keys"))
+/// What the admin API answers at `path`, asked with the owner key.
+async fn owner_get(s: &Server, path: &str) -> Value {
+    s.anon
+        .get(s.url(path))
         .bearer_auth(OWNER_KEY)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// How many data keys encryption at rest holds, under every master key.
+async fn data_keys(s: &Server) -> i64 {
+    let status = owner_get(s, "/api/v1/system/keys").await;
     let counts = status["data_keys"].as_array().cloned().unwrap_or_default();
     counts.iter().filter_map(|c| c["data_keys"].as_i64()).sum()
 }
@@ -912,15 +916,7 @@ async fn collection_under_concurrent_pushes_and_deletes_loses_nothing(b: Backend
         before,
         "storage is back to where it started"
     );
-    let system: Value = owner
-        .get(a.url("/api/v1/system"))
-        .bearer_auth(OWNER_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let system = owner_get(&a, "/api/v1/system").await;
     assert_eq!(system["stored_bytes"], 0);
 }
 

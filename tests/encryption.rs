@@ -827,7 +827,7 @@ fn data_key_rows(s: &Server, id: &str) -> String {
 /// Every chunk's hash state is sealed under a data key of its own; the next chunk's state
 /// replaces it and retires its key, so an upload does not leave a key per chunk behind. A
 /// refused chunk retires nothing, and the upload completes with the state it kept, whose key
-/// then goes too.
+/// then goes too; so does a cancelled upload's.
 async fn a_chunked_upload_retires_the_keys_of_its_replaced_states(b: Backend) {
     let s = Server::start(b).await;
     let data = common::pseudo_random(3 * SEGMENT + 100, 29);
@@ -862,6 +862,21 @@ async fn a_chunked_upload_retires_the_keys_of_its_replaced_states(b: Backend) {
     );
     let path = format!("/v2/keys/app/blobs/{digest}");
     assert!(get_bytes(&s, &path, None).await.1 == data);
+
+    // A cancelled upload's state takes its key along.
+    let loc = s.start_upload("keys/app").await;
+    let r = patch_at(&s, &loc, 0, &data[..100]).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = common::header(&r, "location");
+    let key = state_key(&s);
+    assert_eq!(data_key_rows(&s, &key), "1");
+    let r = s.client.delete(s.url(&loc)).send().await.expect("cancel");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        data_key_rows(&s, &key),
+        "0",
+        "the cancelled upload retired {key}"
+    );
 }
 
 on_both_backends!(

@@ -173,12 +173,13 @@ impl Meta {
         .await
     }
 
-    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM uploads WHERE id = $1")
+    /// Drops the upload `id`; its saved hash state, if it had one (`None`: no such upload).
+    pub async fn delete_upload(&self, id: &str) -> Result<Option<Option<Vec<u8>>>> {
+        let row = sqlx::query("DELETE FROM uploads WHERE id = $1 RETURNING hash_state")
             .bind(id)
-            .execute(&self.write)
+            .fetch_optional(&self.write)
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(row.map(|r| r.try_get("hash_state")).transpose()?)
     }
 
     /// Makes a verified, durable blob visible in a repository, creating the repository on first

@@ -279,9 +279,12 @@ impl Service<'_> {
         Ok(())
     }
 
-    /// Drops a session and its bytes.
+    /// Drops a session and its bytes, and the data key its saved hash state was sealed under.
     pub async fn discard_upload(&self, id: &str) -> Result<()> {
-        self.state.meta.delete_upload(id).await?;
+        let state = self.state.meta.delete_upload(id).await?.flatten();
+        if let Some(key) = sealed_under(state.as_deref()) {
+            self.state.meta.delete_data_key(&key).await?;
+        }
         self.state.store.delete_upload(id).await?;
         Ok(())
     }
@@ -791,9 +794,12 @@ impl Service<'_> {
 
 /// The data key an upload's saved hash state is sealed under (none when it is in the clear).
 fn state_key(upload: &Upload) -> Option<String> {
-    upload
-        .hash_state
-        .as_deref()
+    sealed_under(upload.hash_state.as_deref())
+}
+
+/// The data key a sealed hash state names in its header.
+fn sealed_under(state: Option<&[u8]>) -> Option<String> {
+    state
         .and_then(wharf_store::seal::KeyId::from_header)
         .map(|key| key.hex())
 }

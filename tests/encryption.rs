@@ -879,8 +879,41 @@ async fn a_chunked_upload_retires_the_keys_of_its_replaced_states(b: Backend) {
     );
 }
 
+/// An upload left unfinished expires with its saved hash state, and the state's data key goes
+/// with it.
+async fn an_abandoned_upload_takes_its_state_key_when_it_expires(b: Backend) {
+    let s = Server::start_with(b, &["--upload-max-age", "2s"]).await;
+    let loc = s.start_upload("keys/app").await;
+    let r = patch_at(&s, &loc, 0, b"abandoned").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = common::header(&r, "location");
+    let key = state_key(&s);
+    assert_eq!(data_key_rows(&s, &key), "1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = s.client.get(s.url(&loc)).send().await.expect("status");
+        if r.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned upload did not expire"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // The session's row goes first, its key right after it: wait for that too.
+    while data_key_rows(&s, &key) != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired upload kept its state's key {key}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 on_both_backends!(
     a_chunked_upload_retires_the_keys_of_its_replaced_states,
+    an_abandoned_upload_takes_its_state_key_when_it_expires,
     master_key_rotates_under_pulls_and_a_restart,
     rotation_is_refused_without_encryption_or_a_key_file,
     secrets_are_sealed_under_a_master_key_made_on_first_start,

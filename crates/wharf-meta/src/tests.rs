@@ -252,6 +252,11 @@ async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
         // The cap counts per repository.
         assert!(m.create_upload(r.id, "other", "u4", 2).await.unwrap());
 
+        // A session with a saved hash state hands it over when it expires (its data key goes).
+        assert!(m
+            .advance_upload("u4", 0, 3, vec![4], None, None)
+            .await
+            .unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let cutoff = crate::now_millis();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -262,7 +267,10 @@ async fn upload_sessions_are_capped_per_repository_and_expire_by_age() {
             .unwrap());
         let mut expired = m.expire_uploads(cutoff).await.unwrap();
         expired.sort();
-        assert_eq!(expired, vec!["u1".to_string(), "u4".to_string()]);
+        assert_eq!(
+            expired,
+            vec![("u1".to_string(), None), ("u4".to_string(), Some(vec![4]))]
+        );
         assert!(m.expire_uploads(cutoff).await.unwrap().is_empty());
         assert_eq!(
             m.get_upload(r.id, "app", "u2").await.unwrap().unwrap().size,

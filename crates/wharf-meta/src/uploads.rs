@@ -88,15 +88,17 @@ impl Meta {
     }
 
     /// Closes every upload session untouched since `before` (milliseconds) and returns their
-    /// ids, whose bytes the caller removes. Each session is returned to exactly one caller, so
-    /// any number of nodes may run this at once.
-    pub async fn expire_uploads(&self, before: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("DELETE FROM uploads WHERE updated_at < $1 RETURNING id")
-            .bind(before)
-            .fetch_all(&self.write)
-            .await?;
+    /// ids with their saved hash states: the caller removes their bytes and the data keys the
+    /// states were sealed under. Each session is returned to exactly one caller, so any number
+    /// of nodes may run this at once.
+    pub async fn expire_uploads(&self, before: i64) -> Result<Vec<(String, Option<Vec<u8>>)>> {
+        let rows =
+            sqlx::query("DELETE FROM uploads WHERE updated_at < $1 RETURNING id, hash_state")
+                .bind(before)
+                .fetch_all(&self.write)
+                .await?;
         rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("id")?))
+            .map(|r| Ok((r.try_get("id")?, r.try_get("hash_state")?)))
             .collect()
     }
 

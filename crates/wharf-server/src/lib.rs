@@ -693,8 +693,12 @@ pub async fn expire_uploads(state: Arc<AppState>) {
         let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let before = wharf_meta::now_millis().saturating_sub(age_ms);
         match state.meta.expire_uploads(before).await {
-            Ok(ids) => {
-                for id in ids {
+            Ok(expired) => {
+                for (id, hash_state) in expired {
+                    // A key left behind costs a row, not safety: logged, not retried.
+                    if let Err(e) = state.service().retire_state(hash_state.as_deref()).await {
+                        tracing::warn!(upload = %id, error = %e, "retiring a hash state's key failed");
+                    }
                     remove_upload_data(&state, &id, "abandoned upload session").await;
                 }
             }

@@ -282,10 +282,17 @@ impl Service<'_> {
     /// Drops a session and its bytes, and the data key its saved hash state was sealed under.
     pub async fn discard_upload(&self, id: &str) -> Result<()> {
         let state = self.state.meta.delete_upload(id).await?.flatten();
-        if let Some(key) = sealed_under(state.as_deref()) {
+        self.retire_state(state.as_deref()).await?;
+        self.state.store.delete_upload(id).await?;
+        Ok(())
+    }
+
+    /// Deletes the data key a closed session's saved hash state was sealed under: nothing else
+    /// used it.
+    pub(crate) async fn retire_state(&self, state: Option<&[u8]>) -> Result<()> {
+        if let Some(key) = sealed_under(state) {
             self.state.meta.delete_data_key(&key).await?;
         }
-        self.state.store.delete_upload(id).await?;
         Ok(())
     }
 

@@ -355,26 +355,19 @@ impl Service<'_> {
         }
         // The bytes are hashed on their way to the store; the hash counts only once the store
         // kept them all.
-        let hashing = Arc::new(Mutex::new(grown.hash.clone()));
-        let hasher = hashing.clone();
-        let body = body.inspect_ok(move |chunk| {
-            hasher
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(chunk)
-        });
+        let (body, hashed) = hash_aside(body, grown.hash.clone(), expected);
         let (store, sealing) = self.state.scoped(scope.key_id)?;
         let appended = store
             .append_after(
                 &upload.id,
                 upload.parts.last().map(String::as_str),
                 offset,
-                Box::pin(body),
+                body,
                 expected,
             )
             .await?;
         grown.size = appended.size;
-        grown.hash = hashing.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        grown.hash = hashed.finish().await?;
         grown.parts.extend(appended.part.clone());
         if record {
             // The state holds the last bytes not yet hashed (up to 63): plaintext, so sealed.
@@ -799,6 +792,74 @@ impl Service<'_> {
     }
 }
 
+/// Bodies shorter than this are hashed as they pass; longer ones on a thread of their own.
+const HASH_ASIDE_FROM: u64 = 1 << 20;
+
+/// Chunks of a body queued for its hashing thread (hyper hands over up to about 400 KiB at a
+/// time): enough that receiving goes on while the thread waits for a core, few enough that
+/// the hash of a request's last bytes does not keep its answer waiting long.
+const HASH_QUEUE: usize = 2;
+
+/// The running hash of a body streaming past, see [`hash_aside`].
+enum Hashed {
+    Inline(Arc<Mutex<ResumableSha256>>),
+    Aside(tokio::task::JoinHandle<ResumableSha256>),
+}
+
+impl Hashed {
+    /// The hash of every byte the body yielded; call it once the body is used up or dropped.
+    async fn finish(self) -> Result<ResumableSha256> {
+        match self {
+            Hashed::Inline(hash) => Ok(hash.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            Hashed::Aside(task) => task
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)).into()),
+        }
+    }
+}
+
+/// `body` as it is, hashed on its way (on top of `hash`). SHA-256 is the one step of a push
+/// that cannot be split across cores; on the request's own task it took turns with receiving
+/// and handing the bytes on, so a long body is hashed on a blocking thread of its own, which
+/// the scheduler can keep on a core while the request's task receives. A short body is
+/// hashed in place: a thread hop would cost more than its hash.
+fn hash_aside(
+    body: ByteStream,
+    mut hash: ResumableSha256,
+    expected: Option<u64>,
+) -> (ByteStream, Hashed) {
+    if expected.is_some_and(|len| len < HASH_ASIDE_FROM) {
+        let hashing = Arc::new(Mutex::new(hash));
+        let hasher = hashing.clone();
+        let body = body.inspect_ok(move |chunk| {
+            hasher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(chunk)
+        });
+        return (Box::pin(body), Hashed::Inline(hashing));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+    let task = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            hash.update(&chunk);
+        }
+        hash
+    });
+    // The sender lives in the stream: once the store drops the body, the thread ends.
+    let body = body.then(move |item| {
+        let tx = tx.clone();
+        async move {
+            if let Ok(chunk) = &item {
+                // Only a thread that panicked stops taking chunks; its join says so.
+                let _ = tx.send(chunk.clone()).await;
+            }
+            item
+        }
+    });
+    (Box::pin(body), Hashed::Aside(task))
+}
+
 /// The data key an upload's saved hash state is sealed under (none when it is in the clear).
 fn state_key(upload: &Upload) -> Option<String> {
     sealed_under(upload.hash_state.as_deref())
@@ -809,4 +870,70 @@ fn sealed_under(state: Option<&[u8]>) -> Option<String> {
     state
         .and_then(wharf_store::seal::KeyId::from_header)
         .map(|key| key.hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(chunks: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<std::io::Result<bytes::Bytes>> = chunks
+            .iter()
+            .map(|c| Ok(bytes::Bytes::from_static(c)))
+            .collect();
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    /// Either way a body is hashed, on its task or aside, the hash covers the bytes already
+    /// hashed and then every byte the body yielded, in order.
+    #[tokio::test]
+    async fn bodies_are_hashed_in_order_inline_or_aside() {
+        let chunks: Vec<&'static [u8]> = (0..40)
+            .map(|i| -> &'static [u8] {
+                Box::leak(vec![i as u8; 1000 + i * 977].into_boxed_slice())
+            })
+            .collect();
+        let mut whole = b"before".to_vec();
+        chunks.iter().for_each(|c| whole.extend_from_slice(c));
+        let expected = Digest::sha256_of(&whole);
+        let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        // Announced short, announced long, and not announced (chunked transfer encoding).
+        for announced in [
+            Some(total.min(HASH_ASIDE_FROM - 1)),
+            Some(HASH_ASIDE_FROM),
+            None,
+        ] {
+            let mut start = ResumableSha256::new();
+            start.update(b"before");
+            let (mut body, hashed) = hash_aside(body_of(&chunks), start, announced);
+            let mut passed = Vec::new();
+            while let Some(chunk) = body.next().await {
+                passed.extend_from_slice(&chunk.expect("chunk"));
+            }
+            drop(body);
+            let hash = hashed.finish().await.expect("hash");
+            assert_eq!(
+                passed,
+                whole[6..],
+                "{announced:?}: the body passes unchanged"
+            );
+            assert_eq!(hash.len(), whole.len() as u64, "{announced:?}");
+            assert_eq!(hash.finish(), expected, "{announced:?}");
+        }
+    }
+
+    /// A body dropped half way (the store failed) still ends its hashing thread, with the hash
+    /// of what passed.
+    #[tokio::test]
+    async fn a_body_dropped_half_way_ends_its_hashing() {
+        let (mut body, hashed) = hash_aside(
+            body_of(&[b"abc", b"def", b"ghi"]),
+            ResumableSha256::new(),
+            None,
+        );
+        assert_eq!(&body.next().await.expect("one").expect("ok")[..], b"abc");
+        drop(body);
+        let hash = hashed.finish().await.expect("hash");
+        assert_eq!(hash.finish(), Digest::sha256_of(b"abc"));
+    }
 }

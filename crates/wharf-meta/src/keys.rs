@@ -143,19 +143,24 @@ impl Meta {
     }
 
     /// Replaces manifest row `id`'s stored content (as it was: `from`) and annotations with
-    /// sealed ones; false when it changed meanwhile.
+    /// sealed ones, and records the data keys they are sealed under (`[content, annotations]`);
+    /// false when it changed meanwhile.
     pub async fn reseal_manifest(
         &self,
         id: i64,
         from: &[u8],
         content: Vec<u8>,
         annotations: Option<String>,
+        [content_key, annotations_key]: [Option<String>; 2],
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE manifests SET content = $1, annotations = $2 WHERE id = $3 AND content = $4",
+            "UPDATE manifests SET content = $1, annotations = $2, content_key = $3, \
+             annotations_key = $4 WHERE id = $5 AND content = $6",
         )
         .bind(content)
         .bind(annotations)
+        .bind(content_key)
+        .bind(annotations_key)
         .bind(id)
         .bind(from.to_vec())
         .execute(&self.write)

@@ -18,6 +18,11 @@ pub struct NewManifest {
     pub size: i64,
     pub blobs: Vec<String>,
     pub manifests: Vec<String>,
+    /// The data keys `content` and `annotations` are sealed under: deleting the manifest
+    /// deletes them. A manifest pushed again keeps the copy already stored, so the new copy's
+    /// keys are deleted at once (nothing else used them).
+    pub content_key: Option<String>,
+    pub annotations_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -327,8 +332,8 @@ async fn store_manifest(
     for _ in 0..3 {
         let inserted = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, \
-             annotations, size, content, created_at, pushed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             annotations, size, content, created_at, pushed_at, content_key, annotations_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11) \
              ON CONFLICT (repository_id, digest) DO NOTHING",
         )
         .bind(repo_id)
@@ -340,6 +345,8 @@ async fn store_manifest(
         .bind(manifest.size)
         .bind(&manifest.content)
         .bind(now)
+        .bind(&manifest.content_key)
+        .bind(&manifest.annotations_key)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -364,6 +371,11 @@ async fn store_manifest(
             manifest.digest
         )));
     };
+    if !inserted {
+        for key in [&manifest.content_key, &manifest.annotations_key] {
+            crate::uploads::retire_key(&mut *tx, key.clone()).await?;
+        }
+    }
     if inserted {
         let refs = manifest
             .blobs

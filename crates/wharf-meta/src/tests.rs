@@ -80,6 +80,8 @@ fn manifest(d: &str, blobs: Vec<&str>, subject: Option<&str>) -> NewManifest {
         size: 2,
         blobs: blobs.into_iter().map(str::to_string).collect(),
         manifests: vec![],
+        content_key: None,
+        annotations_key: None,
     }
 }
 
@@ -464,6 +466,48 @@ async fn blobs_are_visible_per_repository_and_registry() {
             .unwrap()
             .items
             .is_empty());
+    }
+    finish(stores).await;
+}
+
+#[tokio::test]
+async fn a_manifests_data_keys_go_with_it_and_a_copy_pushed_again_keeps_none() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let keys: Vec<(String, Vec<u8>)> = ["c1", "a1", "c2", "a2", "c3", "a3"]
+            .iter()
+            .map(|k| (k.to_string(), vec![1; 8]))
+            .collect();
+        m.insert_data_keys(&keys, "m1").await.unwrap();
+        let kept = |key: &'static str| async move { m.data_key(key).await.unwrap().is_some() };
+        let r = m.ensure_registry("alpha", "eu").await.unwrap();
+        let sealed = |d: u8, [content, annotations]: [&str; 2]| NewManifest {
+            content_key: Some(content.to_string()),
+            annotations_key: Some(annotations.to_string()),
+            ..manifest(&digest(d), vec![], None)
+        };
+        m.put_manifest(r.id, "app", sealed(7, ["c1", "a1"]), Some("v1"))
+            .await
+            .unwrap();
+        // The second push keeps the stored copy, tags it, and drops its own copy's keys.
+        m.put_manifest(r.id, "app", sealed(7, ["c2", "a2"]), Some("v2"))
+            .await
+            .unwrap();
+        for (key, expected) in [("c1", true), ("a1", true), ("c2", false), ("a2", false)] {
+            assert_eq!(kept(key).await, expected, "{key} on {}", s.url);
+        }
+        let tagged = m.manifest_by_tag(r.id, "app", "v2").await.unwrap();
+        assert_eq!(tagged.map(|t| t.digest), Some(digest(7)));
+        // A deleted manifest's keys go with it; so do those of a deleted repository's.
+        m.put_manifest(r.id, "app", sealed(8, ["c3", "a3"]), None)
+            .await
+            .unwrap();
+        assert!(m.delete_manifest(r.id, "app", &digest(7)).await.unwrap());
+        assert!(!kept("c1").await && !kept("a1").await, "on {}", s.url);
+        assert!(kept("c3").await && kept("a3").await);
+        assert!(m.delete_repository(r.id, "app").await.unwrap());
+        assert!(!kept("c3").await && !kept("a3").await, "on {}", s.url);
     }
     finish(stores).await;
 }

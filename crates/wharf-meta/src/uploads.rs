@@ -314,11 +314,9 @@ impl Meta {
     }
 }
 
-/// Pins a blob's object again inside a transaction that links it: the update holds its row
-/// (on PostgreSQL) until the link is committed, so a collection waiting to claim it sees the
-/// link. False when a collection has claimed it (or it was never stored in this scope).
-/// Deletes the data key a closed or replaced hash state was sealed under, if it names one.
-async fn retire_key(conn: &mut sqlx::AnyConnection, key: Option<String>) -> Result<()> {
+/// Deletes a data key whose only object is gone or was never kept (a closed or replaced hash
+/// state, a manifest pushed again), if there is one.
+pub(crate) async fn retire_key(conn: &mut sqlx::AnyConnection, key: Option<String>) -> Result<()> {
     if let Some(key) = key {
         sqlx::query("DELETE FROM data_keys WHERE id = $1")
             .bind(key)
@@ -328,6 +326,9 @@ async fn retire_key(conn: &mut sqlx::AnyConnection, key: Option<String>) -> Resu
     Ok(())
 }
 
+/// Pins a blob's object again inside a transaction that links it: the update holds its row
+/// (on PostgreSQL) until the link is committed, so a collection waiting to claim it sees the
+/// link. False when a collection has claimed it (or it was never stored in this scope).
 async fn repin(
     conn: &mut sqlx::AnyConnection,
     scope: &str,

@@ -78,6 +78,8 @@ pub(crate) fn manifest_record(digest: &Digest, manifest: &wharf_oci::Manifest) -
             .collect(),
         size: 0,
         content: Vec::new(),
+        content_key: None,
+        annotations_key: None,
     }
 }
 
@@ -137,6 +139,14 @@ pub(crate) async fn seal_text(sealing: &wharf_store::seal::Sealing, text: &str) 
     }
     let sealed = sealing.seal_bytes(text.as_bytes()).await?;
     Ok(format!("{SEALED_TEXT}{}", BASE64.encode(sealed)))
+}
+
+/// The data key text [`seal_text`] sealed names (none for text in the clear).
+fn text_sealed_under(text: &str) -> Option<String> {
+    let encoded = text.strip_prefix(SEALED_TEXT)?;
+    // The key id is in the sealed bytes' header, the first 32 characters of their base64.
+    let head = BASE64.decode(encoded.get(..32)?).ok()?;
+    sealed_under(Some(&head))
 }
 
 /// Opens text [`seal_text`] stored; text stored in the clear (no mark) is returned as it is.
@@ -629,6 +639,8 @@ impl Service<'_> {
         if let Some(text) = &manifest.annotations {
             manifest.annotations = Some(seal_text(&sealing, text).await?);
         }
+        manifest.content_key = sealed_under(Some(&manifest.content));
+        manifest.annotations_key = manifest.annotations.as_deref().and_then(text_sealed_under);
         let meta = &self.state.meta;
         let (registry, repository) = (scope.registry_id, scope.repository);
         if cached {
@@ -747,12 +759,21 @@ impl Service<'_> {
                     }
                     other => other,
                 };
+                let keys = [
+                    sealed_under(Some(&sealed)),
+                    annotations.as_deref().and_then(text_sealed_under),
+                ];
                 if meta
-                    .reseal_manifest(id, &content, sealed, annotations)
+                    .reseal_manifest(id, &content, sealed, annotations, keys.clone())
                     .await?
                 {
                     progress.manifests_sealed.fetch_add(1, Relaxed);
                     tracing::debug!(%digest, "manifest sealed");
+                } else {
+                    // Changed or deleted meanwhile: the copy sealed here is not kept.
+                    for key in keys.into_iter().flatten() {
+                        meta.delete_data_key(&key).await?;
+                    }
                 }
             }
         }

@@ -950,7 +950,44 @@ async fn a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind(b: Backen
     }
 }
 
+/// An upload's stored parts each have a data key: a blob pushed again (stored already) and a
+/// cancelled upload leave none of theirs behind, and the stored blob keeps its own.
+async fn uploads_that_keep_nothing_leave_no_part_keys_behind(b: Backend) {
+    let s = Server::start(b).await;
+    let count = |s: &Server| -> i64 {
+        db_value(s, "select count(*) from data_keys")
+            .parse()
+            .expect("count")
+    };
+    let data = common::pseudo_random(2 * SEGMENT + 5, 31);
+    let digest = s.push_blob("parts/app", &data).await;
+    // Keys are recorded in batches before use: the new part's key was counted already.
+    let before = count(&s);
+    assert_eq!(s.push_blob("parts/app", &data).await, digest);
+    assert_eq!(count(&s), before - 1, "the second copy's part key went");
+    let path = format!("/v2/parts/app/blobs/{digest}");
+    assert!(
+        get_bytes(&s, &path, None).await.1 == data,
+        "the stored copy opens"
+    );
+
+    // A cancelled upload: its part's key and its hash state's key go.
+    let before = count(&s);
+    let loc = s.start_upload("parts/app").await;
+    let r = patch_at(&s, &loc, 0, &data[..1000]).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = common::header(&r, "location");
+    let r = s.client.delete(s.url(&loc)).send().await.expect("cancel");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        count(&s),
+        before - 2,
+        "the part's and the state's keys went"
+    );
+}
+
 on_both_backends!(
+    uploads_that_keep_nothing_leave_no_part_keys_behind,
     a_chunked_upload_retires_the_keys_of_its_replaced_states,
     a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind,
     an_abandoned_upload_takes_its_state_key_when_it_expires,

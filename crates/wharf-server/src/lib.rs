@@ -712,7 +712,10 @@ pub async fn expire_uploads(state: Arc<AppState>) {
 /// the orphan sweep tries again later.
 async fn remove_upload_data(state: &AppState, id: &str, what: &str) {
     match state.store.delete_upload(id).await {
-        Ok(()) => tracing::info!(upload = %id, "{what} removed"),
+        Ok(keys) => {
+            state.service().retire_keys(keys).await;
+            tracing::info!(upload = %id, "{what} removed")
+        }
         Err(e) => tracing::warn!(upload = %id, error = %e, "removing {what} failed"),
     }
 }

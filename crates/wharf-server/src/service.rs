@@ -293,8 +293,20 @@ impl Service<'_> {
     pub async fn discard_upload(&self, id: &str) -> Result<()> {
         let state = self.state.meta.delete_upload(id).await?.flatten();
         self.retire_state(state.as_deref()).await?;
-        self.state.store.delete_upload(id).await?;
+        let keys = self.state.store.delete_upload(id).await?;
+        self.retire_keys(keys).await;
         Ok(())
+    }
+
+    /// Deletes the data keys of stored objects that are gone (an upload's parts). The objects
+    /// went already, so a failure is only logged: a key left behind costs a row, not safety.
+    pub(crate) async fn retire_keys(&self, keys: Vec<wharf_store::seal::KeyId>) {
+        for key in keys {
+            let hex = key.hex();
+            if let Err(e) = self.state.meta.delete_data_key(&hex).await {
+                tracing::warn!(key = %hex, error = %e, "deleting an unused data key failed");
+            }
+        }
     }
 
     /// Deletes the data key a closed session's saved hash state was sealed under: nothing else
@@ -435,9 +447,10 @@ impl Service<'_> {
         let object_scope = scope.key_id.unwrap_or_default();
         self.pin_object(object_scope, digest, grown.size as i64)
             .await?;
-        store
+        let discarded = store
             .commit_upload(id, &grown.parts, grown.size, digest)
             .await?;
+        self.retire_keys(discarded).await;
         let closed = self
             .state
             .meta

@@ -272,6 +272,34 @@ impl FsStore {
     }
 }
 
+/// The data keys named by the headers of `files` (those still there, and sealed).
+fn file_keys(files: &[PathBuf]) -> Vec<KeyId> {
+    files
+        .iter()
+        .filter_map(|path| {
+            let file = std::fs::File::open(path).ok()?;
+            let len = file.metadata().ok()?.len();
+            let head = read_at(&file, 0, len.min(HEADER as u64) as usize).ok()?;
+            KeyId::from_header(&head)
+        })
+        .collect()
+}
+
+/// The data keys of an upload's `parts` that the blob's stored object at `dest` does not use.
+/// Its own key is never among them, whatever another request finishing the same upload did
+/// meanwhile: a key deleted while in use would make the blob unreadable.
+async fn keys_unused_by(parts: Vec<PathBuf>, dest: PathBuf) -> Vec<KeyId> {
+    blocking(move || {
+        let kept = file_keys(&[dest]);
+        Ok(file_keys(&parts)
+            .into_iter()
+            .filter(|key| !kept.contains(key))
+            .collect())
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// Where upload directories wait to be removed, under the store's root.
 const REMOVED: &str = "removed";
 
@@ -671,14 +699,18 @@ impl BlobStore for FsStore {
         parts: &[String],
         size: u64,
         digest: &Digest,
-    ) -> Result<()> {
+    ) -> Result<Vec<KeyId>> {
         let dir = self.upload_dir(id)?;
         self.growing.forget(id);
         let parts = self.parts(id, parts, size).await?;
         let dest = self.blob_path(digest);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).await?;
-        if !fs::try_exists(&dest).await? {
+        let part_paths: Vec<PathBuf> = parts.iter().map(|(path, _)| path.clone()).collect();
+        let stored = fs::try_exists(&dest).await?;
+        // The parts' keys go unless the blob's object is the one part, moved into place.
+        let discards_parts = stored || (self.seal.is_on() && parts.len() > 1);
+        if !stored {
             // Same digest, same bytes: a stored copy stays. A single part (the usual case: a
             // chunked upload grows its part) is closed and moved into place; several are
             // copied into a new file (io::copy uses copy_file_range), never into one of the
@@ -715,15 +747,32 @@ impl BlobStore for FsStore {
             .await?;
             sync_dir(&parent).await?;
         }
+        let discarded = if discards_parts {
+            keys_unused_by(part_paths, dest).await
+        } else {
+            Vec::new()
+        };
         self.remove_upload_dir(dir).await?;
-        Ok(())
+        Ok(discarded)
     }
 
-    async fn delete_upload(&self, id: &str) -> Result<()> {
+    async fn delete_upload(&self, id: &str) -> Result<Vec<KeyId>> {
         self.growing.forget(id);
-        match self.remove_upload_dir(self.upload_dir(id)?).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        let dir = self.upload_dir(id)?;
+        let files = blocking({
+            let dir = dir.clone();
+            move || {
+                std::fs::read_dir(dir)?
+                    .map(|entry| entry.map(|e| e.path()))
+                    .collect::<io::Result<Vec<_>>>()
+            }
+        })
+        .await
+        .unwrap_or_default();
+        let keys = blocking(move || Ok(file_keys(&files))).await?;
+        match self.remove_upload_dir(dir).await {
+            Ok(()) => Ok(keys),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(keys),
             Err(e) => Err(e.into()),
         }
     }
@@ -1451,6 +1500,59 @@ mod tests {
             .windows(7)
             .any(|w| w == b"MARKER-"));
         assert_eq!(read_all(&store, &d, 0, 10).await, b"MARKER-one");
+    }
+
+    /// The data keys of parts that go with their upload come back to be deleted; the key of a
+    /// part that became the blob's object never does.
+    #[tokio::test]
+    async fn parts_that_go_hand_back_their_keys_and_a_kept_part_keeps_its_own() {
+        use crate::seal::MemoryKeys;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path())
+            .await
+            .unwrap()
+            .sealed(MemoryKeys::sealing());
+        let d = Digest::sha256_of(b"abcdef");
+        let head = |path: PathBuf| KeyId::from_header(&std::fs::read(path).unwrap());
+        // One part, moved into place as the blob: its key stays in use.
+        let mut first = Vec::new();
+        store.create_upload("k1").await.unwrap();
+        append(&store, "k1", &mut first, 0, body(&[b"abcdef"])).await;
+        let first_key = head(dir.path().join("uploads/k1").join(&first[0]));
+        assert!(first_key.is_some());
+        assert!(store
+            .commit_upload("k1", &first, 6, &d)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(head(store.blob_path(&d)), first_key);
+        // The same blob again: the stored one stays, and the new part's key comes back.
+        let mut again = Vec::new();
+        store.create_upload("k2").await.unwrap();
+        append(&store, "k2", &mut again, 0, body(&[b"abcdef"])).await;
+        let again_key = head(dir.path().join("uploads/k2").join(&again[0]));
+        assert_ne!(again_key, first_key);
+        let discarded = store.commit_upload("k2", &again, 6, &d).await.unwrap();
+        assert_eq!(discarded, again_key.into_iter().collect::<Vec<_>>());
+        assert_eq!(read_all(&store, &d, 0, 6).await, b"abcdef");
+        // Two parts are sealed again as one object: both parts' keys come back.
+        let other = Digest::sha256_of(b"ghijkl");
+        let mut two = Vec::new();
+        store.create_upload("k3").await.unwrap();
+        append(&store, "k3", &mut two, 0, body(&[b"ghi"])).await;
+        append(&store, "k3", &mut two, 3, body(&[b"jkl"])).await;
+        assert_eq!(two.len(), 2);
+        let discarded = store.commit_upload("k3", &two, 6, &other).await.unwrap();
+        assert_eq!(discarded.len(), 2);
+        assert!(!discarded.contains(&head(store.blob_path(&other)).unwrap()));
+        assert_eq!(read_all(&store, &other, 0, 6).await, b"ghijkl");
+        // A cancelled upload hands back its part's key.
+        let mut cancelled = Vec::new();
+        store.create_upload("k4").await.unwrap();
+        append(&store, "k4", &mut cancelled, 0, body(&[b"xyz"])).await;
+        let key = head(dir.path().join("uploads/k4").join(&cancelled[0]));
+        let keys = store.delete_upload("k4").await.unwrap();
+        assert_eq!(keys, key.into_iter().collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -118,16 +118,20 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Makes the upload's `size` bytes (its `parts`, in order), which the caller verified to
     /// hash to `digest`, durable at the digest's address. A blob already there is kept as it is.
-    /// The upload is gone afterwards.
+    /// The upload is gone afterwards. Returns the data keys of the parts the blob's object does
+    /// not go on using (the blob was stored already, or several parts were sealed again as
+    /// one): they sealed nothing else.
     async fn commit_upload(
         &self,
         id: &str,
         parts: &[String],
         size: u64,
         digest: &Digest,
-    ) -> Result<()>;
+    ) -> Result<Vec<seal::KeyId>>;
 
-    async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// Removes an upload's data; returns the data keys its parts were sealed under, read
+    /// before they went (they sealed nothing else).
+    async fn delete_upload(&self, id: &str) -> Result<Vec<seal::KeyId>>;
 
     /// Ids of the uploads holding data, none of it written since `before`: with the metadata
     /// store's sessions, what is left over when a node died between closing a session and

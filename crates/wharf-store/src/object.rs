@@ -248,6 +248,35 @@ impl ObjectBlobStore {
 
     /// A (non-empty) object's first bytes (a sealed object's header, if it is one), with its
     /// length and ETag.
+    /// The data key a stored object was sealed under (none: in the clear, empty, or gone).
+    async fn key_of(&self, path: &ObjectPath) -> Option<KeyId> {
+        let head = self.head_of(path).await.ok()?;
+        KeyId::from_header(&head.bytes)
+    }
+
+    /// Deletes an upload's objects; with `keys`, returns the data keys they were sealed under,
+    /// read before they went.
+    async fn remove_upload(&self, id: &str, keys: bool) -> Result<Vec<KeyId>> {
+        let prefix = self.upload_prefix(id)?;
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut found = Vec::new();
+        for object in listed {
+            if keys {
+                found.extend(self.key_of(&object.location).await);
+            }
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(found)
+    }
+
     async fn head_of(&self, path: &ObjectPath) -> Result<Head> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(0..HEADER as u64)),
@@ -455,7 +484,7 @@ impl BlobStore for ObjectBlobStore {
         parts: &[String],
         size: u64,
         digest: &Digest,
-    ) -> Result<()> {
+    ) -> Result<Vec<KeyId>> {
         let parts = self.parts(id, parts, size).await?;
         let dest = self.blob_path(digest);
         let stored = match self.store.head(&dest).await {
@@ -463,6 +492,10 @@ impl BlobStore for ObjectBlobStore {
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => return Err(self.error(e)),
         };
+        // The parts' keys go unless the blob's object is a copy of the one part.
+        let copies_one =
+            matches!(parts.as_slice(), [(_, len)] if *len <= MAX_COPY - MAX_COPY / 1024);
+        let discards_parts = self.seal.is_on() && (stored || !copies_one);
         // Same digest, same bytes: a stored copy is not rewritten.
         if !stored {
             match parts.as_slice() {
@@ -473,7 +506,7 @@ impl BlobStore for ObjectBlobStore {
                         .map_err(|e| self.error(e))?;
                 }
                 // One part (the usual case): the server copies it, no byte passes through here.
-                [(only, len)] if *len <= MAX_COPY - MAX_COPY / 1024 => {
+                [(only, _)] if copies_one => {
                     self.store
                         .copy(only, &dest)
                         .await
@@ -496,24 +529,24 @@ impl BlobStore for ObjectBlobStore {
                 }
             }
         }
-        self.delete_upload(id).await
+        let discarded = if discards_parts {
+            // The blob's own key is never among them, whatever another request finishing the
+            // same upload did meanwhile: a key deleted while in use makes the blob unreadable.
+            let kept = self.key_of(&dest).await;
+            let mut keys = Vec::new();
+            for (path, _) in &parts {
+                keys.extend(self.key_of(path).await.filter(|k| Some(*k) != kept));
+            }
+            keys
+        } else {
+            Vec::new()
+        };
+        self.remove_upload(id, false).await?;
+        Ok(discarded)
     }
 
-    async fn delete_upload(&self, id: &str) -> Result<()> {
-        let prefix = self.upload_prefix(id)?;
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(e))?;
-        for object in listed {
-            match self.store.delete(&object.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.error(e)),
-            }
-        }
-        Ok(())
+    async fn delete_upload(&self, id: &str) -> Result<Vec<KeyId>> {
+        self.remove_upload(id, self.seal.is_on()).await
     }
 
     async fn stale_uploads(&self, before: std::time::SystemTime) -> Result<Vec<String>> {
@@ -554,10 +587,7 @@ impl BlobStore for ObjectBlobStore {
     async fn delete_blob(&self, digest: &Digest) -> Result<Option<KeyId>> {
         let path = self.blob_path(digest);
         // An empty object has no header (and no key); a missing one is gone already.
-        let key = match self.head_of(&path).await {
-            Ok(head) => KeyId::from_header(&head.bytes),
-            Err(_) => None,
-        };
+        let key = self.key_of(&path).await;
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(key),
             Err(e) => Err(self.error(e)),

@@ -254,16 +254,19 @@ impl ObjectBlobStore {
         KeyId::from_header(&head.bytes)
     }
 
+    /// Every object under `prefix`.
+    async fn list(&self, prefix: &ObjectPath) -> Result<Vec<object_store::ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     /// Deletes an upload's objects; with `keys`, returns the data keys they were sealed under,
     /// read before they went.
     async fn remove_upload(&self, id: &str, keys: bool) -> Result<Vec<KeyId>> {
-        let prefix = self.upload_prefix(id)?;
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(e))?;
+        let listed = self.list(&self.upload_prefix(id)?).await?;
         let mut found = Vec::new();
         for object in listed {
             if keys {
@@ -551,12 +554,7 @@ impl BlobStore for ObjectBlobStore {
 
     async fn stale_uploads(&self, before: std::time::SystemTime) -> Result<Vec<String>> {
         let root = self.path("uploads");
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(e))?;
+        let objects = self.list(&root).await?;
         // The newest object of each upload decides.
         let mut newest = std::collections::BTreeMap::new();
         for object in objects {
@@ -782,12 +780,7 @@ mod tests {
             b"hello world"
         );
         // Every object of the upload is gone, the left-over part too.
-        let left: Vec<_> = s
-            .store
-            .list(Some(&s.path("uploads")))
-            .try_collect()
-            .await
-            .unwrap();
+        let left = s.list(&s.path("uploads")).await.unwrap();
         assert!(left.is_empty(), "{left:?}");
         assert!(matches!(
             s.read(&Digest::sha256_of(b"none"), 0, 1).await,
@@ -819,12 +812,7 @@ mod tests {
                 part: None
             }
         );
-        let left: Vec<_> = s
-            .store
-            .list(Some(&s.path("uploads")))
-            .try_collect()
-            .await
-            .unwrap();
+        let left = s.list(&s.path("uploads")).await.unwrap();
         assert!(left.is_empty(), "{left:?}");
         let d = Digest::sha256_of(b"abc");
         for (parts, size) in [

@@ -986,7 +986,32 @@ async fn uploads_that_keep_nothing_leave_no_part_keys_behind(b: Backend) {
     );
 }
 
+/// Data keys are recorded a batch at a time, before use: a clean stop deletes those made and
+/// not used, so what is left is the keys of what is stored: here the blob's (the signing keys
+/// are wrapped by the master key itself).
+async fn a_clean_stop_leaves_only_the_data_keys_in_use(b: Backend) {
+    let mut s = Server::start(b).await;
+    let data = common::pseudo_random(1000, 37);
+    let digest = s.push_blob("stop/app", &data).await;
+    let count = |s: &Server| -> i64 {
+        db_value(s, "select count(*) from data_keys")
+            .parse()
+            .expect("count")
+    };
+    let hex = digest.trim_start_matches("sha256:");
+    let path = s.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let blob_key = header_key(&std::fs::read(path).expect("blob file")).expect("sealed");
+    assert!(count(&s) > 1, "a batch of keys was made ahead");
+    s.stop();
+    assert_eq!(count(&s), 1, "left: the blob's key");
+    assert_eq!(data_key_rows(&s, &blob_key), "1");
+    s.start_again().await;
+    let path = format!("/v2/stop/app/blobs/{digest}");
+    assert!(get_bytes(&s, &path, None).await.1 == data);
+}
+
 on_both_backends!(
+    a_clean_stop_leaves_only_the_data_keys_in_use,
     uploads_that_keep_nothing_leave_no_part_keys_behind,
     a_chunked_upload_retires_the_keys_of_its_replaced_states,
     a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind,

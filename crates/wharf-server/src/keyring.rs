@@ -283,6 +283,25 @@ impl ContentKeys {
         Ok((id, wrapped))
     }
 
+    /// Deletes the data keys made ahead and not used yet (they are recorded a batch at a
+    /// time, before use): at a clean stop nothing will seal under them. Returns how many.
+    pub async fn discard_unused(&self) -> usize {
+        let unused: Vec<KeyId> = self
+            .fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .flat_map(|(_, made)| made.into_iter().map(|(id, _)| id))
+            .collect();
+        for id in &unused {
+            if let Err(e) = self.meta.delete_data_key(&id.hex()).await {
+                tracing::warn!(error = %e, "deleting unused data keys failed");
+                break;
+            }
+        }
+        unused.len()
+    }
+
     /// Forgets a deleted registry's key and every data key opened with it, at once.
     pub fn forget_registry_key(&self, key_id: &str) {
         self.registry_keys

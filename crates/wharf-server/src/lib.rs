@@ -360,6 +360,15 @@ impl AppState {
 }
 
 impl AppState {
+    /// What a clean stop does after the last request: the data keys made ahead for objects
+    /// not sealed yet go (otherwise every start left up to a batch of them behind).
+    pub async fn stopped(&self) {
+        if let Some(keys) = &self.content_keys {
+            let unused = keys.discard_unused().await;
+            tracing::debug!(unused, "unused data keys deleted");
+        }
+    }
+
     /// Where a registry's content goes and how it is sealed: the instance's store and keys, or,
     /// for a registry with its own master key, addresses of its own sealed under that key.
     pub(crate) fn scoped(&self, key_id: Option<&str>) -> Result<Scoped, wharf_store::StoreError> {

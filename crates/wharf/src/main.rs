@@ -445,11 +445,12 @@ async fn run(config: Config) -> Result<(), String> {
     );
     wharf_server::serve(
         listener,
-        wharf_server::router(state),
+        wharf_server::router(state.clone()),
         config.header_read_timeout,
         shutdown_signal(),
     )
     .await;
+    state.stopped().await;
     meta.close().await;
     tracing::info!("wharf stopped");
     Ok(())

@@ -772,11 +772,7 @@ async fn a_registry_with_its_own_key_keeps_its_content_apart(b: Backend) {
     common::cli_ok(&s, &["registry", "delete", "alpha", "--yes"]);
     for object in &copies {
         let id = header_key(object).expect("sealed");
-        let left = db_value(
-            &s,
-            &format!("select count(*) from data_keys where id = '{id}'"),
-        );
-        assert_eq!(left, "0", "data key {id} is gone");
+        assert_eq!(data_key_rows(&s, &id), "0", "data key {id} is gone");
     }
     let keys = db_value(
         &s,
@@ -822,6 +818,13 @@ fn data_key_rows(s: &Server, id: &str) -> String {
         s,
         &format!("select count(*) from data_keys where id = '{id}'"),
     )
+}
+
+/// How many data keys the metadata store holds.
+fn data_key_count(s: &Server) -> i64 {
+    db_value(s, "select count(*) from data_keys")
+        .parse()
+        .expect("count")
 }
 
 /// Every chunk's hash state is sealed under a data key of its own; the next chunk's state
@@ -917,8 +920,7 @@ async fn an_abandoned_upload_takes_its_state_key_when_it_expires(b: Backend) {
 async fn a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind(b: Backend) {
     let s = Server::start(b).await;
     let (_, _, _, _, manifest) = push_marked_image(&s, "again/app").await;
-    let count = |s: &Server| db_value(s, "select count(*) from data_keys");
-    let before: i64 = count(&s).parse().expect("count");
+    let before = data_key_count(&s);
     let media_type = "application/vnd.oci.image.manifest.v1+json";
     let r = s
         .push_manifest("again/app", "v2", media_type, &manifest)
@@ -926,7 +928,7 @@ async fn a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind(b: Backen
     assert_eq!(r.status(), StatusCode::CREATED);
     // Keys are recorded in batches before use, so the two taken for the dropped copy were
     // counted already: they go, and nothing else changes.
-    let after: i64 = count(&s).parse().expect("count");
+    let after = data_key_count(&s);
     assert_eq!(after, before - 2, "the dropped copy's two keys");
     let r = s.send(Method::GET, "/v2/again/app/manifests/v2").await;
     assert_eq!(r.bytes().await.expect("manifest").to_vec(), manifest);
@@ -954,17 +956,16 @@ async fn a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind(b: Backen
 /// cancelled upload leave none of theirs behind, and the stored blob keeps its own.
 async fn uploads_that_keep_nothing_leave_no_part_keys_behind(b: Backend) {
     let s = Server::start(b).await;
-    let count = |s: &Server| -> i64 {
-        db_value(s, "select count(*) from data_keys")
-            .parse()
-            .expect("count")
-    };
     let data = common::pseudo_random(2 * SEGMENT + 5, 31);
     let digest = s.push_blob("parts/app", &data).await;
     // Keys are recorded in batches before use: the new part's key was counted already.
-    let before = count(&s);
+    let before = data_key_count(&s);
     assert_eq!(s.push_blob("parts/app", &data).await, digest);
-    assert_eq!(count(&s), before - 1, "the second copy's part key went");
+    assert_eq!(
+        data_key_count(&s),
+        before - 1,
+        "the second copy's part key went"
+    );
     let path = format!("/v2/parts/app/blobs/{digest}");
     assert!(
         get_bytes(&s, &path, None).await.1 == data,
@@ -972,7 +973,7 @@ async fn uploads_that_keep_nothing_leave_no_part_keys_behind(b: Backend) {
     );
 
     // A cancelled upload: its part's key and its hash state's key go.
-    let before = count(&s);
+    let before = data_key_count(&s);
     let loc = s.start_upload("parts/app").await;
     let r = patch_at(&s, &loc, 0, &data[..1000]).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -980,7 +981,7 @@ async fn uploads_that_keep_nothing_leave_no_part_keys_behind(b: Backend) {
     let r = s.client.delete(s.url(&loc)).send().await.expect("cancel");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        count(&s),
+        data_key_count(&s),
         before - 2,
         "the part's and the state's keys went"
     );
@@ -993,17 +994,12 @@ async fn a_clean_stop_leaves_only_the_data_keys_in_use(b: Backend) {
     let mut s = Server::start(b).await;
     let data = common::pseudo_random(1000, 37);
     let digest = s.push_blob("stop/app", &data).await;
-    let count = |s: &Server| -> i64 {
-        db_value(s, "select count(*) from data_keys")
-            .parse()
-            .expect("count")
-    };
     let hex = digest.trim_start_matches("sha256:");
     let path = s.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
     let blob_key = header_key(&std::fs::read(path).expect("blob file")).expect("sealed");
-    assert!(count(&s) > 1, "a batch of keys was made ahead");
+    assert!(data_key_count(&s) > 1, "a batch of keys was made ahead");
     s.stop();
-    assert_eq!(count(&s), 1, "left: the blob's key");
+    assert_eq!(data_key_count(&s), 1, "left: the blob's key");
     assert_eq!(data_key_rows(&s, &blob_key), "1");
     s.start_again().await;
     let path = format!("/v2/stop/app/blobs/{digest}");

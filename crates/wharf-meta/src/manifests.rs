@@ -371,11 +371,6 @@ async fn store_manifest(
             manifest.digest
         )));
     };
-    if !inserted {
-        for key in [&manifest.content_key, &manifest.annotations_key] {
-            crate::uploads::retire_key(&mut *tx, key.clone()).await?;
-        }
-    }
     if inserted {
         let refs = manifest
             .blobs
@@ -392,6 +387,10 @@ async fn store_manifest(
             .bind(kind)
             .execute(&mut *tx)
             .await?;
+        }
+    } else {
+        for key in [&manifest.content_key, &manifest.annotations_key] {
+            crate::uploads::retire_key(&mut *tx, key.clone()).await?;
         }
     }
     if let Some(tag) = tag {

@@ -704,10 +704,8 @@ pub async fn expire_uploads(state: Arc<AppState>) {
         match state.meta.expire_uploads(before).await {
             Ok(expired) => {
                 for (id, hash_state) in expired {
-                    // A key left behind costs a row, not safety: logged, not retried.
-                    if let Err(e) = state.service().retire_state(hash_state.as_deref()).await {
-                        tracing::warn!(upload = %id, error = %e, "retiring a hash state's key failed");
-                    }
+                    let key = service::sealed_under(hash_state.as_deref());
+                    state.service().retire_keys(key).await;
                     remove_upload_data(&state, &id, "abandoned upload session").await;
                 }
             }
@@ -722,7 +720,10 @@ pub async fn expire_uploads(state: Arc<AppState>) {
 async fn remove_upload_data(state: &AppState, id: &str, what: &str) {
     match state.store.delete_upload(id).await {
         Ok(keys) => {
-            state.service().retire_keys(keys).await;
+            state
+                .service()
+                .retire_keys(keys.iter().map(wharf_store::seal::KeyId::hex))
+                .await;
             tracing::info!(upload = %id, "{what} removed")
         }
         Err(e) => tracing::warn!(upload = %id, error = %e, "removing {what} failed"),

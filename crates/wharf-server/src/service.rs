@@ -11,6 +11,7 @@ use base64::Engine;
 use futures_util::{StreamExt, TryStreamExt};
 use wharf_meta::{MetaError, NewManifest, Referrer, StoredManifest, Upload};
 use wharf_oci::{Algorithm, Digest, Reference, ResumableSha256};
+use wharf_store::seal::KeyId;
 use wharf_store::{ByteStream, StoreError};
 
 use crate::AppState;
@@ -147,6 +148,14 @@ fn text_sealed_under(text: &str) -> Option<String> {
     // The key id is in the sealed bytes' header, the first 32 characters of their base64.
     let head = BASE64.decode(encoded.get(..32)?).ok()?;
     sealed_under(Some(&head))
+}
+
+/// The data keys a manifest's sealed content and annotations name: `[content, annotations]`.
+fn manifest_keys(content: &[u8], annotations: Option<&str>) -> [Option<String>; 2] {
+    [
+        sealed_under(Some(content)),
+        annotations.and_then(text_sealed_under),
+    ]
 }
 
 /// Opens text [`seal_text`] stored; text stored in the clear (no mark) is returned as it is.
@@ -292,30 +301,23 @@ impl Service<'_> {
     /// Drops a session and its bytes, and the data key its saved hash state was sealed under.
     pub async fn discard_upload(&self, id: &str) -> Result<()> {
         let state = self.state.meta.delete_upload(id).await?.flatten();
-        self.retire_state(state.as_deref()).await?;
-        let keys = self.state.store.delete_upload(id).await?;
-        self.retire_keys(keys).await;
-        Ok(())
-    }
-
-    /// Deletes the data keys of stored objects that are gone (an upload's parts). The objects
-    /// went already, so a failure is only logged: a key left behind costs a row, not safety.
-    pub(crate) async fn retire_keys(&self, keys: Vec<wharf_store::seal::KeyId>) {
-        for key in keys {
-            let hex = key.hex();
-            if let Err(e) = self.state.meta.delete_data_key(&hex).await {
-                tracing::warn!(key = %hex, error = %e, "deleting an unused data key failed");
-            }
-        }
-    }
-
-    /// Deletes the data key a closed session's saved hash state was sealed under: nothing else
-    /// used it.
-    pub(crate) async fn retire_state(&self, state: Option<&[u8]>) -> Result<()> {
-        if let Some(key) = sealed_under(state) {
+        if let Some(key) = sealed_under(state.as_deref()) {
             self.state.meta.delete_data_key(&key).await?;
         }
+        let parts = self.state.store.delete_upload(id).await?;
+        self.retire_keys(parts.iter().map(KeyId::hex)).await;
         Ok(())
+    }
+
+    /// Deletes the data keys (by id) of stored objects that are gone: an upload's parts, an
+    /// expired session's hash state. The objects went already, so a failure is only logged:
+    /// a key left behind costs a row, not safety.
+    pub(crate) async fn retire_keys(&self, keys: impl IntoIterator<Item = String>) {
+        for key in keys {
+            if let Err(e) = self.state.meta.delete_data_key(&key).await {
+                tracing::warn!(%key, error = %e, "deleting an unused data key failed");
+            }
+        }
     }
 
     /// The running hash of an upload's bytes: the one saved with it, or, for a session saved
@@ -450,7 +452,7 @@ impl Service<'_> {
         let discarded = store
             .commit_upload(id, &grown.parts, grown.size, digest)
             .await?;
-        self.retire_keys(discarded).await;
+        self.retire_keys(discarded.iter().map(KeyId::hex)).await;
         let closed = self
             .state
             .meta
@@ -652,8 +654,8 @@ impl Service<'_> {
         if let Some(text) = &manifest.annotations {
             manifest.annotations = Some(seal_text(&sealing, text).await?);
         }
-        manifest.content_key = sealed_under(Some(&manifest.content));
-        manifest.annotations_key = manifest.annotations.as_deref().and_then(text_sealed_under);
+        [manifest.content_key, manifest.annotations_key] =
+            manifest_keys(&manifest.content, manifest.annotations.as_deref());
         let meta = &self.state.meta;
         let (registry, repository) = (scope.registry_id, scope.repository);
         if cached {
@@ -762,7 +764,7 @@ impl Service<'_> {
             };
             after = *last;
             for (id, digest, content, annotations) in batch {
-                if wharf_store::seal::KeyId::from_header(&content).is_some() || content.is_empty() {
+                if KeyId::from_header(&content).is_some() || content.is_empty() {
                     continue;
                 }
                 let sealed = self.state.sealing.seal_bytes(&content).await?;
@@ -772,10 +774,7 @@ impl Service<'_> {
                     }
                     other => other,
                 };
-                let keys = [
-                    sealed_under(Some(&sealed)),
-                    annotations.as_deref().and_then(text_sealed_under),
-                ];
+                let keys = manifest_keys(&sealed, annotations.as_deref());
                 if meta
                     .reseal_manifest(id, &content, sealed, annotations, keys.clone())
                     .await?
@@ -899,11 +898,9 @@ fn state_key(upload: &Upload) -> Option<String> {
     sealed_under(upload.hash_state.as_deref())
 }
 
-/// The data key a sealed hash state names in its header.
-fn sealed_under(state: Option<&[u8]>) -> Option<String> {
-    state
-        .and_then(wharf_store::seal::KeyId::from_header)
-        .map(|key| key.hex())
+/// The data key a sealed hash state (or any sealed bytes) names in its header.
+pub(crate) fn sealed_under(state: Option<&[u8]>) -> Option<String> {
+    state.and_then(KeyId::from_header).map(|key| key.hex())
 }
 
 #[cfg(test)]

@@ -759,17 +759,15 @@ impl BlobStore for FsStore {
     async fn delete_upload(&self, id: &str) -> Result<Vec<KeyId>> {
         self.growing.forget(id);
         let dir = self.upload_dir(id)?;
-        let files = blocking({
-            let dir = dir.clone();
-            move || {
-                std::fs::read_dir(dir)?
-                    .map(|entry| entry.map(|e| e.path()))
-                    .collect::<io::Result<Vec<_>>>()
-            }
+        let listed = dir.clone();
+        // A directory that cannot be read (gone already, say) names no keys.
+        let keys = blocking(move || {
+            let files = std::fs::read_dir(listed)
+                .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+                .unwrap_or_else(|_| Vec::new());
+            Ok(file_keys(&files))
         })
-        .await
-        .unwrap_or_default();
-        let keys = blocking(move || Ok(file_keys(&files))).await?;
+        .await?;
         match self.remove_upload_dir(dir).await {
             Ok(()) => Ok(keys),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(keys),
@@ -917,6 +915,21 @@ mod tests {
             out.extend_from_slice(&c?);
         }
         Ok(out)
+    }
+
+    /// A store at `root` that seals with keys held in memory.
+    async fn sealed_at(root: &Path) -> FsStore {
+        FsStore::open(root)
+            .await
+            .unwrap()
+            .sealed(crate::seal::MemoryKeys::sealing())
+    }
+
+    /// A sealing store in a new temporary directory (kept while the directory lives).
+    async fn sealed_store() -> (tempfile::TempDir, FsStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_at(dir.path()).await;
+        (dir, store)
     }
 
     async fn read_all(store: &FsStore, d: &Digest, off: u64, len: u64) -> Vec<u8> {
@@ -1396,12 +1409,8 @@ mod tests {
 
     #[tokio::test]
     async fn sealed_uploads_store_no_plaintext_open_by_range_and_refuse_tampering() {
-        use crate::seal::{MemoryKeys, SEGMENT};
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path())
-            .await
-            .unwrap()
-            .sealed(MemoryKeys::sealing());
+        use crate::seal::SEGMENT;
+        let (_dir, store) = sealed_store().await;
         let data: Vec<u8> = (0..(3 * SEGMENT + 999))
             .map(|i| b"MARKER-"[i % 7])
             .collect();
@@ -1506,12 +1515,7 @@ mod tests {
     /// part that became the blob's object never does.
     #[tokio::test]
     async fn parts_that_go_hand_back_their_keys_and_a_kept_part_keeps_its_own() {
-        use crate::seal::MemoryKeys;
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path())
-            .await
-            .unwrap()
-            .sealed(MemoryKeys::sealing());
+        let (dir, store) = sealed_store().await;
         let d = Digest::sha256_of(b"abcdef");
         let head = |path: PathBuf| KeyId::from_header(&std::fs::read(path).unwrap());
         // One part, moved into place as the blob: its key stays in use.
@@ -1557,7 +1561,6 @@ mod tests {
 
     #[tokio::test]
     async fn blobs_stored_in_the_clear_are_sealed_in_place() {
-        use crate::seal::MemoryKeys;
         let dir = tempfile::tempdir().unwrap();
         let plain = FsStore::open(dir.path()).await.unwrap();
         let data = b"MARKER-".repeat(20_000);
@@ -1569,10 +1572,7 @@ mod tests {
         let n = append(&plain, "p1", &mut parts, 0, body).await;
         let d = Digest::sha256_of(&data);
         plain.commit_upload("p1", &parts, n, &d).await.unwrap();
-        let sealed = FsStore::open(dir.path())
-            .await
-            .unwrap()
-            .sealed(MemoryKeys::sealing());
+        let sealed = sealed_at(dir.path()).await;
         // Read in the clear before, sealed after; once only.
         assert_eq!(read_all(&sealed, &d, 0, n).await, data);
         assert!(sealed.seal_stored(&d, n).await.unwrap());

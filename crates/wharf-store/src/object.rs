@@ -246,8 +246,6 @@ impl ObjectBlobStore {
         self.read_from(path, head, name, offset, len).await
     }
 
-    /// A (non-empty) object's first bytes (a sealed object's header, if it is one), with its
-    /// length and ETag.
     /// The data key a stored object was sealed under (none: in the clear, empty, or gone).
     async fn key_of(&self, path: &ObjectPath) -> Option<KeyId> {
         let head = self.head_of(path).await.ok()?;
@@ -280,6 +278,8 @@ impl ObjectBlobStore {
         Ok(found)
     }
 
+    /// A (non-empty) object's first bytes (a sealed object's header, if it is one), with its
+    /// length and ETag.
     async fn head_of(&self, path: &ObjectPath) -> Result<Head> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(0..HEADER as u64)),

@@ -624,9 +624,10 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
         let repo = format!("bench/b{mb}");
         let mut runs = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
         let mut f = [[0.0f64; 5]; 2];
-        // CPU seconds each server and this client spent on the monolithic pushes, and each
-        // server and curl (the pull's client) on the pulls.
-        let mut cpu = [[0.0f64; 4]; 2];
+        // CPU seconds each server and this client spent on the monolithic pushes, each
+        // server and curl (the pull's client) on the pulls, and each server on the chunked
+        // pushes.
+        let mut cpu = [[0.0f64; 5]; 2];
         let me = std::process::id();
         for run in 0..sizes.runs {
             hashes.push(hashing_limit(&path, size));
@@ -643,7 +644,9 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
                 cpu[i][1] += cpu_secs(me) - client;
                 f[i][3] = f[i][3].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
                 let chunk = Some(16 << 20);
+                let server = cpu_secs(t.pid);
                 runs[i][1].push(push_blob(t, &repo, &data, &digest, chunk).await);
+                cpu[i][4] += cpu_secs(t.pid) - server;
                 reset_peak(t).await;
                 let (server, curl) = (cpu_secs(t.pid), children_cpu_secs());
                 runs[i][2].push(pull_blob(t, &repo, &digest, size).await);
@@ -700,6 +703,12 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
             "s",
             false,
             cpu_col(0),
+        );
+        table.add(
+            format!("server CPU per GiB, {mb} MiB push in 16 MiB chunks"),
+            "s",
+            false,
+            cpu_col(4),
         );
         table.add(
             format!("server CPU per GiB, {mb} MiB pull"),

@@ -282,6 +282,7 @@ pub struct AppState {
     /// flood of wrong secrets cannot make memory grow with the number of connections.
     pub(crate) hashing: tokio::sync::Semaphore,
     pub(crate) upload_locks: locks::KeyedLocks,
+    pub(crate) running_hashes: service::RunningHashes,
     /// One fetch from an upstream at a time per content (pull-through caches).
     pub(crate) cache_locks: locks::KeyedLocks,
     /// Logins to upstreams (the Authorization to send) by upstream, account and scope, with
@@ -349,6 +350,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
             upload_locks: locks::KeyedLocks::default(),
+            running_hashes: Default::default(),
             cache_locks: locks::KeyedLocks::default(),
             upstream_logins: Default::default(),
             requests: Default::default(),
@@ -704,6 +706,7 @@ pub async fn expire_uploads(state: Arc<AppState>) {
         match state.meta.expire_uploads(before).await {
             Ok(expired) => {
                 for (id, hash_state) in expired {
+                    state.running_hashes.forget(&id);
                     let key = service::sealed_under(hash_state.as_deref());
                     state.service().retire_keys(key).await;
                     remove_upload_data(&state, &id, "abandoned upload session").await;

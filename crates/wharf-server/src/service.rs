@@ -112,12 +112,87 @@ pub(crate) enum Event<'a> {
     },
 }
 
-/// An upload as a request left it: its length, the running hash of its bytes, and the store's
-/// parts that hold them.
+/// An upload as a request left it: its length, the running hash of its bytes (`None` after a
+/// recorded append whose hashing goes on, see [`RunningHashes`]), and the store's parts that
+/// hold them.
 pub(crate) struct Grown {
     pub size: u64,
-    pub hash: ResumableSha256,
+    pub hash: Option<ResumableSha256>,
     pub parts: Vec<String>,
+}
+
+/// The hashes of uploads that a PATCH on this node left running: upload id → (the upload's
+/// length once they are done, their hashing thread). A PATCH answers once its bytes are stored
+/// and recorded, while its last bytes are still being hashed; the next request of the upload
+/// on this node goes on from that thread, so that hashing (the one step of a push that cannot
+/// be split across cores) runs on between requests instead of stopping for each answer and
+/// the client's next request. Elsewhere (another node, after a restart) the saved hash
+/// catches up from the stored bytes.
+#[derive(Default)]
+pub(crate) struct RunningHashes(Mutex<std::collections::HashMap<String, (u64, HashTask)>>);
+
+/// A hashing thread: the hash of everything it was given, `None` if the hash it went on from
+/// was lost (its thread panicked).
+type HashTask = tokio::task::JoinHandle<Option<ResumableSha256>>;
+
+/// Uploads left running at most: more, and the list starts again (an upload not listed only
+/// reads its last bytes back).
+const RUNNING_HASHES_MAX: usize = 4096;
+
+impl RunningHashes {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, HashTask)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, id: &str, size: u64, task: HashTask) {
+        let mut map = self.map();
+        if map.len() >= RUNNING_HASHES_MAX && !map.contains_key(id) {
+            map.clear();
+        }
+        map.insert(id.to_string(), (size, task));
+    }
+
+    /// The hash left running for upload `id`, if it covers exactly its `size` bytes.
+    fn take(&self, id: &str, size: u64) -> Option<HashTask> {
+        self.map()
+            .remove(id)
+            .and_then(|(reaches, task)| (reaches == size).then_some(task))
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
+}
+
+/// Where an upload's running hash goes on from: known, or a hashing thread still at work.
+enum HashStart {
+    Ready(ResumableSha256),
+    Running(HashTask),
+}
+
+/// The hash a thread ended with; its loss is an I/O error of the request.
+async fn joined_hash(task: HashTask) -> Result<ResumableSha256> {
+    match task.await {
+        Ok(Some(hash)) => Ok(hash),
+        Ok(None) => Err(lost_hash("the hash it went on from was lost")),
+        Err(e) => Err(lost_hash(&e.to_string())),
+    }
+}
+
+fn lost_hash(why: &str) -> ServiceError {
+    StoreError::Io(std::io::Error::other(format!(
+        "hashing the upload failed: {why}"
+    )))
+    .into()
+}
+
+impl HashStart {
+    async fn resolve(self) -> Result<ResumableSha256> {
+        match self {
+            HashStart::Ready(hash) => Ok(hash),
+            HashStart::Running(task) => joined_hash(task).await,
+        }
+    }
 }
 
 /// How far sealing the content stored in the clear has come (see
@@ -300,6 +375,7 @@ impl Service<'_> {
 
     /// Drops a session and its bytes, and the data key its saved hash state was sealed under.
     pub async fn discard_upload(&self, id: &str) -> Result<()> {
+        self.state.running_hashes.forget(id);
         let state = self.state.meta.delete_upload(id).await?.flatten();
         if let Some(key) = sealed_under(state.as_deref()) {
             self.state.meta.delete_data_key(&key).await?;
@@ -320,10 +396,15 @@ impl Service<'_> {
         }
     }
 
-    /// The running hash of an upload's bytes: the one saved with it, or, for a session saved
-    /// without one, a new one over its stored bytes.
-    async fn running_hash(&self, upload: &Upload) -> Result<ResumableSha256> {
+    /// The running hash of an upload's bytes: the one this node's last request of it left
+    /// running, or the one saved with it, which covers the bytes before the last PATCH's
+    /// (see [`RunningHashes`]); the bytes it does not cover are read back and hashed. A
+    /// session saved without one is hashed from its first byte.
+    async fn running_hash(&self, upload: &Upload) -> Result<HashStart> {
         let size = upload.size as u64;
+        if let Some(task) = self.state.running_hashes.take(&upload.id, size) {
+            return Ok(HashStart::Running(task));
+        }
         // A saved state that does not open (damaged, or its key is gone) is rebuilt below.
         let saved = match &upload.hash_state {
             Some(sealed) => {
@@ -333,24 +414,28 @@ impl Service<'_> {
             None => None,
         };
         let saved = saved.as_deref().and_then(ResumableSha256::from_bytes);
-        if let Some(hash) = saved.filter(|h| h.len() == size) {
-            return Ok(hash);
+        let mut hash = saved
+            .filter(|h| h.len() <= size)
+            .unwrap_or_else(ResumableSha256::new);
+        let from = hash.len();
+        if from < size {
+            self.read_upload(&upload.id, &upload.parts, size, from, |b| hash.update(b))
+                .await?;
         }
-        let mut hash = ResumableSha256::new();
-        self.read_upload(&upload.id, &upload.parts, size, |b| hash.update(b))
-            .await?;
-        Ok(hash)
+        Ok(HashStart::Ready(hash))
     }
 
-    /// Reads an upload's stored bytes (its `parts`, `size` in all) into `take`, chunk by chunk.
+    /// Reads an upload's stored bytes (its `parts`, `size` in all) from offset `from` on into
+    /// `take`, chunk by chunk.
     async fn read_upload(
         &self,
         id: &str,
         parts: &[String],
         size: u64,
+        from: u64,
         mut take: impl FnMut(&[u8]),
     ) -> Result<()> {
-        let mut bytes = self.state.store.read_upload(id, parts, size).await?;
+        let mut bytes = self.state.store.read_upload(id, parts, size, from).await?;
         while let Some(chunk) = bytes.next().await {
             take(&chunk.map_err(StoreError::Io)?);
         }
@@ -358,8 +443,9 @@ impl Service<'_> {
     }
 
     /// Appends `body` (of `expected` bytes, when known) to an upload, or nothing at all. With
-    /// `record`, the new length, hash and part are recorded at once (a PATCH); without, the
-    /// caller finishes the upload with them (a PUT).
+    /// `record`, the new length, hash and part are recorded at once (a PATCH: a long body's
+    /// hashing may go on after it, see [`RunningHashes`]); without, the caller finishes the
+    /// upload with them (a PUT).
     pub async fn append(
         &self,
         scope: &Scope<'_>,
@@ -369,17 +455,25 @@ impl Service<'_> {
         record: bool,
     ) -> Result<Grown> {
         let offset = upload.size as u64;
+        let start = self.running_hash(upload).await?;
         let mut grown = Grown {
             size: offset,
-            hash: self.running_hash(upload).await?,
+            hash: None,
             parts: upload.parts.clone(),
         };
         if expected == Some(0) {
+            match start {
+                // Nothing to add or record: a hash still running stays there.
+                HashStart::Running(task) if record => {
+                    self.state.running_hashes.put(&upload.id, offset, task)
+                }
+                start => grown.hash = Some(start.resolve().await?),
+            }
             return Ok(grown);
         }
         // The bytes are hashed on their way to the store; the hash counts only once the store
         // kept them all.
-        let (body, hashed) = hash_aside(body, grown.hash.clone(), expected);
+        let (body, hashed) = hash_aside(body, start, expected).await?;
         let (store, sealing) = self.state.scoped(scope.key_id)?;
         let appended = store
             .append_after(
@@ -391,11 +485,22 @@ impl Service<'_> {
             )
             .await?;
         grown.size = appended.size;
-        grown.hash = hashed.finish().await?;
         grown.parts.extend(appended.part.clone());
-        if record {
+        if !record {
+            grown.hash = Some(hashed.finish().await?);
+        } else {
+            // A short body's hash is done: it is saved. A long body's thread may still be at
+            // work: the hash it started from is saved, and the thread is left running for
+            // the upload's next request on this node.
+            let (saved, running) = match hashed {
+                Hashed::Aside { task, start } => {
+                    let start = start.await.map_err(|_| lost_hash("its thread stopped"))?;
+                    (start, Some(task))
+                }
+                inline => (inline.finish().await?, None),
+            };
             // The state holds the last bytes not yet hashed (up to 63): plaintext, so sealed.
-            let state = sealing.seal_bytes(&grown.hash.to_bytes()).await?;
+            let state = sealing.seal_bytes(&saved.to_bytes()).await?;
             // The state it replaces was sealed under a data key of its own, which goes with it.
             let retired = state_key(upload);
             let moved = !self
@@ -413,6 +518,9 @@ impl Service<'_> {
             if moved {
                 return Err(ServiceError::UploadMoved { size: offset });
             }
+            if let Some(task) = running {
+                self.state.running_hashes.put(&upload.id, grown.size, task);
+            }
         }
         Ok(grown)
     }
@@ -428,12 +536,13 @@ impl Service<'_> {
     ) -> Result<()> {
         let id = upload.id.as_str();
         let (store, _) = self.state.scoped(scope.key_id)?;
-        let actual = match digest.algorithm() {
-            Algorithm::Sha256 => grown.hash.finish(),
+        let actual = match (digest.algorithm(), grown.hash) {
+            (Algorithm::Sha256, Some(hash)) => hash.finish(),
+            (Algorithm::Sha256, None) => return Err(lost_hash("the upload was not hashed")),
             // sha256 runs while the bytes stream in; other algorithms read them once more.
-            other => {
+            (other, _) => {
                 let mut hasher = other.hasher();
-                self.read_upload(id, &grown.parts, grown.size, |b| hasher.update(b))
+                self.read_upload(id, &grown.parts, grown.size, 0, |b| hasher.update(b))
                     .await?;
                 hasher.finish()
             }
@@ -829,14 +938,20 @@ impl Service<'_> {
 const HASH_ASIDE_FROM: u64 = 1 << 20;
 
 /// Chunks of a body queued for its hashing thread (hyper hands over up to about 400 KiB at a
-/// time): enough that receiving goes on while the thread waits for a core, few enough that
-/// the hash of a request's last bytes does not keep its answer waiting long.
-const HASH_QUEUE: usize = 2;
+/// time): enough that receiving goes on while the thread waits for a core, and that a chunked
+/// upload's hashing has work queued while the client sends its next request (a PATCH does not
+/// wait for its hash, see [`RunningHashes`]); few enough that the request's memory stays
+/// small.
+const HASH_QUEUE: usize = 8;
 
 /// The running hash of a body streaming past, see [`hash_aside`].
 enum Hashed {
     Inline(Arc<Mutex<ResumableSha256>>),
-    Aside(tokio::task::JoinHandle<ResumableSha256>),
+    /// A hashing thread, and the hash it went on from once it has it.
+    Aside {
+        task: HashTask,
+        start: tokio::sync::oneshot::Receiver<ResumableSha256>,
+    },
 }
 
 impl Hashed {
@@ -844,25 +959,24 @@ impl Hashed {
     async fn finish(self) -> Result<ResumableSha256> {
         match self {
             Hashed::Inline(hash) => Ok(hash.lock().unwrap_or_else(|e| e.into_inner()).clone()),
-            Hashed::Aside(task) => task
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)).into()),
+            Hashed::Aside { task, .. } => joined_hash(task).await,
         }
     }
 }
 
-/// `body` as it is, hashed on its way (on top of `hash`). SHA-256 is the one step of a push
+/// `body` as it is, hashed on its way (on top of `start`). SHA-256 is the one step of a push
 /// that cannot be split across cores; on the request's own task it took turns with receiving
 /// and handing the bytes on, so a long body is hashed on a blocking thread of its own, which
-/// the scheduler can keep on a core while the request's task receives. A short body is
-/// hashed in place: a thread hop would cost more than its hash.
-fn hash_aside(
+/// the scheduler can keep on a core while the request's task receives; it goes on from the
+/// thread of the request before when that one is still at work. A short body is hashed in
+/// place: a thread hop would cost more than its hash.
+async fn hash_aside(
     body: ByteStream,
-    mut hash: ResumableSha256,
+    start: HashStart,
     expected: Option<u64>,
-) -> (ByteStream, Hashed) {
+) -> Result<(ByteStream, Hashed)> {
     if expected.is_some_and(|len| len < HASH_ASIDE_FROM) {
-        let hashing = Arc::new(Mutex::new(hash));
+        let hashing = Arc::new(Mutex::new(start.resolve().await?));
         let hasher = hashing.clone();
         let body = body.inspect_ok(move |chunk| {
             hasher
@@ -870,14 +984,22 @@ fn hash_aside(
                 .unwrap_or_else(|e| e.into_inner())
                 .update(chunk)
         });
-        return (Box::pin(body), Hashed::Inline(hashing));
+        return Ok((Box::pin(body), Hashed::Inline(hashing)));
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+    let (started, start_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {
+        let mut hash = match start {
+            HashStart::Ready(hash) => hash,
+            // A blocking thread may wait on the runtime; the chunks queue up meanwhile.
+            HashStart::Running(before) => runtime.block_on(before).ok().flatten()?,
+        };
+        let _ = started.send(hash.clone());
         while let Some(chunk) = rx.blocking_recv() {
             hash.update(&chunk);
         }
-        hash
+        Some(hash)
     });
     // The sender lives in the stream: once the store drops the body, the thread ends.
     let body = body.then(move |item| {
@@ -890,7 +1012,13 @@ fn hash_aside(
             item
         }
     });
-    (Box::pin(body), Hashed::Aside(task))
+    Ok((
+        Box::pin(body),
+        Hashed::Aside {
+            task,
+            start: start_rx,
+        },
+    ))
 }
 
 /// The data key an upload's saved hash state is sealed under (none when it is in the clear).
@@ -936,7 +1064,10 @@ mod tests {
         ] {
             let mut start = ResumableSha256::new();
             start.update(b"before");
-            let (mut body, hashed) = hash_aside(body_of(&chunks), start, announced);
+            let (mut body, hashed) =
+                hash_aside(body_of(&chunks), HashStart::Ready(start), announced)
+                    .await
+                    .expect("hashing");
             let mut passed = Vec::new();
             while let Some(chunk) = body.next().await {
                 passed.extend_from_slice(&chunk.expect("chunk"));
@@ -959,12 +1090,70 @@ mod tests {
     async fn a_body_dropped_half_way_ends_its_hashing() {
         let (mut body, hashed) = hash_aside(
             body_of(&[b"abc", b"def", b"ghi"]),
-            ResumableSha256::new(),
+            HashStart::Ready(ResumableSha256::new()),
             None,
-        );
+        )
+        .await
+        .expect("hashing");
         assert_eq!(&body.next().await.expect("one").expect("ok")[..], b"abc");
         drop(body);
         let hash = hashed.finish().await.expect("hash");
         assert_eq!(hash.finish(), Digest::sha256_of(b"abc"));
+    }
+
+    /// A body's hashing goes on from the thread of the request before, still at work or done
+    /// (a chunked upload's PATCHes), inline or aside; what it says it started from is the
+    /// hash of the bytes before it.
+    #[tokio::test]
+    async fn hashing_goes_on_from_the_request_before() {
+        let first: Vec<&'static [u8]> = vec![b"first ", b"chunk "];
+        let (mut body, hashed) = hash_aside(
+            body_of(&first),
+            HashStart::Ready(ResumableSha256::new()),
+            None,
+        )
+        .await
+        .expect("hashing");
+        while body.next().await.is_some() {}
+        drop(body);
+        let Hashed::Aside { task, start } = hashed else {
+            panic!("a body of unknown length is hashed aside");
+        };
+        assert_eq!(start.await.expect("start").len(), 0);
+        let mut running = task;
+        let mut whole = b"first chunk ".to_vec();
+        for (i, announced) in [None, Some(3), Some(HASH_ASIDE_FROM)]
+            .into_iter()
+            .enumerate()
+        {
+            let more: &'static [u8] = [b"two", b"3rd", b"4th"][i];
+            let before = whole.len() as u64;
+            whole.extend_from_slice(more);
+            let (mut body, hashed) =
+                hash_aside(body_of(&[more]), HashStart::Running(running), announced)
+                    .await
+                    .expect("hashing");
+            while body.next().await.is_some() {}
+            drop(body);
+            running = match hashed {
+                Hashed::Aside { task, start } => {
+                    assert_eq!(start.await.expect("start").len(), before, "{announced:?}");
+                    task
+                }
+                inline => {
+                    let hash = inline.finish().await.expect("hash");
+                    tokio::task::spawn_blocking(move || Some(hash))
+                }
+            };
+        }
+        let hash = joined_hash(running).await.expect("hash");
+        assert_eq!(hash.finish(), Digest::sha256_of(&whole));
+        // A hash lost on the way is an error, never a wrong digest.
+        let lost = tokio::task::spawn_blocking(|| None);
+        let (body, hashed) = hash_aside(body_of(&[b"x"]), HashStart::Running(lost), None)
+            .await
+            .expect("hashing");
+        drop(body);
+        assert!(hashed.finish().await.is_err());
     }
 }

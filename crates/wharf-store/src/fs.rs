@@ -368,14 +368,21 @@ fn stored_extent(head: &[u8], extent: u64) -> u64 {
     }
 }
 
-/// Streams an upload part's first `extent` plaintext bytes (its file may hold more).
-async fn read_part(seal: &Sealing, path: PathBuf, name: &str, extent: u64) -> Result<ByteStream> {
+/// Streams an upload part's first `extent` plaintext bytes (its file may hold more) but the
+/// first `skip`.
+async fn read_part(
+    seal: &Sealing,
+    path: PathBuf,
+    name: &str,
+    skip: u64,
+    extent: u64,
+) -> Result<ByteStream> {
     let Opened { file, head, .. } = open_stored(path, false).await?;
     let stored = stored_extent(&head, extent);
     let fetch = |offset, len, chunk: Option<usize>| {
         stream_file(file, offset, len, chunk.map_or(READ_CHUNK, |c| c as u64))
     };
-    seal.open_part_range(name, &head, stored, 0, extent, fetch)
+    seal.open_part_range(name, &head, stored, skip, extent - skip, fetch)
         .await
 }
 
@@ -426,13 +433,13 @@ async fn write_body(
     Ok(written)
 }
 
-/// Streams an upload's plaintext: its parts in order.
-fn read_parts(seal: Sealing, parts: Vec<(PathBuf, u64)>) -> ByteStream {
-    let streams = stream::iter(parts).then(move |(path, len)| {
+/// Streams an upload's plaintext from offset `from` on: its parts in order.
+fn read_parts(seal: Sealing, parts: Vec<(PathBuf, u64)>, from: u64) -> ByteStream {
+    let streams = stream::iter(crate::parts_from(parts, from)).then(move |(path, skip, len)| {
         let seal = seal.clone();
         async move {
             let name = format!("upload part {}", path.display());
-            match read_part(&seal, path, &name, len).await {
+            match read_part(&seal, path, &name, skip, len).await {
                 Ok(s) => s,
                 Err(e) => Box::pin(stream::once(
                     async move { Err(io::Error::other(e.to_string())) },
@@ -688,9 +695,15 @@ impl BlobStore for FsStore {
         self.append_upload(id, offset, body, expected_len).await
     }
 
-    async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
+    async fn read_upload(
+        &self,
+        id: &str,
+        parts: &[String],
+        size: u64,
+        from: u64,
+    ) -> Result<ByteStream> {
         let parts = self.parts(id, parts, size).await?;
-        Ok(read_parts(self.seal.clone(), parts))
+        Ok(read_parts(self.seal.clone(), parts, from))
     }
 
     async fn commit_upload(
@@ -719,7 +732,7 @@ impl BlobStore for FsStore {
             // opened and sealed again, as one object.
             let built = dir.join(format!("{}.blob", uuid::Uuid::new_v4().simple()));
             let parts: Vec<(PathBuf, u64)> = if self.seal.is_on() && parts.len() > 1 {
-                let plain = read_parts(self.seal.clone(), parts);
+                let plain = read_parts(self.seal.clone(), parts, 0);
                 let (sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
                 write_new_file(&built, sealed).await?;
                 vec![(built.clone(), size)]
@@ -1008,8 +1021,13 @@ mod tests {
                 assert_eq!((parts.len(), files("g")), (1, 1), "sealed {sealed}");
             }
             assert_eq!(at, data.len() as u64);
-            let all = collect(store.read_upload("g", &parts, at).await.unwrap());
+            let all = collect(store.read_upload("g", &parts, at, 0).await.unwrap());
             assert_eq!(all.await.unwrap(), data);
+            // A read from an offset (a hash catching up) opens only the segments from there.
+            for from in [1, seg, seg + 5, at - 1] {
+                let rest = collect(store.read_upload("g", &parts, at, from).await.unwrap());
+                assert_eq!(rest.await.unwrap(), &data[from as usize..], "from {from}");
+            }
             let d = Digest::sha256_of(&data);
             store.commit_upload("g", &parts, at, &d).await.unwrap();
             let stored = std::fs::read(store.blob_path(&d)).unwrap();
@@ -1079,7 +1097,7 @@ mod tests {
                 on_disk > store.stored_len(at),
                 "sealed {sealed}: written past the part"
             );
-            let kept = collect(store.read_upload("f", &parts, at).await.unwrap());
+            let kept = collect(store.read_upload("f", &parts, at, 0).await.unwrap());
             assert_eq!(kept.await.unwrap(), &data[..first]);
             // The same offset again: a new part, since the first has bytes past its end.
             let rest = chunks(&data[first..], 100_000, false);
@@ -1209,7 +1227,7 @@ mod tests {
             .append_upload("u1", 9, body(&[b"XX"]), None)
             .await
             .unwrap();
-        let all = collect(store.read_upload("u1", &parts, 11).await.unwrap())
+        let all = collect(store.read_upload("u1", &parts, 11, 0).await.unwrap())
             .await
             .unwrap();
         assert_eq!(all, b"hello world");
@@ -1442,7 +1460,7 @@ mod tests {
                 actual: 3
             })
         ));
-        let all = collect(store.read_upload("s1", &parts, n).await.unwrap());
+        let all = collect(store.read_upload("s1", &parts, n, 0).await.unwrap());
         assert_eq!(all.await.unwrap(), data);
         let d = Digest::sha256_of(&data);
         store.commit_upload("s1", &parts, n, &d).await.unwrap();

@@ -113,8 +113,15 @@ pub trait BlobStore: Send + Sync + 'static {
         self.append_upload(id, offset, body, expected_len).await
     }
 
-    /// Streams the upload's bytes: `parts` in order, `size` bytes in all.
-    async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream>;
+    /// Streams the upload's bytes from plaintext offset `from` on: `parts` in order, `size`
+    /// bytes in all. Parts wholly before `from` are not read.
+    async fn read_upload(
+        &self,
+        id: &str,
+        parts: &[String],
+        size: u64,
+        from: u64,
+    ) -> Result<ByteStream>;
 
     /// Makes the upload's `size` bytes (its `parts`, in order), which the caller verified to
     /// hash to `digest`, durable at the digest's address. A blob already there is kept as it is.
@@ -207,5 +214,42 @@ pub(crate) fn check_parts<'a>(
         Ok(())
     } else {
         Err(StoreError::UploadTruncated { expected: size })
+    }
+}
+
+/// The pieces of an upload's parts (each with its plaintext extent, in order) from plaintext
+/// offset `from` on: (part, bytes of it to skip, its extent). Parts wholly before it are left
+/// out.
+pub(crate) fn parts_from<P>(parts: Vec<(P, u64)>, from: u64) -> Vec<(P, u64, u64)> {
+    let mut start = 0u64;
+    parts
+        .into_iter()
+        .filter_map(|(part, extent)| {
+            let begins = start;
+            start += extent;
+            (start > from).then(|| (part, from.saturating_sub(begins), extent))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parts_from_an_offset_skip_whole_parts_and_cut_the_first() {
+        let parts = vec![("a", 10), ("b", 5), ("c", 7)];
+        assert_eq!(
+            super::parts_from(parts.clone(), 0),
+            vec![("a", 0, 10), ("b", 0, 5), ("c", 0, 7)]
+        );
+        assert_eq!(
+            super::parts_from(parts.clone(), 10),
+            vec![("b", 0, 5), ("c", 0, 7)]
+        );
+        assert_eq!(
+            super::parts_from(parts.clone(), 12),
+            vec![("b", 2, 5), ("c", 0, 7)]
+        );
+        assert_eq!(super::parts_from(parts.clone(), 21), vec![("c", 6, 7)]);
+        assert!(super::parts_from(parts, 22).is_empty());
     }
 }

@@ -353,11 +353,12 @@ impl ObjectBlobStore {
     }
 
     /// Streams an upload's plaintext: its parts in order.
-    async fn read_parts(&self, parts: &[(ObjectPath, u64)]) -> Result<ByteStream> {
+    /// Streams an upload's plaintext from offset `from` on: its parts in order.
+    async fn read_parts(&self, parts: Vec<(ObjectPath, u64)>, from: u64) -> Result<ByteStream> {
         let mut streams = Vec::with_capacity(parts.len());
-        for (path, len) in parts {
+        for (path, skip, len) in crate::parts_from(parts, from) {
             let name = format!("upload part {path}");
-            streams.push(self.read_object(path, &name, 0, *len).await?);
+            streams.push(self.read_object(&path, &name, skip, len - skip).await?);
         }
         Ok(Box::pin(stream::iter(streams).flatten()))
     }
@@ -476,9 +477,15 @@ impl BlobStore for ObjectBlobStore {
         Ok(self.seal.appended(offset, written, part))
     }
 
-    async fn read_upload(&self, id: &str, parts: &[String], size: u64) -> Result<ByteStream> {
+    async fn read_upload(
+        &self,
+        id: &str,
+        parts: &[String],
+        size: u64,
+        from: u64,
+    ) -> Result<ByteStream> {
         let parts = self.parts(id, parts, size).await?;
-        self.read_parts(&parts).await
+        self.read_parts(parts, from).await
     }
 
     async fn commit_upload(
@@ -518,7 +525,7 @@ impl BlobStore for ObjectBlobStore {
                 // Sealed parts each have a key of their own: they are opened and sealed
                 // again, as one object.
                 parts if self.seal.is_on() => {
-                    let plain = self.read_parts(parts).await?;
+                    let plain = self.read_parts(parts.to_vec(), 0).await?;
                     let (sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
                     self.write_object(&dest, sealed, None).await?;
                 }
@@ -768,11 +775,15 @@ mod tests {
             .unwrap();
         let parts: Vec<String> = a.part.into_iter().chain(b.part).collect();
         assert_eq!(
-            collect(s.read_upload("u2", &parts, 11).await.unwrap())
+            collect(s.read_upload("u2", &parts, 11, 0).await.unwrap())
                 .await
                 .unwrap(),
             b"hello world"
         );
+        for (from, rest) in [(3, &b"lo world"[..]), (6, b"world"), (8, b"rld")] {
+            let got = collect(s.read_upload("u2", &parts, 11, from).await.unwrap());
+            assert_eq!(got.await.unwrap(), rest, "from {from}");
+        }
         let d = Digest::sha256_of(b"hello world");
         s.commit_upload("u2", &parts, 11, &d).await.unwrap();
         assert_eq!(

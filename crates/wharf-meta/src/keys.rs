@@ -142,6 +142,48 @@ impl Meta {
             .collect()
     }
 
+    /// Up to `limit` manifests after row `after`, in row order, whose annotations are sealed
+    /// (`sealed:` and base64) while the data key they name is not recorded with them: sealed
+    /// before the manifests' keys were recorded, on SQLite, whose migration could not read
+    /// base64. Ids and the annotations.
+    pub async fn sealed_annotations_without_key(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, annotations FROM manifests WHERE id > $1 AND annotations_key IS NULL \
+             AND annotations LIKE 'sealed:%' ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("annotations")?)))
+            .collect()
+    }
+
+    /// Records `key` as the data key of manifest row `id`'s `annotations`, so that it goes with
+    /// the manifest; false when the row changed or went meanwhile.
+    pub async fn record_annotations_key(
+        &self,
+        id: i64,
+        annotations: &str,
+        key: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE manifests SET annotations_key = $1 \
+             WHERE id = $2 AND annotations = $3 AND annotations_key IS NULL",
+        )
+        .bind(key)
+        .bind(id)
+        .bind(annotations)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Replaces manifest row `id`'s stored content (as it was: `from`) and annotations with
     /// sealed ones, and records the data keys they are sealed under (`[content, annotations]`);
     /// false when it changed meanwhile.

@@ -512,6 +512,66 @@ async fn a_manifests_data_keys_go_with_it_and_a_copy_pushed_again_keeps_none() {
     finish(stores).await;
 }
 
+/// Annotations sealed before their key was recorded with the manifest are found, in row
+/// order, and their key recorded once; from then on it goes with the manifest.
+#[tokio::test]
+async fn annotation_keys_sealed_before_they_were_recorded_are_recorded() {
+    let stores = stores().await;
+    for s in &stores {
+        let m = &s.meta;
+        let keys = [
+            ("k1".to_string(), vec![1; 8]),
+            ("k2".to_string(), vec![1; 8]),
+        ];
+        m.insert_data_keys(&keys, "m1").await.unwrap();
+        let r = m.ensure_registry("alpha", "eu").await.unwrap();
+        let with = |d: u8, annotations: &str| NewManifest {
+            annotations: Some(annotations.to_string()),
+            ..manifest(&digest(d), vec![], None)
+        };
+        m.put_manifest(r.id, "app", with(1, "sealed:AAAA"), None)
+            .await
+            .unwrap();
+        m.put_manifest(r.id, "app", with(2, r#"{"in":"clear"}"#), None)
+            .await
+            .unwrap();
+        m.put_manifest(r.id, "app", with(3, "sealed:BBBB"), None)
+            .await
+            .unwrap();
+        let found = m.sealed_annotations_without_key(0, 10).await.unwrap();
+        let texts: Vec<&str> = found.iter().map(|(_, a)| a.as_str()).collect();
+        assert_eq!(texts, ["sealed:AAAA", "sealed:BBBB"], "on {}", s.url);
+        let after_first = m.sealed_annotations_without_key(found[0].0, 10).await;
+        assert_eq!(after_first.unwrap().len(), 1, "rows after the first");
+        // Annotations that changed meanwhile are not given the key.
+        assert!(!m
+            .record_annotations_key(found[0].0, "sealed:XXXX", "k1")
+            .await
+            .unwrap());
+        assert!(m
+            .record_annotations_key(found[0].0, "sealed:AAAA", "k1")
+            .await
+            .unwrap());
+        assert!(m
+            .record_annotations_key(found[1].0, "sealed:BBBB", "k2")
+            .await
+            .unwrap());
+        assert!(!m
+            .record_annotations_key(found[1].0, "sealed:BBBB", "k1")
+            .await
+            .unwrap());
+        assert!(m
+            .sealed_annotations_without_key(0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(m.delete_manifest(r.id, "app", &digest(1)).await.unwrap());
+        assert!(m.data_key("k1").await.unwrap().is_none(), "on {}", s.url);
+        assert!(m.data_key("k2").await.unwrap().is_some());
+    }
+    finish(stores).await;
+}
+
 #[tokio::test]
 async fn manifests_need_their_references_and_tags_list_in_order() {
     let stores = stores().await;

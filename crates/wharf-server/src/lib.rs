@@ -690,6 +690,22 @@ pub async fn sample_storage(state: Arc<AppState>) {
     }
 }
 
+/// Records, once at start, the data keys of manifest annotations sealed before they were
+/// recorded with their manifests (see [`service::Service::record_annotation_keys`]). A failure
+/// is logged; the next start tries again.
+pub async fn record_annotation_keys(state: Arc<AppState>) {
+    match state.service().record_annotation_keys().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            manifests = n,
+            "recorded the data keys of sealed annotations"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "recording the data keys of sealed annotations failed")
+        }
+    }
+}
+
 /// Removes upload sessions untouched for the configured age, with their bytes. Every node runs
 /// it; the database hands each expired session to one of them.
 pub async fn expire_uploads(state: Arc<AppState>) {

@@ -909,6 +909,32 @@ impl Service<'_> {
     // --- Repositories and registries ---
 
     /// Deletes a repository with its manifests and tags; false if there was none.
+    /// Records the data keys of manifest annotations sealed before a manifest's keys were
+    /// recorded with it (SQLite's migration could not read them in base64), so that deleting
+    /// such a manifest deletes its annotations' key too; how many were recorded. Updates are
+    /// conditional: nodes running it at once record each key once.
+    pub async fn record_annotation_keys(&self) -> Result<u64> {
+        const BATCH: i64 = 500;
+        let meta = &self.state.meta;
+        let (mut after, mut recorded) = (0, 0);
+        loop {
+            let batch = meta.sealed_annotations_without_key(after, BATCH).await?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = *last;
+            for (id, text) in batch {
+                let Some(key) = text_sealed_under(&text) else {
+                    continue;
+                };
+                if meta.record_annotations_key(id, &text, &key).await? {
+                    recorded += 1;
+                }
+            }
+        }
+        Ok(recorded)
+    }
+
     pub async fn delete_repository(&self, registry_id: i64, name: &str) -> Result<bool> {
         Ok(self.state.meta.delete_repository(registry_id, name).await?)
     }

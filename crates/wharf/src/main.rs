@@ -425,6 +425,7 @@ async fn run(config: Config) -> Result<(), String> {
         keys.spawn_rewrap();
     }
     tokio::spawn(wharf_server::expire_uploads(state.clone()));
+    tokio::spawn(wharf_server::record_annotation_keys(state.clone()));
     tokio::spawn(wharf_server::schedule_gc(state.clone()));
     tokio::spawn(wharf_server::run_scan_workers(state.clone()));
     tokio::spawn(wharf_server::run_replication(state.clone()));

@@ -932,6 +932,25 @@ async fn a_manifest_pushed_again_or_deleted_leaves_no_data_keys_behind(b: Backen
     assert_eq!(after, before - 2, "the dropped copy's two keys");
     let r = s.send(Method::GET, "/v2/again/app/manifests/v2").await;
     assert_eq!(r.bytes().await.expect("manifest").to_vec(), manifest);
+    // A manifest refused for a layer the repository does not hold was sealed for nothing:
+    // its two keys go.
+    let missing = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": common::sha256(b"nowhere"), "size": 7 },
+        "layers": [],
+        "annotations": { "org.example.note": "refused" },
+    }))
+    .expect("json");
+    let r = s
+        .push_manifest("again/app", "v3", media_type, &missing)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        data_key_count(&s),
+        after - 2,
+        "the refused manifest's two keys"
+    );
 
     let stored_keys = db_value(
         &s,

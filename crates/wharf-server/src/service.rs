@@ -765,14 +765,26 @@ impl Service<'_> {
         }
         [manifest.content_key, manifest.annotations_key] =
             manifest_keys(&manifest.content, manifest.annotations.as_deref());
+        let keys = [
+            manifest.content_key.clone(),
+            manifest.annotations_key.clone(),
+        ];
         let meta = &self.state.meta;
         let (registry, repository) = (scope.registry_id, scope.repository);
-        if cached {
+        let stored = if cached {
             meta.put_cached_manifest(registry, repository, manifest, tag)
-                .await?;
+                .await
         } else {
-            meta.put_manifest(registry, repository, manifest, tag)
-                .await?;
+            meta.put_manifest(registry, repository, manifest, tag).await
+        };
+        if let Err(e) = stored {
+            // A refused manifest was not written: its keys sealed nothing that is kept. When
+            // the database did not say (a connection lost), the row may exist: they stay.
+            if matches!(e, MetaError::MissingReferences(_) | MetaError::Conflict(_)) || e.is_gone()
+            {
+                self.retire_keys(keys.into_iter().flatten()).await;
+            }
+            return Err(e.into());
         }
         // A cached image's layers arrive as they are pulled: a scan now would find them missing.
         if scope.scanning && !is_index && !cached {

@@ -755,7 +755,21 @@ async fn a_registry_with_its_own_key_keeps_its_content_apart(b: Backend) {
     }
 
     // A rotation of the instance key rewraps alpha's key: after the old key is retired (and
-    // a restart, so that nothing is cached), alpha's content still opens.
+    // a restart, so that nothing is cached), alpha's content still opens. So does the first
+    // chunk of an upload begun before: its hash was saved as it began (a long chunk is hashed
+    // on after its answer), so the restarted node reads it back under alpha's key.
+    let big = common::pseudo_random(3 << 20, 41);
+    let half = big.len() / 2;
+    let upload = s.start_upload("shared/big").await;
+    let patch = |s: &Server, loc: &str, from: usize, to: usize| {
+        s.client
+            .patch(s.url(loc))
+            .header("content-range", format!("{from}-{}", to - 1))
+            .body(big[from..to].to_vec())
+            .send()
+    };
+    let r = patch(&s, &upload, 0, half).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     let (alpha_base, alpha_client) = (s.base.clone(), s.client.clone());
     s.base = base.clone();
     s.client = client.clone();
@@ -765,6 +779,15 @@ async fn a_registry_with_its_own_key_keeps_its_content_apart(b: Backend) {
     s.base = alpha_base;
     s.client = alpha_client;
     assert!(get_bytes(&s, &path, None).await.1 == layer);
+    let r = patch(&s, &upload, half, big.len()).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let big_digest = common::sha256(&big);
+    let r = s
+        .send(Method::PUT, &format!("{upload}?digest={big_digest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "the digest of both chunks");
+    let big_path = format!("/v2/shared/big/blobs/{big_digest}");
+    assert!(get_bytes(&s, &big_path, None).await.1 == big);
 
     // Deleting alpha destroys its key: nothing wharf holds opens the copies taken before.
     s.base = base;

@@ -129,7 +129,9 @@ pub(crate) struct Grown {
 /// the client's next request. Elsewhere (another node, after a restart) the saved hash
 /// catches up from the stored bytes.
 #[derive(Default)]
-pub(crate) struct RunningHashes(Mutex<std::collections::HashMap<String, (u64, HashTask)>>);
+pub(crate) struct RunningHashes(Mutex<RunningMap>);
+
+type RunningMap = std::collections::HashMap<String, (u64, HashTask)>;
 
 /// A hashing thread: the hash of everything it was given, `None` if the hash it went on from
 /// was lost (its thread panicked).
@@ -140,7 +142,7 @@ type HashTask = tokio::task::JoinHandle<Option<ResumableSha256>>;
 const RUNNING_HASHES_MAX: usize = 4096;
 
 impl RunningHashes {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, HashTask)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, RunningMap> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -763,12 +765,8 @@ impl Service<'_> {
         if let Some(text) = &manifest.annotations {
             manifest.annotations = Some(seal_text(&sealing, text).await?);
         }
-        [manifest.content_key, manifest.annotations_key] =
-            manifest_keys(&manifest.content, manifest.annotations.as_deref());
-        let keys = [
-            manifest.content_key.clone(),
-            manifest.annotations_key.clone(),
-        ];
+        let keys = manifest_keys(&manifest.content, manifest.annotations.as_deref());
+        [manifest.content_key, manifest.annotations_key] = keys.clone();
         let meta = &self.state.meta;
         let (registry, repository) = (scope.registry_id, scope.repository);
         let stored = if cached {
@@ -918,9 +916,6 @@ impl Service<'_> {
         Ok(())
     }
 
-    // --- Repositories and registries ---
-
-    /// Deletes a repository with its manifests and tags; false if there was none.
     /// Records the data keys of manifest annotations sealed before a manifest's keys were
     /// recorded with it (SQLite's migration could not read them in base64), so that deleting
     /// such a manifest deletes its annotations' key too; how many were recorded. Updates are
@@ -947,6 +942,9 @@ impl Service<'_> {
         Ok(recorded)
     }
 
+    // --- Repositories and registries ---
+
+    /// Deletes a repository with its manifests and tags; false if there was none.
     pub async fn delete_repository(&self, registry_id: i64, name: &str) -> Result<bool> {
         Ok(self.state.meta.delete_repository(registry_id, name).await?)
     }

@@ -220,7 +220,10 @@ pub(crate) fn check_parts<'a>(
 /// The pieces of an upload's parts (each with its plaintext extent, in order) from plaintext
 /// offset `from` on: (part, bytes of it to skip, its extent). Parts wholly before it are left
 /// out.
-pub(crate) fn parts_from<P>(parts: Vec<(P, u64)>, from: u64) -> Vec<(P, u64, u64)> {
+pub(crate) fn parts_from<P>(
+    parts: impl IntoIterator<Item = (P, u64)>,
+    from: u64,
+) -> Vec<(P, u64, u64)> {
     let mut start = 0u64;
     parts
         .into_iter()

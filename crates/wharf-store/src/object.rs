@@ -352,13 +352,13 @@ impl ObjectBlobStore {
         Ok(Box::pin(got.into_stream().map_err(io::Error::other)))
     }
 
-    /// Streams an upload's plaintext: its parts in order.
     /// Streams an upload's plaintext from offset `from` on: its parts in order.
-    async fn read_parts(&self, parts: Vec<(ObjectPath, u64)>, from: u64) -> Result<ByteStream> {
+    async fn read_parts(&self, parts: &[(ObjectPath, u64)], from: u64) -> Result<ByteStream> {
         let mut streams = Vec::with_capacity(parts.len());
+        let parts = parts.iter().map(|(path, len)| (path, *len));
         for (path, skip, len) in crate::parts_from(parts, from) {
             let name = format!("upload part {path}");
-            streams.push(self.read_object(&path, &name, skip, len - skip).await?);
+            streams.push(self.read_object(path, &name, skip, len - skip).await?);
         }
         Ok(Box::pin(stream::iter(streams).flatten()))
     }
@@ -485,7 +485,7 @@ impl BlobStore for ObjectBlobStore {
         from: u64,
     ) -> Result<ByteStream> {
         let parts = self.parts(id, parts, size).await?;
-        self.read_parts(parts, from).await
+        self.read_parts(&parts, from).await
     }
 
     async fn commit_upload(
@@ -525,7 +525,7 @@ impl BlobStore for ObjectBlobStore {
                 // Sealed parts each have a key of their own: they are opened and sealed
                 // again, as one object.
                 parts if self.seal.is_on() => {
-                    let plain = self.read_parts(parts.to_vec(), 0).await?;
+                    let plain = self.read_parts(parts, 0).await?;
                     let (sealed, _) = self.seal.seal_body(plain, Some(size)).await?;
                     self.write_object(&dest, sealed, None).await?;
                 }

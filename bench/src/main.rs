@@ -105,6 +105,19 @@ fn cpu_secs(pid: u32) -> f64 {
     stat_secs(&pid.to_string(), 11)
 }
 
+/// Waits until server `pid` is idle (at most a tick of CPU in 100 ms, for 3 s at most): a push
+/// leaves work behind it (an upload of a blob already stored is dropped in the background, and
+/// its pages with it), which belongs to that push and not to whatever is measured next.
+async fn settle(pid: u32) {
+    for _ in 0..30 {
+        let before = cpu_secs(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if cpu_secs(pid) - before <= 0.011 {
+            return;
+        }
+    }
+}
+
 /// CPU time (user + system) of this process's children that have ended (curl), in seconds.
 fn children_cpu_secs() -> f64 {
     stat_secs("self", 13)
@@ -640,12 +653,14 @@ async fn blob_rows(targets: &[Arc<Target>; 2], sizes: &Sizes, work: &Path, table
                 reset_peak(t).await;
                 let (server, client) = (cpu_secs(t.pid), cpu_secs(me));
                 runs[i][0].push(push_blob(t, &repo, &data, &digest, None).await);
+                settle(t.pid).await;
                 cpu[i][0] += cpu_secs(t.pid) - server;
                 cpu[i][1] += cpu_secs(me) - client;
                 f[i][3] = f[i][3].max(rss_kib(t.pid, "VmHWM:") / 1024.0);
                 let chunk = Some(16 << 20);
                 let server = cpu_secs(t.pid);
                 runs[i][1].push(push_blob(t, &repo, &data, &digest, chunk).await);
+                settle(t.pid).await;
                 cpu[i][4] += cpu_secs(t.pid) - server;
                 reset_peak(t).await;
                 let (server, curl) = (cpu_secs(t.pid), children_cpu_secs());

@@ -25,6 +25,8 @@ const WRITE_BATCH: usize = 1 << 20;
 /// cache took the pages at once, and the commit's flush then wrote all of them while the push
 /// waited (0.3 s per 256 MiB; with a sync every 16 MiB, 0.02 s).
 const SYNC_STEP: u64 = 16 << 20;
+/// An append that leaves at least this much unsynced at its end syncs it in the background.
+const TAIL_SYNC_FROM: u64 = 1 << 20;
 /// Batches an upload writes at once: enough that receiving and hashing go on while a writing
 /// thread waits for a core (on two cores shared with the client, 5 instead of 3 pushed a few
 /// percent faster with sealing ahead as deep; 8 gained nothing more).
@@ -643,10 +645,11 @@ impl Appender {
             self.submit().await?;
         }
         self.wait().await?;
-        // The tail is synced too, while the client sends its next request or the commit
+        // A long tail is synced too, while the client sends its next request or the commit
         // waits for the database: a chunked upload's parts would otherwise all wait for the
-        // commit's fsync.
-        if self.written > self.synced {
+        // commit's fsync. A short one is left to the commit: small blobs, committed at once,
+        // paid for two syncs each (small-image pushes were a fifth slower).
+        if self.written - self.synced >= TAIL_SYNC_FROM {
             self.sync();
         }
         Ok(())

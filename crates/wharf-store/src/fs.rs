@@ -111,7 +111,9 @@ impl Syncs {
     fn start(&self, path: &Path, file: &Arc<std::fs::File>) -> bool {
         let mut map = self.map();
         if map.len() >= SYNCS_MAX && !map.contains_key(path) {
-            map.retain(|_, s| s.failed.is_some() || s.running.is_some());
+            map.retain(|_, s| {
+                s.failed.is_some() || s.running.as_ref().is_some_and(|r| !r.is_finished())
+            });
         }
         let state = map.entry(path.to_path_buf()).or_default();
         if state.running.as_ref().is_some_and(|r| !r.is_finished()) {
@@ -120,8 +122,10 @@ impl Syncs {
         let (syncs, path, file) = (self.clone(), path.to_path_buf(), file.clone());
         state.running = Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = file.sync_data() {
-                let mut map = syncs.map();
-                map.entry(path).or_default().failed = Some(e.to_string());
+                // Unless the file was forgotten meanwhile (its upload removed).
+                if let Some(state) = syncs.map().get_mut(&path) {
+                    state.failed = Some(e.to_string());
+                }
             }
         }));
         true

@@ -99,6 +99,12 @@ struct SyncState {
     failed: Option<String>,
 }
 
+impl SyncState {
+    fn is_running(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| !r.is_finished())
+    }
+}
+
 /// Files listed at most: more, and the ones whose syncs ended well are dropped.
 const SYNCS_MAX: usize = 4096;
 
@@ -111,12 +117,10 @@ impl Syncs {
     fn start(&self, path: &Path, file: &Arc<std::fs::File>) -> bool {
         let mut map = self.map();
         if map.len() >= SYNCS_MAX && !map.contains_key(path) {
-            map.retain(|_, s| {
-                s.failed.is_some() || s.running.as_ref().is_some_and(|r| !r.is_finished())
-            });
+            map.retain(|_, s| s.failed.is_some() || s.is_running());
         }
         let state = map.entry(path.to_path_buf()).or_default();
-        if state.running.as_ref().is_some_and(|r| !r.is_finished()) {
+        if state.is_running() {
             return false;
         }
         let (syncs, path, file) = (self.clone(), path.to_path_buf(), file.clone());
@@ -132,7 +136,7 @@ impl Syncs {
     }
 
     /// Waits for the background syncs of `paths`; an error if one of them ever failed.
-    async fn settle(&self, paths: &[PathBuf]) -> io::Result<()> {
+    async fn settle(&self, paths: impl IntoIterator<Item = &Path>) -> io::Result<()> {
         for path in paths {
             let running = self.map().get_mut(path).and_then(|s| s.running.take());
             if let Some(running) = running {
@@ -802,9 +806,12 @@ impl BlobStore for FsStore {
             if let [(only, extent)] = parts.as_slice() {
                 self.close_part(only, *extent).await?;
             }
-            let mut written = part_paths.clone();
-            written.push(built.clone());
-            self.syncs.settle(&written).await?;
+            let written: Vec<&Path> = part_paths
+                .iter()
+                .chain([&built])
+                .map(|p| p.as_path())
+                .collect();
+            self.syncs.settle(written).await?;
             let into = dest.clone();
             blocking(move || {
                 let source = match parts.as_slice() {
@@ -914,7 +921,7 @@ impl BlobStore for FsStore {
             let plain = read_opened(&self.seal, opened, &name, 0, size).await?;
             let sealed = self.seal.seal_verified(plain, digest, size).await?;
             write_new_file(&built, sealed, &self.syncs).await?;
-            self.syncs.settle(std::slice::from_ref(&built)).await?;
+            self.syncs.settle([built.as_path()]).await?;
             let (from, to) = (built.clone(), path.clone());
             blocking(move || {
                 std::fs::File::open(&from)?.sync_all()?;
@@ -1348,11 +1355,7 @@ mod tests {
         let part = dir.path().join("uploads/u9").join(&parts[0]);
         let (socket, _other) = std::os::unix::net::UnixStream::pair().unwrap();
         let failing = Arc::new(std::fs::File::from(std::os::fd::OwnedFd::from(socket)));
-        store
-            .syncs
-            .settle(std::slice::from_ref(&part))
-            .await
-            .unwrap();
+        store.syncs.settle([part.as_path()]).await.unwrap();
         assert!(store.syncs.start(&part, &failing));
         let err = store
             .commit_upload("u9", &parts, 4, &digest)
